@@ -1,0 +1,288 @@
+//! The Llama-family forward pass (Llama, Mistral, Qwen2) with candle ops:
+//! RMSNorm, RoPE, grouped-query attention over a preallocated KV cache,
+//! SwiGLU. Batch size 1; `n` new tokens per call, logits for all of them.
+//!
+//! Shapes, with `n` new tokens at positions `pos..pos+n` and `len = pos + n`:
+//!
+//! ```text
+//! x        (n, hidden)
+//! q        (heads, n, head_dim)          k, v (kv_heads, n, head_dim)
+//! cache.k  (kv_heads, n_positions, head_dim)   written at pos..len
+//! scores   (kv_heads, group * n, len)    group = heads / kv_heads
+//! logits   (n, vocab)
+//! ```
+
+use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
+use candle_core::{DType, Device, Module, Tensor};
+
+use super::config::ModelConfig;
+use super::weights::Checkpoint;
+use crate::error::Result;
+
+/// How weight matrices are stored for compute.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Quantization {
+    /// Dense, in the compute dtype.
+    #[default]
+    None,
+    /// ggml Q8_0 (8-bit blocks of 32, ~4x fewer bytes than f32): a faster
+    /// matrix-vector product on CPU, at a small cost in fidelity. Meant for
+    /// drafts, whose errors only lower acceptance and never change the output.
+    Q8_0,
+}
+
+/// A projection `x @ W^T (+ b)`; `W` is `(out, in)` as stored in checkpoints.
+pub(crate) struct Linear {
+    weight: QMatMul,
+    bias: Option<Tensor>,
+}
+
+impl Linear {
+    fn new(weight: Tensor, bias: Option<Tensor>, quant: Quantization) -> Result<Self> {
+        let weight = match quant {
+            Quantization::None => QMatMul::Tensor(weight),
+            Quantization::Q8_0 => {
+                QMatMul::from_qtensor(QTensor::quantize(&weight.to_dtype(DType::F32)?, GgmlDType::Q8_0)?)?
+            }
+        };
+        Ok(Self { weight, bias })
+    }
+
+    /// `x`: `(n, in)` -> `(n, out)`.
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let y = self.weight.forward(x)?;
+        Ok(match &self.bias {
+            Some(b) => y.broadcast_add(b)?,
+            None => y,
+        })
+    }
+}
+
+/// Per-layer KV cache, allocated once for `n_positions`.
+pub(crate) struct LayerCache {
+    /// `(kv_heads, n_positions, head_dim)`
+    k: Tensor,
+    /// `(kv_heads, n_positions, head_dim)`
+    v: Tensor,
+}
+
+struct Layer {
+    input_norm: Tensor,
+    /// q, k and v projections fused into one: `(heads + 2 kv_heads) * head_dim` outputs.
+    qkv: Linear,
+    o: Linear,
+    post_norm: Tensor,
+    /// gate and up fused: `2 * intermediate` outputs.
+    gate_up: Linear,
+    down: Linear,
+}
+
+/// Weights and rotary tables of one model.
+pub(crate) struct Llama {
+    cfg: ModelConfig,
+    embed: Tensor,
+    layers: Vec<Layer>,
+    norm: Tensor,
+    lm_head: Linear,
+    /// `(n_positions, head_dim / 2)`
+    cos: Tensor,
+    /// `(n_positions, head_dim / 2)`
+    sin: Tensor,
+    dtype: DType,
+    device: Device,
+}
+
+impl Llama {
+    /// Loads every tensor the config implies, checking names and shapes.
+    pub(crate) fn load(
+        cfg: &ModelConfig,
+        ckpt: &Checkpoint,
+        n_positions: usize,
+        dtype: DType,
+        device: &Device,
+        quant: Quantization,
+    ) -> Result<Self> {
+        let c = cfg;
+        let (h, hd) = (c.hidden_size, c.head_dim);
+        let (q_out, kv_out) = (c.num_heads * hd, c.num_kv_heads * hd);
+        let get = |name: &str, shape: &[usize]| ckpt.tensor(name, shape, dtype, device);
+        let embed = get("model.embed_tokens.weight", &[c.vocab_size, h])?;
+        let mut layers = Vec::with_capacity(c.num_layers);
+        for i in 0..c.num_layers {
+            let p = format!("model.layers.{i}");
+            let proj = |name: &str, out: usize, inp: usize, bias: bool| -> Result<(Tensor, Option<Tensor>)> {
+                let w = get(&format!("{p}.{name}.weight"), &[out, inp])?;
+                let b = if bias { Some(get(&format!("{p}.{name}.bias"), &[out])?) } else { None };
+                Ok((w, b))
+            };
+            let (qw, qb) = proj("self_attn.q_proj", q_out, h, c.qkv_bias)?;
+            let (kw, kb) = proj("self_attn.k_proj", kv_out, h, c.qkv_bias)?;
+            let (vw, vb) = proj("self_attn.v_proj", kv_out, h, c.qkv_bias)?;
+            let (ow, _) = proj("self_attn.o_proj", h, q_out, false)?;
+            let (gw, gb) = proj("mlp.gate_proj", c.intermediate_size, h, c.mlp_bias)?;
+            let (uw, ub) = proj("mlp.up_proj", c.intermediate_size, h, c.mlp_bias)?;
+            let (dw, db) = proj("mlp.down_proj", h, c.intermediate_size, c.mlp_bias)?;
+            let cat = |a: Option<Tensor>, b: Option<Tensor>, c: Option<Tensor>| -> Result<Option<Tensor>> {
+                Ok(match (a, b, c) {
+                    (Some(a), Some(b), Some(c)) => Some(Tensor::cat(&[a, b, c], 0)?),
+                    (Some(a), Some(b), None) => Some(Tensor::cat(&[a, b], 0)?),
+                    _ => None,
+                })
+            };
+            layers.push(Layer {
+                input_norm: get(&format!("{p}.input_layernorm.weight"), &[h])?,
+                qkv: Linear::new(Tensor::cat(&[qw, kw, vw], 0)?, cat(qb, kb, vb)?, quant)?,
+                o: Linear::new(ow, None, quant)?,
+                post_norm: get(&format!("{p}.post_attention_layernorm.weight"), &[h])?,
+                gate_up: Linear::new(Tensor::cat(&[gw, uw], 0)?, cat(gb, ub, None)?, quant)?,
+                down: Linear::new(dw, db, quant)?,
+            });
+        }
+        let norm = get("model.norm.weight", &[h])?;
+        let head = if c.tie_word_embeddings && !ckpt.contains("lm_head.weight") {
+            embed.clone()
+        } else {
+            get("lm_head.weight", &[c.vocab_size, h])?
+        };
+        let inv_freq = cfg.rope_inv_freq();
+        let half = inv_freq.len();
+        let mut cos = Vec::with_capacity(n_positions * half);
+        let mut sin = Vec::with_capacity(n_positions * half);
+        for pos in 0..n_positions {
+            for f in &inv_freq {
+                // f32 angles, as transformers computes them.
+                let angle = (pos as f32 * *f as f32) as f64;
+                cos.push(angle.cos() as f32);
+                sin.push(angle.sin() as f32);
+            }
+        }
+        let table = |v: Vec<f32>| -> Result<Tensor> {
+            Ok(Tensor::from_vec(v, (n_positions, half), &Device::Cpu)?
+                .to_dtype(dtype)?
+                .to_device(device)?)
+        };
+        Ok(Self {
+            cfg: cfg.clone(),
+            embed,
+            layers,
+            norm,
+            lm_head: Linear::new(head, None, quant)?,
+            cos: table(cos)?,
+            sin: table(sin)?,
+            dtype,
+            device: device.clone(),
+        })
+    }
+
+    /// Zeroed caches for `n_positions`.
+    pub(crate) fn new_cache(&self, n_positions: usize) -> Result<Vec<LayerCache>> {
+        let shape = (self.cfg.num_kv_heads, n_positions, self.cfg.head_dim);
+        (0..self.cfg.num_layers)
+            .map(|_| {
+                Ok(LayerCache {
+                    k: Tensor::zeros(shape, self.dtype, &self.device)?,
+                    v: Tensor::zeros(shape, self.dtype, &self.device)?,
+                })
+            })
+            .collect()
+    }
+
+    /// Runs `tokens` at positions `pos..pos+n`, writing the cache there.
+    /// Returns logits `(n, vocab)` in f32, or `(1, vocab)` for the last
+    /// position only when `last_only`.
+    pub(crate) fn forward(
+        &self,
+        tokens: &[u32],
+        pos: usize,
+        cache: &mut [LayerCache],
+        last_only: bool,
+    ) -> Result<Tensor> {
+        let n = tokens.len();
+        let ids = Tensor::new(tokens, &self.device)?;
+        let mut x = self.embed.index_select(&ids, 0)?; // (n, hidden)
+        let cos = self.cos.narrow(0, pos, n)?;
+        let sin = self.sin.narrow(0, pos, n)?;
+        let mask = self.mask(n, pos)?;
+        for (layer, cache) in self.layers.iter().zip(cache.iter_mut()) {
+            let h = rms_norm(&x, &layer.input_norm, self.cfg.rms_norm_eps)?;
+            let h = self.attention(layer, &h, pos, &cos, &sin, mask.as_ref(), cache)?;
+            x = (x + h)?;
+            let h = rms_norm(&x, &layer.post_norm, self.cfg.rms_norm_eps)?;
+            let gate_up = layer.gate_up.forward(&h)?;
+            let f = self.cfg.intermediate_size;
+            let act = (candle_nn::ops::silu(&gate_up.narrow(1, 0, f)?)? * gate_up.narrow(1, f, f)?)?;
+            x = (x + layer.down.forward(&act)?)?;
+        }
+        if last_only && n > 1 {
+            x = x.narrow(0, n - 1, 1)?;
+        }
+        let x = rms_norm(&x, &self.norm, self.cfg.rms_norm_eps)?;
+        Ok(self.lm_head.forward(&x)?.to_dtype(DType::F32)?)
+    }
+
+    /// Additive attention mask `(n, pos + n)`: 0 where query `i` (at `pos + i`)
+    /// may see key `j`, `-inf` where `j` is in its future or, with a sliding
+    /// window, too far in its past. `None` when nothing is masked.
+    fn mask(&self, n: usize, pos: usize) -> Result<Option<Tensor>> {
+        let len = pos + n;
+        let window = self.cfg.sliding_window.unwrap_or(usize::MAX);
+        let visible = |i: usize, j: usize| j <= pos + i && pos + i - j < window;
+        if n == 1 && len <= window {
+            return Ok(None); // one query at the end sees every key
+        }
+        let data: Vec<f32> = (0..n)
+            .flat_map(|i| (0..len).map(move |j| if visible(i, j) { 0.0 } else { f32::NEG_INFINITY }))
+            .collect();
+        Ok(Some(Tensor::from_vec(data, (n, len), &self.device)?.to_dtype(self.dtype)?))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn attention(
+        &self,
+        layer: &Layer,
+        x: &Tensor,
+        pos: usize,
+        cos: &Tensor,
+        sin: &Tensor,
+        mask: Option<&Tensor>,
+        cache: &mut LayerCache,
+    ) -> Result<Tensor> {
+        let c = &self.cfg;
+        let (n, hd, heads, kvh) = (x.dim(0)?, c.head_dim, c.num_heads, c.num_kv_heads);
+        let group = heads / kvh;
+        let qkv = layer.qkv.forward(x)?; // (n, (heads + 2 kvh) * hd)
+        let split = |start: usize, count: usize| -> Result<Tensor> {
+            Ok(qkv
+                .narrow(1, start * hd, count * hd)?
+                .reshape((n, count, hd))?
+                .transpose(0, 1)?
+                .contiguous()?
+                .unsqueeze(0)?)
+        };
+        let q = candle_nn::rotary_emb::rope(&split(0, heads)?, cos, sin)?.squeeze(0)?;
+        let k = candle_nn::rotary_emb::rope(&split(heads, kvh)?, cos, sin)?.squeeze(0)?;
+        let v = split(heads + kvh, kvh)?.squeeze(0)?;
+        cache.k.slice_set(&k, 1, pos)?;
+        cache.v.slice_set(&v, 1, pos)?;
+        let len = pos + n;
+        let keys = cache.k.narrow(1, 0, len)?; // (kvh, len, hd)
+        let values = cache.v.narrow(1, 0, len)?;
+        // Query heads sharing a kv head are adjacent: fold them into rows.
+        let q = (q.reshape((kvh, group * n, hd))? * (1.0 / (hd as f64).sqrt()))?;
+        let mut scores = q.matmul(&keys.t()?)?; // (kvh, group * n, len)
+        if let Some(mask) = mask {
+            scores = scores
+                .reshape((kvh, group, n, len))?
+                .broadcast_add(mask)?
+                .reshape((kvh, group * n, len))?;
+        }
+        let probs = candle_nn::ops::softmax_last_dim(&scores)?;
+        let out = probs.matmul(&values)?; // (kvh, group * n, hd)
+        let out = out.reshape((heads, n, hd))?.transpose(0, 1)?.reshape((n, heads * hd))?;
+        layer.o.forward(&out)
+    }
+}
+
+fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
+    Ok(candle_nn::ops::rms_norm(x, weight, eps as f32)?)
+}

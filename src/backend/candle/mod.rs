@@ -1,0 +1,248 @@
+//! The candle backend: loads a Hugging Face Llama / Mistral / Qwen2 directory
+//! and runs it on the CPU (f32) or, with the `cuda` feature, an NVIDIA GPU.
+//!
+//! A model directory is what `save_pretrained` writes: `config.json`,
+//! `model.safetensors` (or `model.safetensors.index.json` + shards) in bf16,
+//! f16 or f32, `tokenizer.json`, and optionally `generation_config.json`.
+
+mod config;
+mod llama;
+mod weights;
+
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device};
+
+pub use config::{ModelConfig, RopeScaling, SUPPORTED_MODEL_TYPES};
+pub use llama::Quantization;
+
+use crate::error::{Error, Result};
+use crate::model::{LanguageModel, Logits};
+use crate::tokenizer::Tokenizer;
+use llama::{LayerCache, Llama};
+
+/// Positions allocated when neither the caller nor a small
+/// `max_position_embeddings` sets fewer (a 128k-context checkpoint would
+/// otherwise allocate its whole KV cache up front).
+pub const DEFAULT_MAX_POSITIONS: usize = 4096;
+
+/// How to load a model.
+#[derive(Debug, Clone)]
+pub struct LoadOptions {
+    /// Where to run: `Device::Cpu` (default) or a CUDA device.
+    pub device: Device,
+    /// Compute dtype. F32 on CPU (candle's bf16 CPU matmul is far slower);
+    /// BF16 suits GPUs.
+    pub dtype: DType,
+    /// KV-cache positions (`n_positions`). `None`: the smaller of
+    /// `max_position_embeddings` and [`DEFAULT_MAX_POSITIONS`].
+    pub n_positions: Option<usize>,
+    /// Weight storage for the matrix products.
+    pub quantization: Quantization,
+}
+
+impl Default for LoadOptions {
+    /// CPU, f32, dense.
+    fn default() -> Self {
+        Self {
+            device: Device::Cpu,
+            dtype: DType::F32,
+            n_positions: None,
+            quantization: Quantization::None,
+        }
+    }
+}
+
+impl LoadOptions {
+    /// Options for a CUDA device (`ordinal` 0 for the first GPU) in bf16.
+    /// Errors when the crate was built without the `cuda` feature.
+    pub fn cuda(ordinal: usize) -> Result<Self> {
+        Ok(Self {
+            device: Device::new_cuda(ordinal)?,
+            dtype: DType::BF16,
+            ..Self::default()
+        })
+    }
+}
+
+/// A Llama-family model on candle, with its KV cache and tokenizer.
+pub struct CandleModel {
+    name: String,
+    dir: PathBuf,
+    config: ModelConfig,
+    llama: Llama,
+    cache: Vec<LayerCache>,
+    len: usize,
+    n_positions: usize,
+    tokenizer: Option<Tokenizer>,
+    eos: Vec<u32>,
+}
+
+impl std::fmt::Debug for CandleModel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CandleModel")
+            .field("dir", &self.dir)
+            .field("model_type", &self.config.model_type)
+            .field("cached_len", &self.len)
+            .field("n_positions", &self.n_positions)
+            .finish()
+    }
+}
+
+impl CandleModel {
+    /// Loads the model in `dir` with default options (CPU, f32).
+    pub fn load(dir: impl AsRef<Path>) -> Result<Self> {
+        Self::load_with(dir, &LoadOptions::default())
+    }
+
+    /// Loads the model in `dir`.
+    pub fn load_with(dir: impl AsRef<Path>, options: &LoadOptions) -> Result<Self> {
+        let dir = dir.as_ref();
+        if !dir.exists() {
+            return Err(Error::ModelDir {
+                path: dir.to_path_buf(),
+                reason: "does not exist".into(),
+            });
+        }
+        if !dir.is_dir() {
+            return Err(Error::ModelDir {
+                path: dir.to_path_buf(),
+                reason: "is not a directory".into(),
+            });
+        }
+        let config_path = dir.join("config.json");
+        if !config_path.is_file() {
+            return Err(Error::ModelDir {
+                path: dir.to_path_buf(),
+                reason: "has no config.json".into(),
+            });
+        }
+        let config = ModelConfig::from_file(&config_path)?;
+        let n_positions = match options.n_positions {
+            Some(0) => return Err(Error::setting("n_positions", 0, "at least 1")),
+            Some(n) => n,
+            None => config.max_position_embeddings.min(DEFAULT_MAX_POSITIONS),
+        };
+        let checkpoint = weights::Checkpoint::open(dir)?;
+        let llama = Llama::load(
+            &config,
+            &checkpoint,
+            n_positions,
+            options.dtype,
+            &options.device,
+            options.quantization,
+        )?;
+        let tokenizer_path = dir.join("tokenizer.json");
+        let tokenizer = if tokenizer_path.exists() {
+            Some(Tokenizer::from_file(&tokenizer_path)?)
+        } else {
+            None
+        };
+        let eos = weights::generation_eos(dir)?.unwrap_or_else(|| config.eos_token_ids.clone());
+        let cache = llama.new_cache(n_positions)?;
+        let name = dir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| dir.display().to_string());
+        Ok(Self {
+            name,
+            dir: dir.to_path_buf(),
+            config,
+            llama,
+            cache,
+            len: 0,
+            n_positions,
+            tokenizer,
+            eos,
+        })
+    }
+
+    /// The resolved configuration.
+    pub fn config(&self) -> &ModelConfig {
+        &self.config
+    }
+
+    /// The directory the model was loaded from.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn check_feed(&self, tokens: &[u32]) -> Result<()> {
+        let err = |message: String| Error::Shape {
+            model: self.name.clone(),
+            message,
+        };
+        if tokens.is_empty() {
+            return Err(err("forward of 0 tokens".into()));
+        }
+        if self.len + tokens.len() > self.n_positions {
+            return Err(err(format!(
+                "{} cached + {} new tokens exceed n_positions = {}",
+                self.len,
+                tokens.len(),
+                self.n_positions
+            )));
+        }
+        if let Some(&bad) = tokens.iter().find(|&&t| t as usize >= self.config.vocab_size) {
+            return Err(err(format!(
+                "token id {bad} is outside the vocabulary of {}",
+                self.config.vocab_size
+            )));
+        }
+        Ok(())
+    }
+
+    fn run(&mut self, tokens: &[u32], last_only: bool) -> Result<Logits> {
+        self.check_feed(tokens)?;
+        let logits = self.llama.forward(tokens, self.len, &mut self.cache, last_only)?;
+        self.len += tokens.len();
+        let data = logits.flatten_all()?.to_vec1::<f32>()?;
+        Ok(Logits::new(data, self.config.vocab_size))
+    }
+}
+
+impl LanguageModel for CandleModel {
+    fn forward(&mut self, tokens: &[u32]) -> Result<Logits> {
+        self.run(tokens, false)
+    }
+
+    fn forward_last(&mut self, tokens: &[u32]) -> Result<Logits> {
+        self.run(tokens, true)
+    }
+
+    fn truncate(&mut self, len: usize) -> Result<()> {
+        if len > self.len {
+            return Err(Error::Shape {
+                model: self.name.clone(),
+                message: format!("cannot truncate to {len}: only {} positions are cached", self.len),
+            });
+        }
+        // The cache beyond `len` is overwritten by the next forward.
+        self.len = len;
+        Ok(())
+    }
+
+    fn cached_len(&self) -> usize {
+        self.len
+    }
+
+    fn vocab_size(&self) -> usize {
+        self.config.vocab_size
+    }
+
+    fn n_positions(&self) -> usize {
+        self.n_positions
+    }
+
+    fn tokenizer(&self) -> Option<&Tokenizer> {
+        self.tokenizer.as_ref()
+    }
+
+    fn eos_token_ids(&self) -> &[u32] {
+        &self.eos
+    }
+
+    fn name(&self) -> &str {
+        &self.name
+    }
+}

@@ -1,0 +1,3 @@
+//! Backends: implementations of [`LanguageModel`](crate::LanguageModel).
+
+pub mod candle;

@@ -1,0 +1,239 @@
+//! The crate's one error type.
+//!
+//! Every variant names what was wrong (the file, tensor, field or setting), the
+//! value that was found and what was expected, so a caller can act on it
+//! without reading our source. Errors are `Send + Sync` and never carry
+//! borrowed data.
+
+use std::path::PathBuf;
+
+/// `Result` with [`Error`].
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// Which of the two models an error or a statistic is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// The large model whose distribution the output follows.
+    Target,
+    /// The small model that proposes tokens.
+    Draft,
+}
+
+impl std::fmt::Display for Role {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Role::Target => "target",
+            Role::Draft => "draft",
+        })
+    }
+}
+
+/// Everything that can go wrong in specdec.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A file or directory could not be read.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file or directory.
+        path: PathBuf,
+        /// What the operating system said.
+        source: std::io::Error,
+    },
+
+    /// A model directory lacks something it must have.
+    #[error("model directory {path}: {reason}")]
+    ModelDir {
+        /// The directory.
+        path: PathBuf,
+        /// What is missing or wrong.
+        reason: String,
+    },
+
+    /// A JSON file (config.json, generation_config.json, a shard index) is not
+    /// valid JSON or not of the expected form.
+    #[error("{path}: not valid JSON of the expected form: {message}")]
+    Json {
+        /// The file.
+        path: PathBuf,
+        /// What the parser said (line, column).
+        message: String,
+    },
+
+    /// A field of a config file is missing or has a value we cannot use.
+    #[error("{path}: field `{field}`: {message}")]
+    Config {
+        /// The file.
+        path: PathBuf,
+        /// The field, dotted for nested fields (`rope_scaling.factor`).
+        field: String,
+        /// What was found and what was expected.
+        message: String,
+    },
+
+    /// A weights file is truncated, corrupt or unreadable.
+    #[error("{path}: cannot read weights: {message}")]
+    Weights {
+        /// The safetensors file.
+        path: PathBuf,
+        /// What the safetensors reader said.
+        message: String,
+    },
+
+    /// A tensor the architecture needs is not in the checkpoint.
+    #[error("{path}: tensor `{tensor}` is missing")]
+    MissingTensor {
+        /// The weights file (or shard index) that was searched.
+        path: PathBuf,
+        /// The tensor name.
+        tensor: String,
+    },
+
+    /// A tensor has a shape other than the config implies.
+    #[error("{path}: tensor `{tensor}` has shape {got:?}, expected {expected:?} from config.json")]
+    ShapeMismatch {
+        /// The weights file.
+        path: PathBuf,
+        /// The tensor name.
+        tensor: String,
+        /// The shape the config implies.
+        expected: Vec<usize>,
+        /// The shape in the file.
+        got: Vec<usize>,
+    },
+
+    /// A tensor is stored in a dtype we do not load.
+    #[error("{path}: tensor `{tensor}` has dtype {dtype}, expected one of bf16, f16, f32")]
+    UnsupportedDtype {
+        /// The weights file.
+        path: PathBuf,
+        /// The tensor name.
+        tensor: String,
+        /// The dtype found.
+        dtype: String,
+    },
+
+    /// tokenizer.json could not be loaded, or encoding / decoding failed.
+    #[error("tokenizer {path}: {message}")]
+    Tokenizer {
+        /// The tokenizer file (or `<memory>`).
+        path: PathBuf,
+        /// What the tokenizers crate said.
+        message: String,
+    },
+
+    /// Draft and target do not share a vocabulary, so the draft's token ids
+    /// would mean something else to the target.
+    #[error("draft and target vocabularies differ: {message}")]
+    VocabularyMismatch {
+        /// The first difference found.
+        message: String,
+    },
+
+    /// A generation or load setting is out of range.
+    #[error("invalid setting `{name}` = {value}: expected {expected}")]
+    InvalidSetting {
+        /// The setting (`k`, `temperature`, `top_p`, ...).
+        name: &'static str,
+        /// The value given.
+        value: String,
+        /// The allowed range.
+        expected: String,
+    },
+
+    /// The prompt is empty: there is nothing to condition on.
+    #[error("the prompt is empty: give at least one token (a BOS token, if nothing else)")]
+    EmptyPrompt,
+
+    /// The prompt plus the token budget does not fit the model's positions.
+    #[error(
+        "{role} model: {prompt} prompt tokens + {max_new_tokens} new tokens = {needed} positions, \
+         but the model has n_positions = {limit}"
+    )]
+    TooLong {
+        /// The model whose limit is exceeded.
+        role: Role,
+        /// Prompt length in tokens.
+        prompt: usize,
+        /// The requested budget of new tokens.
+        max_new_tokens: usize,
+        /// Positions needed.
+        needed: usize,
+        /// The model's `n_positions`.
+        limit: usize,
+    },
+
+    /// A forward pass was asked for something the model cannot do (past
+    /// `n_positions`, an empty input, a truncation beyond the cached length,
+    /// or a shape a static-shape backend did not compile).
+    #[error("{model}: {message}")]
+    Shape {
+        /// Which model (its name or role).
+        model: String,
+        /// The offending request and the limit.
+        message: String,
+    },
+
+    /// A backend returned logits with NaN or +inf.
+    #[error("{role} model returned a non-finite logit {value} at window position {position}, token id {token}")]
+    NonFiniteLogits {
+        /// The model.
+        role: Role,
+        /// Row of the forward's output (0 = first new token).
+        position: usize,
+        /// Column (token id).
+        token: u32,
+        /// The value (NaN or inf).
+        value: f32,
+    },
+
+    /// After suppression and top-k / top-p / min-p no token is left with
+    /// nonzero probability.
+    #[error("{role} model: no token has nonzero probability at window position {position} (every logit is -inf or suppressed)")]
+    EmptyDistribution {
+        /// The model.
+        role: Role,
+        /// Row of the forward's output.
+        position: usize,
+    },
+
+    /// A backend failed mid-generation. The tokens committed before the
+    /// failure are kept here; the generator can be used again.
+    #[error("generation stopped after {} committed tokens: {source}", committed.len())]
+    Interrupted {
+        /// Tokens committed before the failure (prompt excluded).
+        committed: Vec<u32>,
+        /// The backend's error.
+        source: Box<Error>,
+    },
+
+    /// An error from candle (tensor math or device).
+    #[error("candle: {0}")]
+    Candle(#[from] candle_core::Error),
+}
+
+impl Error {
+    pub(crate) fn setting(
+        name: &'static str,
+        value: impl std::fmt::Display,
+        expected: impl Into<String>,
+    ) -> Self {
+        Error::InvalidSetting {
+            name,
+            value: value.to_string(),
+            expected: expected.into(),
+        }
+    }
+
+    pub(crate) fn config(
+        path: impl Into<PathBuf>,
+        field: impl Into<String>,
+        message: impl Into<String>,
+    ) -> Self {
+        Error::Config {
+            path: path.into(),
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+}

@@ -1,0 +1,91 @@
+//! # specdec: exact speculative decoding
+//!
+//! Generating a token with a large language model reads every weight once,
+//! so decoding is bound by memory bandwidth: a 70B model takes ~21 ms a token
+//! where a 7B one takes ~4 ms. Speculative decoding lets a small *draft* model
+//! guess the next tokens and the large *target* model check a whole window of
+//! guesses in one forward pass, which costs about as much as producing one
+//! token. Rejection sampling decides which guesses to keep so that the output
+//! follows the target's distribution **exactly**; greedy output is
+//! token-for-token the target's own.
+//!
+//! ## The loop, step by step
+//!
+//! With a window `k`, each iteration of [`Generator`]:
+//!
+//! 1. **Propose.** The draft catches up on committed tokens it has not seen,
+//!    then samples `k - 1` *draft tokens* `d_1..d_{k-1}`, each from its warped
+//!    distribution `q_i` (temperature, top-k, top-p, min-p), keeping each `q_i`.
+//! 2. **Verify.** The target runs **one** forward pass over the last committed
+//!    token and the draft tokens: `k` positions, `k` rows of logits, warped the
+//!    same way into `p_1..p_k`.
+//! 3. **Accept.** Left to right, `d_i` is *accepted* with probability
+//!    `min(1, p_i(d_i) / q_i(d_i))` (greedy: iff it is the target's argmax).
+//!    At the first rejection a *recovered* token is drawn from
+//!    `norm(max(0, p_i - q_i))` (greedy: the target's argmax); if all are
+//!    accepted a *bonus* token is drawn from `p_k`. Output tokens =
+//!    accepted + 1, between 1 and `k` per target pass.
+//! 4. **Commit.** Both KV caches roll back to the committed length (no
+//!    re-prefill), and output stops at EOS, a stop string or the budget, even
+//!    when a window ran past it.
+//!
+//! `k = 1` is plain decoding of the target. The proof that step 3 preserves
+//! `p` is in Leviathan et al. (2023), Appendix A.1; `tests/exact_distribution.rs`
+//! checks it by enumerating every random branch of the generator on small
+//! vocabularies.
+//!
+//! ## Example
+//!
+//! ```no_run
+//! use specdec::{CandleModel, GenerateConfig, Generator, SamplingParams};
+//!
+//! # fn main() -> specdec::Result<()> {
+//! let target = CandleModel::load("models/py-s")?;
+//! let draft = CandleModel::load("models/py-xs")?;
+//! let mut generator = Generator::new(target, draft)?;
+//! let config = GenerateConfig {
+//!     max_new_tokens: 64,
+//!     k: 4,
+//!     sampling: SamplingParams::greedy(),
+//!     ..GenerateConfig::default()
+//! };
+//! let out = generator.generate_text("def fibonacci(n):", &config)?;
+//! println!("{}", out.text.unwrap_or_default());
+//! println!("{}", out.stats.summary());
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! ## Backends
+//!
+//! Anything that implements [`LanguageModel`] can be a draft or a target.
+//! [`CandleModel`] runs Hugging Face Llama / Mistral / Qwen2 checkpoints on
+//! the CPU (and on CUDA with the `cuda` feature). [`StaticShapeModel`] wraps
+//! any model in the rules of a compiled, static-shape backend such as AWS
+//! Inferentia2, and [`conformance`] checks a backend against the contract.
+
+#![warn(missing_docs)]
+
+pub mod backend;
+pub mod conformance;
+mod error;
+mod generator;
+mod model;
+pub mod sampling;
+mod static_shape;
+mod stats;
+mod tokenizer;
+pub mod verify;
+
+pub use backend::candle::{CandleModel, LoadOptions, ModelConfig, Quantization};
+pub use error::{Error, Result, Role};
+pub use generator::{Chunk, Eos, GenerateConfig, Generator, Output, StopReason, MAX_WINDOW};
+pub use model::{LanguageModel, Logits, Shapes, StaticShapes};
+pub use sampling::{Distribution, RandomSource, SamplingParams, SeededRandom};
+pub use static_shape::{GraphCalls, StaticShapeModel, PAD_TOKEN};
+pub use stats::Stats;
+pub use tokenizer::Tokenizer;
+
+/// Re-exported so callers can pick a device and dtype without naming
+/// candle-core themselves.
+pub use candle_core::{DType, Device};

@@ -1,0 +1,391 @@
+//! The sampler: logits + settings -> a normalized distribution, and seeded
+//! draws from it.
+//!
+//! Both models' logits go through the *same* [`warp`]: suppression, then
+//! temperature, top-k, top-p and min-p, then a softmax in `f64`. The draft's
+//! token is drawn from exactly the distribution `q` that [`warp`] returns, and
+//! that same `q` is what the verifier divides by. Nothing here hands out a
+//! token without the distribution it came from.
+
+use rand::{Rng, SeedableRng};
+
+use crate::error::{Error, Result, Role};
+
+/// How tokens are chosen.
+///
+/// `temperature == 0` is greedy (argmax; `top_k`, `top_p`, `min_p` are then
+/// irrelevant). Otherwise logits are divided by `temperature`, then filtered by
+/// `top_k`, `top_p` and `min_p`, in that order, as Hugging Face transformers
+/// does.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SamplingParams {
+    /// Softmax temperature, `>= 0` and finite; 0 means greedy.
+    pub temperature: f32,
+    /// Keep only the `top_k` most likely tokens (`>= 1`).
+    pub top_k: Option<usize>,
+    /// Keep the smallest set of most likely tokens whose mass reaches `top_p`,
+    /// in `(0, 1]`.
+    pub top_p: Option<f32>,
+    /// Drop tokens whose probability is below `min_p` times the largest, in `[0, 1]`.
+    pub min_p: Option<f32>,
+}
+
+impl Default for SamplingParams {
+    /// Greedy.
+    fn default() -> Self {
+        Self::greedy()
+    }
+}
+
+impl SamplingParams {
+    /// Greedy decoding: always the most likely token.
+    pub fn greedy() -> Self {
+        Self {
+            temperature: 0.0,
+            top_k: None,
+            top_p: None,
+            min_p: None,
+        }
+    }
+
+    /// Plain sampling at `temperature`, no filtering.
+    pub fn with_temperature(temperature: f32) -> Self {
+        Self {
+            temperature,
+            ..Self::greedy()
+        }
+    }
+
+    /// True when this selects argmax decoding.
+    pub fn is_greedy(&self) -> bool {
+        self.temperature == 0.0
+    }
+
+    /// Checks every field's range; the error names the field and value.
+    pub fn validate(&self) -> Result<()> {
+        let t = self.temperature;
+        if !t.is_finite() || t < 0.0 {
+            return Err(Error::setting(
+                "temperature",
+                t,
+                "a finite number >= 0 (0 = greedy)",
+            ));
+        }
+        if self.top_k == Some(0) {
+            return Err(Error::setting("top_k", 0, "an integer >= 1"));
+        }
+        if let Some(p) = self.top_p {
+            if !(p > 0.0 && p <= 1.0) {
+                return Err(Error::setting("top_p", p, "a number in (0, 1]"));
+            }
+        }
+        if let Some(m) = self.min_p {
+            if !(0.0..=1.0).contains(&m) {
+                return Err(Error::setting("min_p", m, "a number in [0, 1]"));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A probability distribution over the vocabulary, `[vocab]` in `f64`,
+/// entries `>= 0` summing to 1 (to rounding).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Distribution {
+    probs: Vec<f64>,
+}
+
+impl Distribution {
+    /// Normalizes nonnegative finite `weights`; `None` if they sum to 0 or are
+    /// not all finite and nonnegative.
+    pub fn from_weights(mut weights: Vec<f64>) -> Option<Self> {
+        if weights.iter().any(|w| !w.is_finite() || *w < 0.0) {
+            return None;
+        }
+        let total: f64 = weights.iter().sum();
+        if !(total > 0.0 && total.is_finite()) {
+            return None;
+        }
+        weights.iter_mut().for_each(|w| *w /= total);
+        Some(Self { probs: weights })
+    }
+
+    /// All-mass-on-`token` distribution over `vocab` ids.
+    pub fn point(token: u32, vocab: usize) -> Self {
+        let mut probs = vec![0.0; vocab];
+        probs[token as usize] = 1.0;
+        Self { probs }
+    }
+
+    /// Probabilities, `[vocab]`.
+    pub fn probs(&self) -> &[f64] {
+        &self.probs
+    }
+
+    /// Probability of `token` (0 outside the vocabulary).
+    pub fn prob(&self, token: u32) -> f64 {
+        self.probs.get(token as usize).copied().unwrap_or(0.0)
+    }
+
+    /// Vocabulary size.
+    pub fn len(&self) -> usize {
+        self.probs.len()
+    }
+
+    /// True for an empty vocabulary (never produced by [`warp`]).
+    pub fn is_empty(&self) -> bool {
+        self.probs.is_empty()
+    }
+}
+
+/// The source of randomness of a generation: every random decision the
+/// sampler and verifier make goes through one of these two calls, so a test
+/// can replace it with one that enumerates every branch.
+pub trait RandomSource {
+    /// Returns an index `i` with probability `probs[i]` (`probs` sums to 1;
+    /// an index with probability 0 is never returned).
+    fn categorical(&mut self, probs: &[f64]) -> usize;
+    /// Returns `true` with probability `p` (`0 < p < 1`).
+    fn bernoulli(&mut self, p: f64) -> bool;
+}
+
+/// The default [`RandomSource`]: a seeded generator, so the same seed and
+/// settings give the same output.
+#[derive(Debug, Clone)]
+pub struct SeededRandom(rand::rngs::StdRng);
+
+impl SeededRandom {
+    /// A source seeded with `seed`.
+    pub fn new(seed: u64) -> Self {
+        Self(rand::rngs::StdRng::seed_from_u64(seed))
+    }
+}
+
+impl RandomSource for SeededRandom {
+    fn categorical(&mut self, probs: &[f64]) -> usize {
+        let total: f64 = probs.iter().sum();
+        let mut u = self.0.random::<f64>() * total;
+        let mut last_positive = 0;
+        for (i, &p) in probs.iter().enumerate() {
+            if p > 0.0 {
+                if u < p {
+                    return i;
+                }
+                u -= p;
+                last_positive = i;
+            }
+        }
+        // Rounding left `u` just past the end: the last token with mass.
+        last_positive
+    }
+
+    fn bernoulli(&mut self, p: f64) -> bool {
+        self.0.random::<f64>() < p
+    }
+}
+
+/// Checks a logits row for NaN and +inf; `-inf` is allowed (a masked token).
+pub fn check_finite(row: &[f32], role: Role, position: usize) -> Result<()> {
+    match row.iter().position(|x| x.is_nan() || *x == f32::INFINITY) {
+        None => Ok(()),
+        Some(token) => Err(Error::NonFiniteLogits {
+            role,
+            position,
+            token: token as u32,
+            value: row[token],
+        }),
+    }
+}
+
+/// Greedy choice: the id of the largest logit not in `suppress` (the lowest
+/// id among ties). Errors on NaN / +inf, or when every token is suppressed or
+/// `-inf`.
+pub fn argmax(row: &[f32], suppress: &[u32], role: Role, position: usize) -> Result<u32> {
+    check_finite(row, role, position)?;
+    let mut best: Option<(usize, f32)> = None;
+    for (i, &x) in row.iter().enumerate() {
+        if x == f32::NEG_INFINITY || suppress.contains(&(i as u32)) {
+            continue;
+        }
+        if best.is_none_or(|(_, b)| x > b) {
+            best = Some((i, x));
+        }
+    }
+    best.map(|(i, _)| i as u32)
+        .ok_or(Error::EmptyDistribution { role, position })
+}
+
+/// Turns a logits row (`[vocab]`) into the distribution tokens are drawn
+/// from: `suppress`ed ids get probability 0, then temperature, top-k, top-p
+/// and min-p as in [`SamplingParams`]. Ties at a top-k / top-p cut are broken
+/// by the lower id, so the result is a function of the row alone.
+///
+/// `params` must not be greedy (use [`argmax`]); `role` and `position` only
+/// name the row in errors.
+pub fn warp(
+    row: &[f32],
+    params: &SamplingParams,
+    suppress: &[u32],
+    role: Role,
+    position: usize,
+) -> Result<Distribution> {
+    check_finite(row, role, position)?;
+    let empty = || Error::EmptyDistribution { role, position };
+    let t = params.temperature as f64;
+    let mut logits: Vec<f64> = row.iter().map(|&x| x as f64 / t).collect();
+    for &s in suppress {
+        if let Some(x) = logits.get_mut(s as usize) {
+            *x = f64::NEG_INFINITY;
+        }
+    }
+    let max = logits.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    if max == f64::NEG_INFINITY {
+        return Err(empty());
+    }
+    let mut probs: Vec<f64> = logits.iter().map(|&x| (x - max).exp()).collect();
+
+    let filtering = params.top_k.is_some() || params.top_p.is_some();
+    if filtering {
+        // Ids by descending probability, lower id first among ties.
+        let mut order: Vec<u32> = (0..probs.len() as u32)
+            .filter(|&i| probs[i as usize] > 0.0)
+            .collect();
+        order.sort_by(|&a, &b| probs[b as usize].total_cmp(&probs[a as usize]).then(a.cmp(&b)));
+        let mut keep = order.len();
+        if let Some(k) = params.top_k {
+            keep = keep.min(k);
+        }
+        if let Some(top_p) = params.top_p {
+            let total: f64 = order[..keep].iter().map(|&i| probs[i as usize]).sum();
+            let target = top_p as f64 * total;
+            let mut acc = 0.0;
+            for (n, &i) in order[..keep].iter().enumerate() {
+                acc += probs[i as usize];
+                if acc >= target {
+                    keep = n + 1;
+                    break;
+                }
+            }
+        }
+        for &i in &order[keep..] {
+            probs[i as usize] = 0.0;
+        }
+    }
+    if let Some(min_p) = params.min_p {
+        // The largest weight is exp(0) = 1, so the cut is `min_p` itself.
+        let cut = min_p as f64;
+        probs.iter_mut().filter(|p| **p < cut).for_each(|p| *p = 0.0);
+    }
+    Distribution::from_weights(probs).ok_or_else(empty)
+}
+
+/// The residual distribution of a rejection: `norm(max(0, p - q))`. `None`
+/// when `p <= q` everywhere, which happens only when `p == q` up to rounding,
+/// and then a rejection has probability 0.
+pub fn residual(p: &Distribution, q: &Distribution) -> Option<Distribution> {
+    let weights = p
+        .probs()
+        .iter()
+        .enumerate()
+        .map(|(i, &pi)| (pi - q.prob(i as u32)).max(0.0))
+        .collect();
+    Distribution::from_weights(weights)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dist(row: &[f32], params: &SamplingParams) -> Vec<f64> {
+        warp(row, params, &[], Role::Target, 0)
+            .unwrap()
+            .probs()
+            .to_vec()
+    }
+
+    #[test]
+    fn softmax_at_temperature_one() {
+        let p = dist(&[0.0, (2.0f32).ln()], &SamplingParams::with_temperature(1.0));
+        assert!((p[0] - 1.0 / 3.0).abs() < 1e-12 && (p[1] - 2.0 / 3.0).abs() < 1e-12);
+    }
+
+    #[test]
+    fn top_k_and_top_p_cut_the_tail() {
+        let row = [3.0, 2.0, 1.0, 0.0];
+        let mut params = SamplingParams::with_temperature(1.0);
+        params.top_k = Some(2);
+        let p = dist(&row, &params);
+        assert!(p[2] == 0.0 && p[3] == 0.0 && p[0] > p[1]);
+        params.top_k = None;
+        params.top_p = Some(0.5);
+        assert_eq!(dist(&row, &params), vec![1.0, 0.0, 0.0, 0.0]);
+    }
+
+    #[test]
+    fn ties_at_the_cut_keep_the_lower_id() {
+        let mut params = SamplingParams::with_temperature(1.0);
+        params.top_k = Some(1);
+        assert_eq!(dist(&[1.0, 1.0, 1.0], &params), vec![1.0, 0.0, 0.0]);
+    }
+
+    #[test]
+    fn min_p_is_relative_to_the_top() {
+        let mut params = SamplingParams::with_temperature(1.0);
+        params.min_p = Some(0.5);
+        let p = dist(&[0.0, (0.4f32).ln(), (0.6f32).ln()], &params);
+        assert_eq!(p[1], 0.0);
+        assert!(p[2] > 0.0);
+    }
+
+    #[test]
+    fn suppression_and_masking() {
+        let params = SamplingParams::with_temperature(1.0);
+        let d = warp(&[5.0, 1.0], &params, &[0], Role::Draft, 3).unwrap();
+        assert_eq!(d.probs(), &[0.0, 1.0]);
+        let e = warp(&[f32::NEG_INFINITY, 1.0], &params, &[1], Role::Draft, 3).unwrap_err();
+        assert!(matches!(
+            e,
+            Error::EmptyDistribution {
+                role: Role::Draft,
+                position: 3
+            }
+        ));
+        assert_eq!(argmax(&[5.0, 1.0, 5.0], &[0], Role::Target, 0).unwrap(), 2);
+    }
+
+    #[test]
+    fn non_finite_logits_name_the_position() {
+        let e = argmax(&[0.0, f32::NAN], &[], Role::Target, 4).unwrap_err();
+        assert!(matches!(e, Error::NonFiniteLogits { position: 4, token: 1, .. }));
+        let e = warp(&[f32::INFINITY], &SamplingParams::with_temperature(1.0), &[], Role::Draft, 0);
+        assert!(e.is_err());
+    }
+
+    #[test]
+    fn validation_names_the_setting() {
+        for (params, name) in [
+            (SamplingParams::with_temperature(-1.0), "temperature"),
+            (SamplingParams::with_temperature(f32::NAN), "temperature"),
+            (SamplingParams::with_temperature(f32::INFINITY), "temperature"),
+            (SamplingParams { top_k: Some(0), ..SamplingParams::with_temperature(1.0) }, "top_k"),
+            (SamplingParams { top_p: Some(0.0), ..SamplingParams::with_temperature(1.0) }, "top_p"),
+            (SamplingParams { top_p: Some(1.5), ..SamplingParams::with_temperature(1.0) }, "top_p"),
+        ] {
+            match params.validate() {
+                Err(Error::InvalidSetting { name: n, .. }) => assert_eq!(n, name),
+                other => panic!("{params:?}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn seeded_draws_are_reproducible_and_skip_zero_mass() {
+        let probs = [0.0, 0.25, 0.0, 0.75, 0.0];
+        let draw = |seed| {
+            let mut r = SeededRandom::new(seed);
+            (0..200).map(|_| r.categorical(&probs)).collect::<Vec<_>>()
+        };
+        assert_eq!(draw(7), draw(7));
+        assert!(draw(7).iter().all(|&i| i == 1 || i == 3));
+    }
+}

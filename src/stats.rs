@@ -1,0 +1,117 @@
+//! Counters and timings of one generation.
+
+use std::time::Duration;
+
+/// What one generation did and how long it took.
+///
+/// Words as in [`crate::verify`]: each decode iteration is one *window*
+/// (one target forward); it *drafts* up to `k - 1` tokens, *accepts* some and
+/// commits one *recovered* or *bonus* token after them.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Stats {
+    /// The window `k` used (after any static-shape fallback).
+    pub k: usize,
+    /// Prompt length, tokens.
+    pub prompt_tokens: usize,
+    /// Tokens committed to the output (EOS and anything after it excluded).
+    pub generated_tokens: usize,
+    /// Target forward passes while decoding (one per window; prefill excluded).
+    pub target_calls: usize,
+    /// Draft forward passes while decoding (prefill excluded).
+    pub draft_calls: usize,
+    /// Draft tokens proposed.
+    pub drafted: usize,
+    /// Draft tokens accepted.
+    pub accepted: usize,
+    /// Windows that ended in a recovered token (a rejection).
+    pub recovered: usize,
+    /// Windows that ended in a bonus token (everything accepted).
+    pub bonus: usize,
+    /// `accepted_at[i]`: windows whose draft token `i + 1` was accepted.
+    /// `accepted_at[0] / windows that drafted` is the first-position acceptance.
+    pub accepted_at: Vec<usize>,
+    /// Time to feed the prompt to both models.
+    pub prefill: Duration,
+    /// Decode time in the draft (forward passes and sampling).
+    pub draft_time: Duration,
+    /// Decode time in the target forward and the verifier.
+    pub verify_time: Duration,
+    /// Whole decode loop (draft + verify + bookkeeping, detokenization, callbacks).
+    pub decode_time: Duration,
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+fn ratio(a: usize, b: usize) -> f64 {
+    if b == 0 {
+        0.0
+    } else {
+        a as f64 / b as f64
+    }
+}
+
+impl Stats {
+    /// `accepted / drafted`, in `[0, 1]` (0 when nothing was drafted).
+    pub fn acceptance_rate(&self) -> f64 {
+        ratio(self.accepted, self.drafted)
+    }
+
+    /// Tokens produced per target forward while decoding, in `[1, k]`.
+    /// (Counts every token the verifier produced, including an EOS or a
+    /// window's tail cut by a stop, so it measures the windows themselves.)
+    pub fn tokens_per_target_call(&self) -> f64 {
+        ratio(self.accepted + self.recovered + self.bonus, self.target_calls)
+    }
+
+    /// Prefill time, milliseconds.
+    pub fn prefill_ms(&self) -> f64 {
+        ms(self.prefill)
+    }
+
+    /// Decode time, milliseconds.
+    pub fn decode_ms(&self) -> f64 {
+        ms(self.decode_time)
+    }
+
+    /// Decode time spent in the draft, milliseconds.
+    pub fn draft_ms(&self) -> f64 {
+        ms(self.draft_time)
+    }
+
+    /// Decode time spent in target verification, milliseconds.
+    pub fn verify_ms(&self) -> f64 {
+        ms(self.verify_time)
+    }
+
+    /// Decode time outside draft and verify (bookkeeping, text), milliseconds.
+    pub fn other_ms(&self) -> f64 {
+        (self.decode_ms() - self.draft_ms() - self.verify_ms()).max(0.0)
+    }
+
+    /// End-to-end milliseconds per generated token: (prefill + decode) /
+    /// generated, as a user waiting for the whole answer sees it.
+    pub fn ms_per_token(&self) -> f64 {
+        if self.generated_tokens == 0 {
+            0.0
+        } else {
+            (self.prefill_ms() + self.decode_ms()) / self.generated_tokens as f64
+        }
+    }
+
+    /// One line for humans: tokens, ms/token, acceptance, tokens per target pass.
+    pub fn summary(&self) -> String {
+        format!(
+            "{} tokens, {:.2} ms/token (prefill {:.1} ms), k={}, acceptance {:.1}% ({}/{}), {:.2} tokens/target pass",
+            self.generated_tokens,
+            self.ms_per_token(),
+            self.prefill_ms(),
+            self.k,
+            100.0 * self.acceptance_rate(),
+            self.accepted,
+            self.drafted,
+            self.tokens_per_target_call()
+        )
+    }
+}

@@ -1,0 +1,182 @@
+//! Text in, token ids out, and back: a thin, cheaply clonable wrapper around a
+//! Hugging Face `tokenizer.json`, plus incremental UTF-8-safe detokenization
+//! for streaming.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crate::error::{Error, Result};
+
+/// A Hugging Face tokenizer (`tokenizer.json`). Clones share the same data.
+#[derive(Clone)]
+pub struct Tokenizer {
+    inner: Arc<tokenizers::Tokenizer>,
+    path: PathBuf,
+}
+
+impl std::fmt::Debug for Tokenizer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tokenizer")
+            .field("path", &self.path)
+            .field("vocab_size", &self.vocab_size())
+            .finish()
+    }
+}
+
+impl Tokenizer {
+    /// Loads `tokenizer.json` from `path`.
+    pub fn from_file(path: impl AsRef<Path>) -> Result<Self> {
+        let path = path.as_ref();
+        if !path.is_file() {
+            return Err(Error::Tokenizer {
+                path: path.to_path_buf(),
+                message: "file not found".into(),
+            });
+        }
+        let inner = tokenizers::Tokenizer::from_file(path).map_err(|e| Error::Tokenizer {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?;
+        Ok(Self {
+            inner: Arc::new(inner),
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// Parses a tokenizer from the bytes of a `tokenizer.json`.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self> {
+        let inner = tokenizers::Tokenizer::from_bytes(bytes).map_err(|e| Error::Tokenizer {
+            path: "<memory>".into(),
+            message: e.to_string(),
+        })?;
+        Ok(Self {
+            inner: Arc::new(inner),
+            path: "<memory>".into(),
+        })
+    }
+
+    /// The file this tokenizer was read from (`<memory>` if from bytes).
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Number of ids the tokenizer knows, added tokens included.
+    pub fn vocab_size(&self) -> usize {
+        self.inner.get_vocab_size(true)
+    }
+
+    /// Encodes `text` into token ids, without adding special tokens (the
+    /// prompt is exactly what the text says).
+    pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
+        let enc = self.inner.encode(text, false).map_err(|e| self.err(e))?;
+        Ok(enc.get_ids().to_vec())
+    }
+
+    /// Decodes ids into text, skipping special tokens (BOS / EOS).
+    pub fn decode(&self, ids: &[u32]) -> Result<String> {
+        self.inner.decode(ids, true).map_err(|e| self.err(e))
+    }
+
+    /// The token string of `id`, if the tokenizer has one.
+    pub fn id_to_token(&self, id: u32) -> Option<String> {
+        self.inner.id_to_token(id)
+    }
+
+    /// Checks that `self` and `other` map every id to the same token string,
+    /// which is what sharing a vocabulary means for speculative decoding
+    /// (equal sizes are not enough: the ids must mean the same thing).
+    pub fn check_same_vocabulary(&self, other: &Tokenizer) -> Result<()> {
+        let (a, b) = (self.vocab_size(), other.vocab_size());
+        if a != b {
+            return Err(Error::VocabularyMismatch {
+                message: format!(
+                    "{} has {a} tokens, {} has {b}",
+                    self.path.display(),
+                    other.path.display()
+                ),
+            });
+        }
+        for id in 0..a as u32 {
+            let (x, y) = (self.id_to_token(id), other.id_to_token(id));
+            if x != y {
+                return Err(Error::VocabularyMismatch {
+                    message: format!(
+                        "token id {id} is {x:?} in {} but {y:?} in {}",
+                        self.path.display(),
+                        other.path.display()
+                    ),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    fn err(&self, e: impl std::fmt::Display) -> Error {
+        Error::Tokenizer {
+            path: self.path.clone(),
+            message: e.to_string(),
+        }
+    }
+}
+
+/// Turns a growing list of token ids into text deltas that never split a
+/// UTF-8 character, and that keep the spacing a full decode would give.
+///
+/// Decodes a short sliding window of ids (`prefix..`) and emits only the part
+/// past what the window's older ids (`prefix..read`) already produced; a delta
+/// ending in U+FFFD (an incomplete byte sequence) is held until the next id
+/// completes it.
+#[derive(Debug)]
+pub(crate) struct Detokenizer {
+    tokenizer: Tokenizer,
+    ids: Vec<u32>,
+    prefix: usize,
+    read: usize,
+}
+
+impl Detokenizer {
+    /// `context`: the last few prompt ids, so the first generated word gets
+    /// the leading space a full decode would give it.
+    pub(crate) fn new(tokenizer: Tokenizer, context: &[u32]) -> Self {
+        let start = context.len().saturating_sub(4);
+        let ids = context[start..].to_vec();
+        let read = ids.len();
+        Self {
+            tokenizer,
+            ids,
+            prefix: 0,
+            read,
+        }
+    }
+
+    /// Adds one id; returns the text it completes (possibly empty).
+    pub(crate) fn push(&mut self, id: u32) -> Result<String> {
+        self.ids.push(id);
+        let before = self.tokenizer.decode(&self.ids[self.prefix..self.read])?;
+        let after = self.tokenizer.decode(&self.ids[self.prefix..])?;
+        if after.len() > before.len() && !after.ends_with('\u{FFFD}') {
+            // `before` is a prefix of `after` for byte-level and sentencepiece
+            // tokenizers; fall back to the whole new text if it is not.
+            let delta = match after.get(before.len()..) {
+                Some(d) if after.starts_with(&before) => d.to_string(),
+                _ => after.clone(),
+            };
+            self.prefix = self.read;
+            self.read = self.ids.len();
+            Ok(delta)
+        } else {
+            Ok(String::new())
+        }
+    }
+
+    /// Whatever is still held back (an incomplete character at the end).
+    pub(crate) fn finish(&mut self) -> Result<String> {
+        if self.read == self.ids.len() {
+            return Ok(String::new());
+        }
+        let before = self.tokenizer.decode(&self.ids[self.prefix..self.read])?;
+        let after = self.tokenizer.decode(&self.ids[self.prefix..])?;
+        self.read = self.ids.len();
+        Ok(after.get(before.len()..).unwrap_or_default().to_string())
+    }
+}
