@@ -41,3 +41,5 @@ pub fn json(path: impl Into<PathBuf>) -> serde_json::Value {
 pub fn ids(v: &serde_json::Value) -> Vec<u32> {
     v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()
 }
+pub mod exact;
+pub mod toy;

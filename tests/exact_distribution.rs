@@ -1,0 +1,188 @@
+//! Proof without sampling noise: the speculative generator's output
+//! distribution equals the target's own, computed exactly.
+//!
+//! The generator draws all its randomness through `RandomSource`. `Branches`
+//! answers each draw by following a recorded path of choices and multiplies
+//! the path's probability; a depth-first walk over paths visits every random
+//! branch of a generation exactly once, so summing path probabilities per
+//! output gives the generator's exact output distribution. The target's own
+//! distribution is enumerated directly from its warped logits.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::ops::ControlFlow;
+
+use common::exact::{reference, Outcome};
+use common::toy::Toy;
+use specdec::{Eos, GenerateConfig, Generator, RandomSource, SamplingParams, StopReason};
+
+/// Follows `path` of (choice, number of options), extending it with first
+/// choices, and multiplies the probability of the choices made.
+struct Branches {
+    path: Vec<(usize, usize)>,
+    depth: usize,
+    prob: f64,
+}
+
+impl Branches {
+    fn choose(&mut self, probs: &[f64]) -> usize {
+        let live: Vec<usize> = (0..probs.len()).filter(|&i| probs[i] > 0.0).collect();
+        if self.depth == self.path.len() {
+            self.path.push((0, live.len()));
+        }
+        let (choice, options) = self.path[self.depth];
+        assert_eq!(options, live.len(), "replay diverged at depth {}", self.depth);
+        let pick = live[choice];
+        self.depth += 1;
+        self.prob *= probs[pick];
+        pick
+    }
+}
+
+impl RandomSource for Branches {
+    fn categorical(&mut self, probs: &[f64]) -> usize {
+        let total: f64 = probs.iter().sum();
+        let normalized: Vec<f64> = probs.iter().map(|p| p / total).collect();
+        self.choose(&normalized)
+    }
+    fn bernoulli(&mut self, p: f64) -> bool {
+        assert!(p > 0.0 && p < 1.0, "a certain outcome must not consume randomness: p = {p}");
+        self.choose(&[p, 1.0 - p]) == 0
+    }
+}
+
+
+/// Exact output distribution of the speculative generator.
+fn speculative(target: &Toy, draft: &Toy, prompt: &[u32], config: &GenerateConfig) -> BTreeMap<Outcome, f64> {
+    let mut generator = Generator::new(target.clone(), draft.clone()).unwrap();
+    let mut dist = BTreeMap::new();
+    let mut path = Vec::new();
+    loop {
+        let mut src = Branches { path, depth: 0, prob: 1.0 };
+        let out = generator
+            .generate_with(prompt, config, &mut src, &mut |_| ControlFlow::Continue(()))
+            .unwrap();
+        assert_eq!(src.depth, src.path.len(), "every recorded choice was replayed");
+        let eos = matches!(out.stop_reason, StopReason::Eos(_));
+        *dist.entry((out.tokens, eos)).or_insert(0.0) += src.prob;
+        // Next path: bump the deepest choice that has siblings left.
+        path = src.path;
+        while let Some((choice, options)) = path.pop() {
+            if choice + 1 < options {
+                path.push((choice + 1, options));
+                break;
+            }
+        }
+        if path.is_empty() {
+            return dist;
+        }
+    }
+}
+
+fn assert_same(a: &BTreeMap<Outcome, f64>, b: &BTreeMap<Outcome, f64>, what: &str) {
+    let total: f64 = a.values().sum();
+    assert!((total - 1.0).abs() < 1e-9, "{what}: speculative probabilities sum to {total}");
+    for key in a.keys().chain(b.keys()) {
+        let (x, y) = (a.get(key).copied().unwrap_or(0.0), b.get(key).copied().unwrap_or(0.0));
+        assert!((x - y).abs() < 1e-9, "{what}: P{key:?} = {x} speculative vs {y} target");
+    }
+}
+
+fn sampling(temperature: f32, top_k: Option<usize>, top_p: Option<f32>, min_p: Option<f32>) -> SamplingParams {
+    SamplingParams { temperature, top_k, top_p, min_p }
+}
+
+#[test]
+fn speculative_output_distribution_is_the_targets_exactly() {
+    let target = Toy::new(4, 0.3).with_eos(3);
+    let draft = Toy::new(4, 1.7).with_eos(3);
+    let prompt = [1, 2];
+    let settings = [
+        sampling(1.0, None, None, None),
+        sampling(0.6, None, None, None),
+        sampling(1.7, Some(2), None, None),
+        sampling(1.0, None, Some(0.8), None),
+        sampling(1.3, Some(3), Some(0.9), None),
+        sampling(1.0, None, None, Some(0.2)),
+        SamplingParams::greedy(),
+    ];
+    let mut checked = 0;
+    for params in &settings {
+        for k in [1, 2, 3, 4, 5] {
+            for eos in [Eos::Model, Eos::Ignore] {
+                let config = GenerateConfig {
+                    max_new_tokens: 3,
+                    k,
+                    sampling: params.clone(),
+                    eos: eos.clone(),
+                    ..GenerateConfig::default()
+                };
+                let what = format!("{params:?} k={k} {eos:?}");
+                assert_same(&speculative(&target, &draft, &prompt, &config), &reference(&target, &prompt, &config), &what);
+                checked += 1;
+            }
+        }
+    }
+    assert_eq!(checked, settings.len() * 10);
+}
+
+#[test]
+fn four_tokens_five_symbols_and_a_draft_that_is_often_wrong() {
+    let target = Toy::new(5, 2.2).with_eos(0);
+    let mut draft = Toy::new(5, -0.4).with_eos(0);
+    draft.scale = 3.5; // sharper and mostly elsewhere: many rejections
+    let prompt = [4];
+    for k in [2, 4, 6] {
+        let config = GenerateConfig {
+            max_new_tokens: 4,
+            k,
+            sampling: sampling(1.1, Some(4), None, None),
+            ..GenerateConfig::default()
+        };
+        let what = format!("vocab 5, k={k}");
+        assert_same(&speculative(&target, &draft, &prompt, &config), &reference(&target, &prompt, &config), &what);
+    }
+}
+
+#[test]
+fn identical_draft_accepts_everything_without_randomness_in_the_verifier() {
+    let target = Toy::new(3, 0.9);
+    let config = GenerateConfig { max_new_tokens: 4, k: 4, sampling: sampling(1.0, None, None, None), ..GenerateConfig::default() };
+    let dist = speculative(&target, &target, &[0], &config);
+    assert_same(&dist, &reference(&target, &[0], &config), "draft == target");
+    let mut generator = Generator::new(target.clone(), target.clone()).unwrap();
+    let out = generator.generate(&[0], &config).unwrap();
+    assert_eq!(out.stats.acceptance_rate(), 1.0);
+}
+
+#[test]
+fn greedy_equals_target_argmax_path() {
+    let target = Toy::new(5, 0.1).with_eos(4);
+    let draft = Toy::new(5, 0.5).with_eos(4);
+    for k in 1..=6 {
+        let config = GenerateConfig { max_new_tokens: 8, k, ..GenerateConfig::default() };
+        let mut generator = Generator::new(target.clone(), draft.clone()).unwrap();
+        let out = generator.generate(&[1, 2], &config).unwrap();
+        let mut plain = Generator::new(target.clone(), draft.clone()).unwrap();
+        let want = plain.generate(&[1, 2], &GenerateConfig { k: 1, ..config.clone() }).unwrap();
+        assert_eq!(out.tokens, want.tokens, "k={k}");
+        assert_eq!(out.stop_reason, want.stop_reason, "k={k}");
+    }
+}
+
+#[test]
+fn eos_inside_a_window_ends_the_output_there() {
+    // The draft equals the target, so whole windows are accepted; EOS must
+    // still cut the output at its first occurrence, with nothing after it.
+    let mut target = Toy::new(4, 0.3).with_eos(3);
+    target.scale = 6.0;
+    let config = GenerateConfig { max_new_tokens: 30, k: 8, ..GenerateConfig::default() };
+    let mut generator = Generator::new(target.clone(), target.clone()).unwrap();
+    let out = generator.generate(&[1], &config).unwrap();
+    let mut plain = Generator::new(target.clone(), target).unwrap();
+    let want = plain.generate(&[1], &GenerateConfig { k: 1, ..config }).unwrap();
+    assert_eq!(out.tokens, want.tokens);
+    assert_eq!(out.stop_reason, want.stop_reason);
+    assert!(!out.tokens.contains(&3));
+}
