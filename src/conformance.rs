@@ -74,11 +74,19 @@ fn windows(model: &dyn LanguageModel) -> Vec<usize> {
 }
 
 /// Feeds `tokens` in the largest allowed windows; returns every row.
-fn feed(model: &mut dyn LanguageModel, tokens: &[u32], sizes: &[usize]) -> crate::Result<Vec<Vec<f32>>> {
+fn feed(
+    model: &mut dyn LanguageModel,
+    tokens: &[u32],
+    sizes: &[usize],
+) -> crate::Result<Vec<Vec<f32>>> {
     let mut rows = Vec::new();
     let mut rest = tokens;
     while !rest.is_empty() {
-        let n = sizes.iter().copied().find(|&w| w <= rest.len()).unwrap_or(1);
+        let n = sizes
+            .iter()
+            .copied()
+            .find(|&w| w <= rest.len())
+            .unwrap_or(1);
         let logits = model.forward(&rest[..n])?;
         rows.extend((0..logits.rows()).map(|i| logits.row(i).to_vec()));
         rest = &rest[n..];
@@ -93,13 +101,25 @@ fn max_diff(a: &[Vec<f32>], b: &[Vec<f32>]) -> f32 {
         .fold(0.0, f32::max)
 }
 
-fn compare(check: &'static str, what: &str, a: &[Vec<f32>], b: &[Vec<f32>], tol: &Tolerance) -> Outcome {
+fn compare(
+    check: &'static str,
+    what: &str,
+    a: &[Vec<f32>],
+    b: &[Vec<f32>],
+    tol: &Tolerance,
+) -> Outcome {
     if a.len() != b.len() {
-        return Err(fail(check, format!("{what}: {} rows vs {}", a.len(), b.len())));
+        return Err(fail(
+            check,
+            format!("{what}: {} rows vs {}", a.len(), b.len()),
+        ));
     }
     let d = max_diff(a, b);
     if d.is_nan() || d > tol.max_abs {
-        return Err(fail(check, format!("{what}: logits differ by {d} (> {})", tol.max_abs)));
+        return Err(fail(
+            check,
+            format!("{what}: logits differ by {d} (> {})", tol.max_abs),
+        ));
     }
     Ok(())
 }
@@ -125,24 +145,41 @@ pub fn check_all(model: &mut dyn LanguageModel, tokens: &[u32], tol: &Tolerance)
 
 /// A multi-token forward on a filled cache gives the logits of feeding the
 /// same tokens one at a time (contract point 1).
-pub fn batched_equals_sequential(model: &mut dyn LanguageModel, tokens: &[u32], tol: &Tolerance) -> Outcome {
+pub fn batched_equals_sequential(
+    model: &mut dyn LanguageModel,
+    tokens: &[u32],
+    tol: &Tolerance,
+) -> Outcome {
     const C: &str = "batched_equals_sequential";
     let e = backend(C);
     let prompt = &tokens[..8];
     let rest = &tokens[8..];
     start(model, prompt).map_err(&e)?;
     let one_by_one = feed(model, rest, &[1]).map_err(&e)?;
-    for w in windows(model).into_iter().filter(|&w| w > 1 && w <= rest.len()) {
+    for w in windows(model)
+        .into_iter()
+        .filter(|&w| w > 1 && w <= rest.len())
+    {
         start(model, prompt).map_err(&e)?;
         let batched = feed(model, rest, &[w]).map_err(&e)?;
-        compare(C, &format!("window {w} vs one token at a time"), &batched[..w], &one_by_one[..w], tol)?;
+        compare(
+            C,
+            &format!("window {w} vs one token at a time"),
+            &batched[..w],
+            &one_by_one[..w],
+            tol,
+        )?;
     }
     Ok(())
 }
 
 /// Truncating after rejected tokens and feeding others gives what feeding
 /// only the others would have given (contract point 2).
-pub fn rollback_equals_never_fed(model: &mut dyn LanguageModel, tokens: &[u32], tol: &Tolerance) -> Outcome {
+pub fn rollback_equals_never_fed(
+    model: &mut dyn LanguageModel,
+    tokens: &[u32],
+    tol: &Tolerance,
+) -> Outcome {
     const C: &str = "rollback_equals_never_fed";
     let e = backend(C);
     let prompt = &tokens[..8];
@@ -154,17 +191,34 @@ pub fn rollback_equals_never_fed(model: &mut dyn LanguageModel, tokens: &[u32], 
     for keep in 0..3 {
         start(model, prompt).map_err(&e)?;
         // A window whose tail is rejected: good[..keep] then junk.
-        let w = sizes.iter().copied().find(|&w| w > keep && w <= 4).unwrap_or(1);
+        let w = sizes
+            .iter()
+            .copied()
+            .find(|&w| w > keep && w <= 4)
+            .unwrap_or(1);
         let mut window = good[..keep.min(w)].to_vec();
         window.extend(tokens[12..].iter().rev().take(w - window.len()));
         feed(model, &window, &sizes).map_err(&e)?;
         let kept = keep.min(w);
         model.truncate(8 + kept).map_err(&e)?;
         if model.cached_len() != 8 + kept {
-            return Err(fail(C, format!("cached_len {} after truncate({})", model.cached_len(), 8 + kept)));
+            return Err(fail(
+                C,
+                format!(
+                    "cached_len {} after truncate({})",
+                    model.cached_len(),
+                    8 + kept
+                ),
+            ));
         }
         let got = feed(model, &good[kept..], &sizes).map_err(&e)?;
-        compare(C, &format!("after keeping {kept} of a window of {w}"), &got, &want[kept..], tol)?;
+        compare(
+            C,
+            &format!("after keeping {kept} of a window of {w}"),
+            &got,
+            &want[kept..],
+            tol,
+        )?;
     }
     Ok(())
 }
@@ -181,13 +235,20 @@ pub fn deterministic(model: &mut dyn LanguageModel, tokens: &[u32]) -> Outcome {
     let a = run(model).map_err(&e)?;
     let b = run(model).map_err(&e)?;
     if a != b {
-        return Err(fail(C, format!("two identical runs differ by up to {}", max_diff(&a, &b))));
+        return Err(fail(
+            C,
+            format!("two identical runs differ by up to {}", max_diff(&a, &b)),
+        ));
     }
     Ok(())
 }
 
 /// `forward_last` returns the last row of `forward`.
-pub fn forward_last_is_last_row(model: &mut dyn LanguageModel, tokens: &[u32], tol: &Tolerance) -> Outcome {
+pub fn forward_last_is_last_row(
+    model: &mut dyn LanguageModel,
+    tokens: &[u32],
+    tol: &Tolerance,
+) -> Outcome {
     const C: &str = "forward_last_is_last_row";
     let e = backend(C);
     let w = windows(model).into_iter().find(|&w| w <= 4).unwrap_or(1);
@@ -196,11 +257,23 @@ pub fn forward_last_is_last_row(model: &mut dyn LanguageModel, tokens: &[u32], t
     start(model, &tokens[..8]).map_err(&e)?;
     let last = model.forward_last(&tokens[8..8 + w]).map_err(&e)?;
     if last.rows() != 1 {
-        return Err(fail(C, format!("forward_last returned {} rows", last.rows())));
+        return Err(fail(
+            C,
+            format!("forward_last returned {} rows", last.rows()),
+        ));
     }
-    compare(C, "last row", &[last.row(0).to_vec()], &[all.row(w - 1).to_vec()], tol)?;
+    compare(
+        C,
+        "last row",
+        &[last.row(0).to_vec()],
+        &[all.row(w - 1).to_vec()],
+        tol,
+    )?;
     if model.cached_len() != 8 + w {
-        return Err(fail(C, format!("cached_len {} after feeding {}", model.cached_len(), 8 + w)));
+        return Err(fail(
+            C,
+            format!("cached_len {} after feeding {}", model.cached_len(), 8 + w),
+        ));
     }
     Ok(())
 }
@@ -215,7 +288,13 @@ pub fn limits_are_errors(model: &mut dyn LanguageModel, tokens: &[u32]) -> Outco
         if model.cached_len() == len {
             Ok(())
         } else {
-            Err(fail(C, format!("{what} changed cached_len from {len} to {}", model.cached_len())))
+            Err(fail(
+                C,
+                format!(
+                    "{what} changed cached_len from {len} to {}",
+                    model.cached_len()
+                ),
+            ))
         }
     };
     if model.forward(&[]).is_ok() {
@@ -228,7 +307,10 @@ pub fn limits_are_errors(model: &mut dyn LanguageModel, tokens: &[u32]) -> Outco
     unchanged(model, "a bad truncate")?;
     let vocab = model.vocab_size() as u32;
     if model.forward(&[vocab]).is_ok() {
-        return Err(fail(C, format!("token id {vocab} (= vocab size) was accepted")));
+        return Err(fail(
+            C,
+            format!("token id {vocab} (= vocab size) was accepted"),
+        ));
     }
     unchanged(model, "an out-of-vocabulary token")?;
     // Fill to the limit with the largest windows, then one more must fail.
@@ -241,7 +323,10 @@ pub fn limits_are_errors(model: &mut dyn LanguageModel, tokens: &[u32]) -> Outco
         model.forward(&chunk).map_err(&e)?;
     }
     if model.forward(&tokens[..1]).is_ok() {
-        return Err(fail(C, format!("a forward past n_positions = {limit} succeeded")));
+        return Err(fail(
+            C,
+            format!("a forward past n_positions = {limit} succeeded"),
+        ));
     }
     if model.cached_len() != limit {
         return Err(fail(C, "a forward past n_positions changed cached_len"));

@@ -139,7 +139,10 @@ impl<T: LanguageModel, D: LanguageModel> Generator<T, D> {
             }
             _ => {}
         }
-        for (role, shapes) in [(Role::Target, target.shapes()), (Role::Draft, draft.shapes())] {
+        for (role, shapes) in [
+            (Role::Target, target.shapes()),
+            (Role::Draft, draft.shapes()),
+        ] {
             if let Shapes::Static(s) = shapes {
                 if s.batch_size != 1 {
                     return Err(Error::Shape {
@@ -210,7 +213,9 @@ impl<T: LanguageModel, D: LanguageModel> Generator<T, D> {
     pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
         self.tokenizer
             .as_ref()
-            .ok_or_else(|| Error::setting("prompt", "text", "token ids: the target has no tokenizer"))?
+            .ok_or_else(|| {
+                Error::setting("prompt", "text", "token ids: the target has no tokenizer")
+            })?
             .encode(text)
     }
 
@@ -308,11 +313,18 @@ impl<T: LanguageModel, D: LanguageModel> Generator<T, D> {
         }
         let vocab = self.target.vocab_size().max(self.draft.vocab_size());
         if let Some(&bad) = prompt.iter().find(|&&t| t as usize >= vocab) {
-            return Err(Error::setting("prompt", bad, format!("token ids < {vocab}")));
+            return Err(Error::setting(
+                "prompt",
+                bad,
+                format!("token ids < {vocab}"),
+            ));
         }
         let needed = prompt.len() + config.max_new_tokens;
-        let mut models: Vec<(Role, usize, Shapes)> =
-            vec![(Role::Target, self.target.n_positions(), self.target.shapes())];
+        let mut models: Vec<(Role, usize, Shapes)> = vec![(
+            Role::Target,
+            self.target.n_positions(),
+            self.target.shapes(),
+        )];
         if config.k > 1 {
             models.push((Role::Draft, self.draft.n_positions(), self.draft.shapes()));
         }
@@ -400,7 +412,15 @@ impl<T: LanguageModel, D: LanguageModel> Generator<T, D> {
                 verify_greedy(&drafts, &best)
             } else {
                 let ps = (0..window)
-                    .map(|i| warp(logits.row(i), &run.config.sampling, &run.suppress, Role::Target, i))
+                    .map(|i| {
+                        warp(
+                            logits.row(i),
+                            &run.config.sampling,
+                            &run.suppress,
+                            Role::Target,
+                            i,
+                        )
+                    })
                     .collect::<Result<Vec<Distribution>>>()?;
                 verify_sampled(&drafts, &qs, &ps, rng)
             };
@@ -477,7 +497,13 @@ impl<T: LanguageModel, D: LanguageModel> Generator<T, D> {
 fn allowed_at_most(shapes: &Shapes, n: usize) -> usize {
     match shapes {
         Shapes::Dynamic => n,
-        Shapes::Static(s) => s.windows.iter().copied().filter(|&w| w <= n).max().unwrap_or(1),
+        Shapes::Static(s) => s
+            .windows
+            .iter()
+            .copied()
+            .filter(|&w| w <= n)
+            .max()
+            .unwrap_or(1),
     }
 }
 
@@ -598,7 +624,8 @@ impl Emitter {
 
     /// Flushes the detokenizer at the end (unless a stop string cut the text).
     fn finish(&mut self, reason: &StopReason) -> Result<()> {
-        if let (Some(detok), false) = (&mut self.detok, matches!(reason, StopReason::StopString(_))) {
+        if let (Some(detok), false) = (&mut self.detok, matches!(reason, StopReason::StopString(_)))
+        {
             let rest = detok.finish()?;
             self.text.push_str(&rest);
         }

@@ -89,3 +89,8 @@ pub use tokenizer::Tokenizer;
 /// Re-exported so callers can pick a device and dtype without naming
 /// candle-core themselves.
 pub use candle_core::{DType, Device};
+
+/// The README's code blocks, compiled as doctests so they cannot rot.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;

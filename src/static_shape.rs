@@ -51,12 +51,22 @@ impl<M: LanguageModel> StaticShapeModel<M> {
         shapes.windows.dedup();
         shapes.prompt_buckets.sort_unstable();
         shapes.prompt_buckets.dedup();
-        let bad = |name: &'static str, value: String, expected: &str| Err(Error::setting(name, value, expected));
+        let bad = |name: &'static str, value: String, expected: &str| {
+            Err(Error::setting(name, value, expected))
+        };
         if shapes.windows.is_empty() || shapes.windows[0] == 0 {
-            return bad("windows", format!("{:?}", shapes.windows), "a non-empty list of sizes >= 1");
+            return bad(
+                "windows",
+                format!("{:?}", shapes.windows),
+                "a non-empty list of sizes >= 1",
+            );
         }
         if shapes.prompt_buckets.is_empty() || shapes.prompt_buckets[0] == 0 {
-            return bad("prompt_buckets", format!("{:?}", shapes.prompt_buckets), "a non-empty list of sizes >= 1");
+            return bad(
+                "prompt_buckets",
+                format!("{:?}", shapes.prompt_buckets),
+                "a non-empty list of sizes >= 1",
+            );
         }
         if shapes.batch_size != 1 {
             return bad("batch_size", shapes.batch_size.to_string(), "1");
@@ -126,9 +136,18 @@ impl<M: LanguageModel> StaticShapeModel<M> {
             self.inner.truncate(self.len)?;
         }
         if self.shapes.windows.contains(&n) {
-            let logits = if last_only { self.inner.forward_last(tokens)? } else { self.inner.forward(tokens)? };
+            let logits = if last_only {
+                self.inner.forward_last(tokens)?
+            } else {
+                self.inner.forward(tokens)?
+            };
             self.len += n;
-            match self.graph_calls.token_generation.iter_mut().find(|(w, _)| *w == n) {
+            match self
+                .graph_calls
+                .token_generation
+                .iter_mut()
+                .find(|(w, _)| *w == n)
+            {
                 Some((_, c)) => *c += 1,
                 None => {
                     self.graph_calls.token_generation.push((n, 1));

@@ -62,7 +62,10 @@ impl Stats {
     /// (Counts every token the verifier produced, including an EOS or a
     /// window's tail cut by a stop, so it measures the windows themselves.)
     pub fn tokens_per_target_call(&self) -> f64 {
-        ratio(self.accepted + self.recovered + self.bonus, self.target_calls)
+        ratio(
+            self.accepted + self.recovered + self.bonus,
+            self.target_calls,
+        )
     }
 
     /// Prefill time, milliseconds.

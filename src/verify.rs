@@ -42,7 +42,11 @@ pub struct Verdict {
 /// # Panics
 /// If `target_argmax.len() != draft.len() + 1`.
 pub fn verify_greedy(draft: &[u32], target_argmax: &[u32]) -> Verdict {
-    assert_eq!(target_argmax.len(), draft.len() + 1, "one target row per draft token, plus one");
+    assert_eq!(
+        target_argmax.len(),
+        draft.len() + 1,
+        "one target row per draft token, plus one"
+    );
     let accepted = draft
         .iter()
         .zip(target_argmax)
@@ -73,7 +77,11 @@ pub fn verify_sampled(
     rng: &mut dyn RandomSource,
 ) -> Verdict {
     assert_eq!(q.len(), draft.len(), "one q row per draft token");
-    assert_eq!(p.len(), draft.len() + 1, "one p row per draft token, plus one");
+    assert_eq!(
+        p.len(),
+        draft.len() + 1,
+        "one p row per draft token, plus one"
+    );
     for (i, &token) in draft.iter().enumerate() {
         let (pi, qi) = (p[i].prob(token), q[i].prob(token));
         // qi > 0 for a token drawn from q; qi == 0 (a caller's bug) rejects.
@@ -115,11 +123,14 @@ mod tests {
         Distribution::from_weights(w.to_vec()).unwrap()
     }
 
-    /// Fails the test if the verifier asks for randomness.
+    /// Fails the test if the verifier asks for a decision that is not
+    /// certain (a draw from a point mass is certain).
     struct NoRandom;
     impl RandomSource for NoRandom {
         fn categorical(&mut self, probs: &[f64]) -> usize {
-            panic!("unexpected draw from {probs:?}")
+            let live: Vec<usize> = (0..probs.len()).filter(|&i| probs[i] > 0.0).collect();
+            assert_eq!(live.len(), 1, "unexpected draw from {probs:?}");
+            live[0]
         }
         fn bernoulli(&mut self, p: f64) -> bool {
             panic!("unexpected coin with p = {p}")
@@ -204,7 +215,12 @@ mod tests {
         let n = 200_000;
         for _ in 0..n {
             let x = rng.categorical(q.probs()) as u32;
-            let v = verify_sampled(&[x], std::slice::from_ref(&q), &[p.clone(), p.clone()], &mut rng);
+            let v = verify_sampled(
+                &[x],
+                std::slice::from_ref(&q),
+                &[p.clone(), p.clone()],
+                &mut rng,
+            );
             let out = if v.accepted == 1 { x } else { v.next };
             counts[out as usize] += 1;
         }

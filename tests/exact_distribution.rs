@@ -32,7 +32,12 @@ impl Branches {
             self.path.push((0, live.len()));
         }
         let (choice, options) = self.path[self.depth];
-        assert_eq!(options, live.len(), "replay diverged at depth {}", self.depth);
+        assert_eq!(
+            options,
+            live.len(),
+            "replay diverged at depth {}",
+            self.depth
+        );
         let pick = live[choice];
         self.depth += 1;
         self.prob *= probs[pick];
@@ -47,23 +52,38 @@ impl RandomSource for Branches {
         self.choose(&normalized)
     }
     fn bernoulli(&mut self, p: f64) -> bool {
-        assert!(p > 0.0 && p < 1.0, "a certain outcome must not consume randomness: p = {p}");
+        assert!(
+            p > 0.0 && p < 1.0,
+            "a certain outcome must not consume randomness: p = {p}"
+        );
         self.choose(&[p, 1.0 - p]) == 0
     }
 }
 
-
 /// Exact output distribution of the speculative generator.
-fn speculative(target: &Toy, draft: &Toy, prompt: &[u32], config: &GenerateConfig) -> BTreeMap<Outcome, f64> {
+fn speculative(
+    target: &Toy,
+    draft: &Toy,
+    prompt: &[u32],
+    config: &GenerateConfig,
+) -> BTreeMap<Outcome, f64> {
     let mut generator = Generator::new(target.clone(), draft.clone()).unwrap();
     let mut dist = BTreeMap::new();
     let mut path = Vec::new();
     loop {
-        let mut src = Branches { path, depth: 0, prob: 1.0 };
+        let mut src = Branches {
+            path,
+            depth: 0,
+            prob: 1.0,
+        };
         let out = generator
             .generate_with(prompt, config, &mut src, &mut |_| ControlFlow::Continue(()))
             .unwrap();
-        assert_eq!(src.depth, src.path.len(), "every recorded choice was replayed");
+        assert_eq!(
+            src.depth,
+            src.path.len(),
+            "every recorded choice was replayed"
+        );
         let eos = matches!(out.stop_reason, StopReason::Eos(_));
         *dist.entry((out.tokens, eos)).or_insert(0.0) += src.prob;
         // Next path: bump the deepest choice that has siblings left.
@@ -82,15 +102,34 @@ fn speculative(target: &Toy, draft: &Toy, prompt: &[u32], config: &GenerateConfi
 
 fn assert_same(a: &BTreeMap<Outcome, f64>, b: &BTreeMap<Outcome, f64>, what: &str) {
     let total: f64 = a.values().sum();
-    assert!((total - 1.0).abs() < 1e-9, "{what}: speculative probabilities sum to {total}");
+    assert!(
+        (total - 1.0).abs() < 1e-9,
+        "{what}: speculative probabilities sum to {total}"
+    );
     for key in a.keys().chain(b.keys()) {
-        let (x, y) = (a.get(key).copied().unwrap_or(0.0), b.get(key).copied().unwrap_or(0.0));
-        assert!((x - y).abs() < 1e-9, "{what}: P{key:?} = {x} speculative vs {y} target");
+        let (x, y) = (
+            a.get(key).copied().unwrap_or(0.0),
+            b.get(key).copied().unwrap_or(0.0),
+        );
+        assert!(
+            (x - y).abs() < 1e-9,
+            "{what}: P{key:?} = {x} speculative vs {y} target"
+        );
     }
 }
 
-fn sampling(temperature: f32, top_k: Option<usize>, top_p: Option<f32>, min_p: Option<f32>) -> SamplingParams {
-    SamplingParams { temperature, top_k, top_p, min_p }
+fn sampling(
+    temperature: f32,
+    top_k: Option<usize>,
+    top_p: Option<f32>,
+    min_p: Option<f32>,
+) -> SamplingParams {
+    SamplingParams {
+        temperature,
+        top_k,
+        top_p,
+        min_p,
+    }
 }
 
 #[test]
@@ -119,7 +158,11 @@ fn speculative_output_distribution_is_the_targets_exactly() {
                     ..GenerateConfig::default()
                 };
                 let what = format!("{params:?} k={k} {eos:?}");
-                assert_same(&speculative(&target, &draft, &prompt, &config), &reference(&target, &prompt, &config), &what);
+                assert_same(
+                    &speculative(&target, &draft, &prompt, &config),
+                    &reference(&target, &prompt, &config),
+                    &what,
+                );
                 checked += 1;
             }
         }
@@ -141,14 +184,23 @@ fn four_tokens_five_symbols_and_a_draft_that_is_often_wrong() {
             ..GenerateConfig::default()
         };
         let what = format!("vocab 5, k={k}");
-        assert_same(&speculative(&target, &draft, &prompt, &config), &reference(&target, &prompt, &config), &what);
+        assert_same(
+            &speculative(&target, &draft, &prompt, &config),
+            &reference(&target, &prompt, &config),
+            &what,
+        );
     }
 }
 
 #[test]
 fn identical_draft_accepts_everything_without_randomness_in_the_verifier() {
     let target = Toy::new(3, 0.9);
-    let config = GenerateConfig { max_new_tokens: 4, k: 4, sampling: sampling(1.0, None, None, None), ..GenerateConfig::default() };
+    let config = GenerateConfig {
+        max_new_tokens: 4,
+        k: 4,
+        sampling: sampling(1.0, None, None, None),
+        ..GenerateConfig::default()
+    };
     let dist = speculative(&target, &target, &[0], &config);
     assert_same(&dist, &reference(&target, &[0], &config), "draft == target");
     let mut generator = Generator::new(target.clone(), target.clone()).unwrap();
@@ -161,11 +213,23 @@ fn greedy_equals_target_argmax_path() {
     let target = Toy::new(5, 0.1).with_eos(4);
     let draft = Toy::new(5, 0.5).with_eos(4);
     for k in 1..=6 {
-        let config = GenerateConfig { max_new_tokens: 8, k, ..GenerateConfig::default() };
+        let config = GenerateConfig {
+            max_new_tokens: 8,
+            k,
+            ..GenerateConfig::default()
+        };
         let mut generator = Generator::new(target.clone(), draft.clone()).unwrap();
         let out = generator.generate(&[1, 2], &config).unwrap();
         let mut plain = Generator::new(target.clone(), draft.clone()).unwrap();
-        let want = plain.generate(&[1, 2], &GenerateConfig { k: 1, ..config.clone() }).unwrap();
+        let want = plain
+            .generate(
+                &[1, 2],
+                &GenerateConfig {
+                    k: 1,
+                    ..config.clone()
+                },
+            )
+            .unwrap();
         assert_eq!(out.tokens, want.tokens, "k={k}");
         assert_eq!(out.stop_reason, want.stop_reason, "k={k}");
     }
@@ -177,11 +241,17 @@ fn eos_inside_a_window_ends_the_output_there() {
     // still cut the output at its first occurrence, with nothing after it.
     let mut target = Toy::new(4, 0.3).with_eos(3);
     target.scale = 6.0;
-    let config = GenerateConfig { max_new_tokens: 30, k: 8, ..GenerateConfig::default() };
+    let config = GenerateConfig {
+        max_new_tokens: 30,
+        k: 8,
+        ..GenerateConfig::default()
+    };
     let mut generator = Generator::new(target.clone(), target.clone()).unwrap();
     let out = generator.generate(&[1], &config).unwrap();
     let mut plain = Generator::new(target.clone(), target).unwrap();
-    let want = plain.generate(&[1], &GenerateConfig { k: 1, ..config }).unwrap();
+    let want = plain
+        .generate(&[1], &GenerateConfig { k: 1, ..config })
+        .unwrap();
     assert_eq!(out.tokens, want.tokens);
     assert_eq!(out.stop_reason, want.stop_reason);
     assert!(!out.tokens.contains(&3));

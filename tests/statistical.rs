@@ -12,7 +12,9 @@ use common::exact::{reference, Outcome};
 use common::toy::Toy;
 use specdec::sampling::warp;
 use specdec::verify::verify_sampled;
-use specdec::{GenerateConfig, Generator, LanguageModel, RandomSource, Role, SamplingParams, SeededRandom};
+use specdec::{
+    GenerateConfig, Generator, LanguageModel, RandomSource, Role, SamplingParams, SeededRandom,
+};
 
 const N: usize = 100_000;
 
@@ -55,7 +57,14 @@ fn gamma_q(a: f64, x: f64) -> f64 {
 
 /// Lanczos approximation of ln Γ(x).
 fn ln_gamma(x: f64) -> f64 {
-    const G: [f64; 6] = [76.18009172947146, -86.50532032941677, 24.01409824083091, -1.231739572450155, 0.1208650973866179e-2, -0.5395239384953e-5];
+    const G: [f64; 6] = [
+        76.18009172947146,
+        -86.50532032941677,
+        24.01409824083091,
+        -1.231739572450155,
+        0.1208650973866179e-2,
+        -0.5395239384953e-5,
+    ];
     let mut y = x;
     let tmp = x + 5.5 - (x + 0.5) * (x + 5.5).ln();
     let mut ser = 1.000000000190015;
@@ -70,7 +79,10 @@ fn ln_gamma(x: f64) -> f64 {
 fn g_test(counts: &BTreeMap<Outcome, usize>, exact: &BTreeMap<Outcome, f64>) -> f64 {
     let n: usize = counts.values().sum();
     for key in counts.keys() {
-        assert!(exact.contains_key(key), "{key:?} cannot happen under the target");
+        assert!(
+            exact.contains_key(key),
+            "{key:?} cannot happen under the target"
+        );
     }
     let mut g = 0.0;
     for (key, &p) in exact {
@@ -88,7 +100,13 @@ fn models() -> (Toy, Toy) {
 }
 
 fn config() -> GenerateConfig {
-    GenerateConfig { max_new_tokens: 3, k: 3, sampling: SamplingParams::with_temperature(0.6), seed: 0, ..GenerateConfig::default() }
+    GenerateConfig {
+        max_new_tokens: 3,
+        k: 3,
+        sampling: SamplingParams::with_temperature(0.6),
+        seed: 0,
+        ..GenerateConfig::default()
+    }
 }
 
 #[test]
@@ -109,15 +127,23 @@ fn generator_samples_pass_a_g_test_against_the_exact_target() {
     let mut counts = BTreeMap::new();
     let (mut accepted, mut drafted) = (0, 0);
     for _ in 0..N {
-        let out = generator.generate_with(&[1], &config, &mut rng, &mut |_| ControlFlow::Continue(())).unwrap();
+        let out = generator
+            .generate_with(&[1], &config, &mut rng, &mut |_| ControlFlow::Continue(()))
+            .unwrap();
         accepted += out.stats.accepted;
         drafted += out.stats.drafted;
         *counts.entry((out.tokens, false)).or_insert(0) += 1;
     }
     let rate = accepted as f64 / drafted as f64;
-    assert!(rate > 0.2 && rate < 0.95, "the draft should be neither useless nor perfect: {rate}");
+    assert!(
+        rate > 0.2 && rate < 0.95,
+        "the draft should be neither useless nor perfect: {rate}"
+    );
     let p = g_test(&counts, &exact);
-    eprintln!("speculative sampler: G-test p = {p:.4}, acceptance {rate:.3}, {} outcomes", exact.len());
+    eprintln!(
+        "speculative sampler: G-test p = {p:.4}, acceptance {rate:.3}, {} outcomes",
+        exact.len()
+    );
     assert!(p > 1e-3, "G-test p = {p}");
 }
 
@@ -146,7 +172,9 @@ fn broken_generation(target: &mut Toy, draft: &mut Toy, rng: &mut dyn RandomSour
         window.extend(&drafts);
         let logits = target.forward(&window).unwrap();
         let start = context.len() - 1;
-        let p: Vec<_> = (start..start + m + 1).map(|i| warp(logits.row(i), &warped, &[], Role::Target, 0).unwrap()).collect();
+        let p: Vec<_> = (start..start + m + 1)
+            .map(|i| warp(logits.row(i), &warped, &[], Role::Target, 0).unwrap())
+            .collect();
         let v = verify_sampled(&drafts, &q_wrong, &p, rng);
         context.extend(&drafts[..v.accepted]);
         context.push(v.next);
@@ -161,7 +189,9 @@ fn the_g_test_rejects_a_wrong_q_in_the_ratio() {
     let mut rng = SeededRandom::new(5);
     let mut counts = BTreeMap::new();
     for _ in 0..N {
-        *counts.entry((broken_generation(&mut target, &mut draft, &mut rng), false)).or_insert(0) += 1;
+        *counts
+            .entry((broken_generation(&mut target, &mut draft, &mut rng), false))
+            .or_insert(0) += 1;
     }
     let p = g_test(&counts, &exact);
     eprintln!("wrong-q sampler: G-test p = {p:.3e}");

@@ -29,7 +29,14 @@ pub fn reference(target: &Toy, prompt: &[u32], config: &GenerateConfig) -> BTree
             let best = argmax(&row, &suppress, Role::Target, 0).unwrap();
             Distribution::point(best, target.vocab)
         } else {
-            warp(&target.logits_after(&context), &config.sampling, &suppress, Role::Target, 0).unwrap()
+            warp(
+                &target.logits_after(&context),
+                &config.sampling,
+                &suppress,
+                Role::Target,
+                0,
+            )
+            .unwrap()
         };
         for (token, &pt) in p.probs().iter().enumerate() {
             if pt == 0.0 {
@@ -47,4 +54,3 @@ pub fn reference(target: &Toy, prompt: &[u32], config: &GenerateConfig) -> BTree
     }
     dist
 }
-

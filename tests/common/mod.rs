@@ -14,32 +14,46 @@ pub fn shared_models() -> Option<PathBuf> {
     if dir.join("py-m/config.json").is_file() {
         Some(dir)
     } else {
-        eprintln!("SKIP: {} not found; tests that need the shared checkpoints did not run", dir.display());
+        eprintln!(
+            "SKIP: {} not found; tests that need the shared checkpoints did not run",
+            dir.display()
+        );
         None
     }
 }
 
 /// The embedded default pair shipped in the repository.
 pub fn embedded(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models").join(name)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("models")
+        .join(name)
 }
 
 /// Loads a model with a KV cache of `n_positions`.
 pub fn load(dir: impl Into<PathBuf>, n_positions: usize) -> CandleModel {
-    let options = LoadOptions { n_positions: Some(n_positions), ..LoadOptions::default() };
+    let options = LoadOptions {
+        n_positions: Some(n_positions),
+        ..LoadOptions::default()
+    };
     CandleModel::load_with(dir.into(), &options).expect("model loads")
 }
 
 /// JSON file as a value.
 pub fn json(path: impl Into<PathBuf>) -> serde_json::Value {
     let path = path.into();
-    serde_json::from_str(&std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display())))
-        .unwrap()
+    serde_json::from_str(
+        &std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display())),
+    )
+    .unwrap()
 }
 
 /// `[u32]` from a JSON array.
 pub fn ids(v: &serde_json::Value) -> Vec<u32> {
-    v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap() as u32)
+        .collect()
 }
 pub mod exact;
 pub mod toy;

@@ -18,7 +18,15 @@ pub struct Toy {
 
 impl Toy {
     pub fn new(vocab: usize, seed: f32) -> Self {
-        Self { vocab, seed, scale: 2.0, context: Vec::new(), n_positions: 64, eos: Vec::new(), forwards: 0 }
+        Self {
+            vocab,
+            seed,
+            scale: 2.0,
+            context: Vec::new(),
+            n_positions: 64,
+            eos: Vec::new(),
+            forwards: 0,
+        }
     }
 
     pub fn with_eos(mut self, eos: u32) -> Self {
@@ -30,11 +38,21 @@ impl Toy {
     pub fn logits_after(&self, context: &[u32]) -> Vec<f32> {
         let n = context.len() as f32;
         let last = *context.last().unwrap() as f32;
-        let prev = if context.len() > 1 { context[context.len() - 2] as f32 } else { 7.0 };
+        let prev = if context.len() > 1 {
+            context[context.len() - 2] as f32
+        } else {
+            7.0
+        };
         (0..self.vocab)
             .map(|v| {
                 let v = v as f32;
-                self.scale * (self.seed * 1.3 + 2.1 * v + 0.7 * last * (v + 1.0) + 1.9 * prev + 0.37 * n * v).sin()
+                self.scale
+                    * (self.seed * 1.3
+                        + 2.1 * v
+                        + 0.7 * last * (v + 1.0)
+                        + 1.9 * prev
+                        + 0.37 * n * v)
+                        .sin()
             })
             .collect()
     }
@@ -43,10 +61,16 @@ impl Toy {
 impl LanguageModel for Toy {
     fn forward(&mut self, tokens: &[u32]) -> Result<Logits> {
         if tokens.is_empty() || self.context.len() + tokens.len() > self.n_positions {
-            return Err(specdec::Error::Shape { model: "toy".into(), message: format!("bad feed of {}", tokens.len()) });
+            return Err(specdec::Error::Shape {
+                model: "toy".into(),
+                message: format!("bad feed of {}", tokens.len()),
+            });
         }
         if tokens.iter().any(|&t| t as usize >= self.vocab) {
-            return Err(specdec::Error::Shape { model: "toy".into(), message: "token outside vocabulary".into() });
+            return Err(specdec::Error::Shape {
+                model: "toy".into(),
+                message: "token outside vocabulary".into(),
+            });
         }
         self.forwards += 1;
         let mut data = Vec::with_capacity(tokens.len() * self.vocab);
@@ -59,7 +83,10 @@ impl LanguageModel for Toy {
 
     fn truncate(&mut self, len: usize) -> Result<()> {
         if len > self.context.len() {
-            return Err(specdec::Error::Shape { model: "toy".into(), message: "truncate past end".into() });
+            return Err(specdec::Error::Shape {
+                model: "toy".into(),
+                message: "truncate past end".into(),
+            });
         }
         self.context.truncate(len);
         Ok(())

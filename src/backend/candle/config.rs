@@ -152,7 +152,12 @@ impl<'a> Fields<'a> {
 
     /// A token id or a list of them (`eos_token_id`).
     pub(crate) fn ids(&self, key: &str) -> Result<Vec<u32>> {
-        let bad = |v: &Value| self.err(key, format!("expected a token id or a list of ids, found {v}"));
+        let bad = |v: &Value| {
+            self.err(
+                key,
+                format!("expected a token id or a list of ids, found {v}"),
+            )
+        };
         let one = |v: &Value| {
             v.as_u64()
                 .filter(|&n| n <= u32::MAX as u64)
@@ -177,7 +182,10 @@ pub(crate) fn read_json_object(path: &Path) -> Result<Map<String, Value>> {
         Ok(Value::Object(map)) => Ok(map),
         Ok(other) => Err(Error::Json {
             path: path.to_path_buf(),
-            message: format!("expected a JSON object at the top level, found {}", kind(&other)),
+            message: format!(
+                "expected a JSON object at the top level, found {}",
+                kind(&other)
+            ),
         }),
         Err(e) => Err(Error::Json {
             path: path.to_path_buf(),
@@ -206,7 +214,11 @@ impl ModelConfig {
 
     /// Validates an already parsed `config.json`; `path` only names it in errors.
     pub fn from_json(path: &Path, map: &Map<String, Value>) -> Result<Self> {
-        let f = Fields { path, map, prefix: "" };
+        let f = Fields {
+            path,
+            map,
+            prefix: "",
+        };
         let model_type = f
             .str_opt("model_type")?
             .ok_or_else(|| f.err("model_type", "missing"))?
@@ -248,12 +260,21 @@ impl ModelConfig {
             }
         };
         if head_dim % 2 != 0 {
-            return Err(f.err("head_dim", format!("{head_dim} is odd; RoPE needs an even head_dim")));
+            return Err(f.err(
+                "head_dim",
+                format!("{head_dim} is odd; RoPE needs an even head_dim"),
+            ));
         }
         let (rope_theta, rope_scaling) = rope(&f)?;
         let qkv_bias = model_type == "qwen2" || f.bool_opt("attention_bias")?.unwrap_or(false);
-        let use_sliding = f.bool_opt("use_sliding_window")?.unwrap_or(model_type == "mistral");
-        let sliding_window = if use_sliding { f.usize_opt("sliding_window")? } else { None };
+        let use_sliding = f
+            .bool_opt("use_sliding_window")?
+            .unwrap_or(model_type == "mistral");
+        let sliding_window = if use_sliding {
+            f.usize_opt("sliding_window")?
+        } else {
+            None
+        };
         Ok(Self {
             hidden_size,
             intermediate_size: f.usize("intermediate_size")?,
@@ -304,7 +325,8 @@ impl ModelConfig {
                         } else if wavelen > low_wavelen {
                             f / factor
                         } else {
-                            let smooth = (old / wavelen - low_freq_factor) / (high_freq_factor - low_freq_factor);
+                            let smooth = (old / wavelen - low_freq_factor)
+                                / (high_freq_factor - low_freq_factor);
                             (1.0 - smooth) * f / factor + smooth * f
                         }
                     })
@@ -321,7 +343,11 @@ fn rope(f: &Fields<'_>) -> Result<(f64, RopeScaling)> {
         Some(p) => (Some(p), "rope_parameters."),
         None => (f.object_opt("rope_scaling")?, "rope_scaling."),
     };
-    let sub = params.map(|map| Fields { path: f.path, map, prefix });
+    let sub = params.map(|map| Fields {
+        path: f.path,
+        map,
+        prefix,
+    });
     let theta = match (&sub, f.f64_opt("rope_theta")?) {
         (_, Some(t)) => t,
         (Some(s), None) => s.f64_opt("rope_theta")?.unwrap_or(10_000.0),
@@ -336,7 +362,9 @@ fn rope(f: &Fields<'_>) -> Result<(f64, RopeScaling)> {
     };
     let scaling = match kind {
         "default" => RopeScaling::None,
-        "linear" => RopeScaling::Linear { factor: s.f64("factor")? },
+        "linear" => RopeScaling::Linear {
+            factor: s.f64("factor")?,
+        },
         "llama3" => {
             let scaling = RopeScaling::Llama3 {
                 factor: s.f64("factor")?,
@@ -344,7 +372,12 @@ fn rope(f: &Fields<'_>) -> Result<(f64, RopeScaling)> {
                 high_freq_factor: s.f64("high_freq_factor")?,
                 original_max_position_embeddings: s.f64("original_max_position_embeddings")?,
             };
-            if let RopeScaling::Llama3 { low_freq_factor, high_freq_factor, .. } = scaling {
+            if let RopeScaling::Llama3 {
+                low_freq_factor,
+                high_freq_factor,
+                ..
+            } = scaling
+            {
                 if high_freq_factor <= low_freq_factor {
                     return Err(s.err(
                         "high_freq_factor",
@@ -397,15 +430,32 @@ mod tests {
     fn errors_name_the_field() {
         let cases = [
             (r#"{"model_type": "gpt2"}"#.to_string(), "model_type"),
-            (format!(r#"{{"model_type": "llama", {BASE}, "hidden_act": "gelu"}}"#), "hidden_act"),
-            (r#"{"model_type": "llama", "hidden_size": "big"}"#.to_string(), "hidden_size"),
-            (r#"{"model_type": "llama", "hidden_size": 64}"#.to_string(), "num_attention_heads"),
             (
-                format!(r#"{{"model_type": "llama", {BASE}, "rope_scaling": {{"rope_type": "yarn", "factor": 4}}}}"#),
+                format!(r#"{{"model_type": "llama", {BASE}, "hidden_act": "gelu"}}"#),
+                "hidden_act",
+            ),
+            (
+                r#"{"model_type": "llama", "hidden_size": "big"}"#.to_string(),
+                "hidden_size",
+            ),
+            (
+                r#"{"model_type": "llama", "hidden_size": 64}"#.to_string(),
+                "num_attention_heads",
+            ),
+            (
+                format!(
+                    r#"{{"model_type": "llama", {BASE}, "rope_scaling": {{"rope_type": "yarn", "factor": 4}}}}"#
+                ),
                 "rope_scaling.rope_type",
             ),
-            (format!(r#"{{"model_type": "llama", {BASE}, "num_key_value_heads": 3}}"#), "num_key_value_heads"),
-            (format!(r#"{{"model_type": "llama", {BASE}, "eos_token_id": "x"}}"#), "eos_token_id"),
+            (
+                format!(r#"{{"model_type": "llama", {BASE}, "num_key_value_heads": 3}}"#),
+                "num_key_value_heads",
+            ),
+            (
+                format!(r#"{{"model_type": "llama", {BASE}, "eos_token_id": "x"}}"#),
+                "eos_token_id",
+            ),
         ];
         for (json, field) in cases {
             match parse(&json) {
@@ -417,7 +467,10 @@ mod tests {
 
     #[test]
     fn eos_may_be_a_list() {
-        let c = parse(&format!(r#"{{"model_type": "qwen2", {BASE}, "eos_token_id": [1, 2]}}"#)).unwrap();
+        let c = parse(&format!(
+            r#"{{"model_type": "qwen2", {BASE}, "eos_token_id": [1, 2]}}"#
+        ))
+        .unwrap();
         assert_eq!(c.eos_token_ids, vec![1, 2]);
         assert!(c.qkv_bias);
     }

@@ -16,6 +16,7 @@ use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{DType, Device, Module, Tensor};
 
 use super::config::ModelConfig;
+use super::cpu_matmul::MatVecT;
 use super::weights::Checkpoint;
 use crate::error::Result;
 
@@ -33,24 +34,37 @@ pub enum Quantization {
 
 /// A projection `x @ W^T (+ b)`; `W` is `(out, in)` as stored in checkpoints.
 pub(crate) struct Linear {
-    weight: QMatMul,
+    weight: Weight,
     bias: Option<Tensor>,
+}
+
+enum Weight {
+    /// `(out, in)`, contiguous, as stored.
+    Dense(Tensor),
+    Quantized(QMatMul),
 }
 
 impl Linear {
     fn new(weight: Tensor, bias: Option<Tensor>, quant: Quantization) -> Result<Self> {
         let weight = match quant {
-            Quantization::None => QMatMul::Tensor(weight),
-            Quantization::Q8_0 => {
-                QMatMul::from_qtensor(QTensor::quantize(&weight.to_dtype(DType::F32)?, GgmlDType::Q8_0)?)?
-            }
+            Quantization::None => Weight::Dense(weight.contiguous()?),
+            Quantization::Q8_0 => Weight::Quantized(QMatMul::from_qtensor(QTensor::quantize(
+                &weight.to_dtype(DType::F32)?,
+                GgmlDType::Q8_0,
+            )?)?),
         };
         Ok(Self { weight, bias })
     }
 
     /// `x`: `(n, in)` -> `(n, out)`.
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let y = self.weight.forward(x)?;
+        let y = match &self.weight {
+            Weight::Dense(w) if w.device().is_cpu() && x.dtype() == DType::F32 => {
+                x.contiguous()?.apply_op2_no_bwd(w, &MatVecT)?
+            }
+            Weight::Dense(w) => x.matmul(&w.t()?)?,
+            Weight::Quantized(q) => q.forward(x)?,
+        };
         Ok(match &self.bias {
             Some(b) => y.broadcast_add(b)?,
             None => y,
@@ -105,14 +119,33 @@ impl Llama {
         let c = cfg;
         let (h, hd) = (c.hidden_size, c.head_dim);
         let (q_out, kv_out) = (c.num_heads * hd, c.num_kv_heads * hd);
-        let get = |name: &str, shape: &[usize]| ckpt.tensor(name, shape, dtype, device);
+        let get = |name: &str, shape: &[usize]| ckpt.tensor(name, shape, Some(dtype), device);
+        // Our CPU kernel reads bf16 / f16 weight matrices as stored and widens
+        // them exactly, so f32 compute need not double their bytes.
+        let as_stored = device.is_cpu() && dtype == DType::F32 && quant == Quantization::None;
+        let matrix = |name: &str, shape: &[usize]| {
+            ckpt.tensor(
+                name,
+                shape,
+                if as_stored { None } else { Some(dtype) },
+                device,
+            )
+        };
         let embed = get("model.embed_tokens.weight", &[c.vocab_size, h])?;
         let mut layers = Vec::with_capacity(c.num_layers);
         for i in 0..c.num_layers {
             let p = format!("model.layers.{i}");
-            let proj = |name: &str, out: usize, inp: usize, bias: bool| -> Result<(Tensor, Option<Tensor>)> {
-                let w = get(&format!("{p}.{name}.weight"), &[out, inp])?;
-                let b = if bias { Some(get(&format!("{p}.{name}.bias"), &[out])?) } else { None };
+            let proj = |name: &str,
+                        out: usize,
+                        inp: usize,
+                        bias: bool|
+             -> Result<(Tensor, Option<Tensor>)> {
+                let w = matrix(&format!("{p}.{name}.weight"), &[out, inp])?;
+                let b = if bias {
+                    Some(get(&format!("{p}.{name}.bias"), &[out])?)
+                } else {
+                    None
+                };
                 Ok((w, b))
             };
             let (qw, qb) = proj("self_attn.q_proj", q_out, h, c.qkv_bias)?;
@@ -122,7 +155,10 @@ impl Llama {
             let (gw, gb) = proj("mlp.gate_proj", c.intermediate_size, h, c.mlp_bias)?;
             let (uw, ub) = proj("mlp.up_proj", c.intermediate_size, h, c.mlp_bias)?;
             let (dw, db) = proj("mlp.down_proj", h, c.intermediate_size, c.mlp_bias)?;
-            let cat = |a: Option<Tensor>, b: Option<Tensor>, c: Option<Tensor>| -> Result<Option<Tensor>> {
+            let cat = |a: Option<Tensor>,
+                       b: Option<Tensor>,
+                       c: Option<Tensor>|
+             -> Result<Option<Tensor>> {
                 Ok(match (a, b, c) {
                     (Some(a), Some(b), Some(c)) => Some(Tensor::cat(&[a, b, c], 0)?),
                     (Some(a), Some(b), None) => Some(Tensor::cat(&[a, b], 0)?),
@@ -140,9 +176,9 @@ impl Llama {
         }
         let norm = get("model.norm.weight", &[h])?;
         let head = if c.tie_word_embeddings && !ckpt.contains("lm_head.weight") {
-            embed.clone()
+            matrix("model.embed_tokens.weight", &[c.vocab_size, h])?
         } else {
-            get("lm_head.weight", &[c.vocab_size, h])?
+            matrix("lm_head.weight", &[c.vocab_size, h])?
         };
         let inv_freq = cfg.rope_inv_freq();
         let half = inv_freq.len();
@@ -210,7 +246,8 @@ impl Llama {
             let h = rms_norm(&x, &layer.post_norm, self.cfg.rms_norm_eps)?;
             let gate_up = layer.gate_up.forward(&h)?;
             let f = self.cfg.intermediate_size;
-            let act = (candle_nn::ops::silu(&gate_up.narrow(1, 0, f)?)? * gate_up.narrow(1, f, f)?)?;
+            let act =
+                (candle_nn::ops::silu(&gate_up.narrow(1, 0, f)?)? * gate_up.narrow(1, f, f)?)?;
             x = (x + layer.down.forward(&act)?)?;
         }
         if last_only && n > 1 {
@@ -231,9 +268,19 @@ impl Llama {
             return Ok(None); // one query at the end sees every key
         }
         let data: Vec<f32> = (0..n)
-            .flat_map(|i| (0..len).map(move |j| if visible(i, j) { 0.0 } else { f32::NEG_INFINITY }))
+            .flat_map(|i| {
+                (0..len).map(move |j| {
+                    if visible(i, j) {
+                        0.0
+                    } else {
+                        f32::NEG_INFINITY
+                    }
+                })
+            })
             .collect();
-        Ok(Some(Tensor::from_vec(data, (n, len), &self.device)?.to_dtype(self.dtype)?))
+        Ok(Some(
+            Tensor::from_vec(data, (n, len), &self.device)?.to_dtype(self.dtype)?,
+        ))
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -278,7 +325,10 @@ impl Llama {
         }
         let probs = candle_nn::ops::softmax_last_dim(&scores)?;
         let out = probs.matmul(&values)?; // (kvh, group * n, hd)
-        let out = out.reshape((heads, n, hd))?.transpose(0, 1)?.reshape((n, heads * hd))?;
+        let out = out
+            .reshape((heads, n, hd))?
+            .transpose(0, 1)?
+            .reshape((n, heads * hd))?;
         layer.o.forward(&out)
     }
 }

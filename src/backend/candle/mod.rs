@@ -6,6 +6,7 @@
 //! f16 or f32, `tokenizer.json`, and optionally `generation_config.json`.
 
 mod config;
+mod cpu_matmul;
 mod llama;
 mod weights;
 
@@ -183,7 +184,10 @@ impl CandleModel {
                 self.n_positions
             )));
         }
-        if let Some(&bad) = tokens.iter().find(|&&t| t as usize >= self.config.vocab_size) {
+        if let Some(&bad) = tokens
+            .iter()
+            .find(|&&t| t as usize >= self.config.vocab_size)
+        {
             return Err(err(format!(
                 "token id {bad} is outside the vocabulary of {}",
                 self.config.vocab_size
@@ -194,7 +198,9 @@ impl CandleModel {
 
     fn run(&mut self, tokens: &[u32], last_only: bool) -> Result<Logits> {
         self.check_feed(tokens)?;
-        let logits = self.llama.forward(tokens, self.len, &mut self.cache, last_only)?;
+        let logits = self
+            .llama
+            .forward(tokens, self.len, &mut self.cache, last_only)?;
         self.len += tokens.len();
         let data = logits.flatten_all()?.to_vec1::<f32>()?;
         Ok(Logits::new(data, self.config.vocab_size))
@@ -214,7 +220,10 @@ impl LanguageModel for CandleModel {
         if len > self.len {
             return Err(Error::Shape {
                 model: self.name.clone(),
-                message: format!("cannot truncate to {len}: only {} positions are cached", self.len),
+                message: format!(
+                    "cannot truncate to {len}: only {} positions are cached",
+                    self.len
+                ),
             });
         }
         // The cache beyond `len` is overwritten by the next forward.

@@ -27,14 +27,22 @@ impl Checkpoint {
             // SAFETY: the map is only read while loading, and the tensors are
             // copied out of it; a file changed underneath during load would give
             // wrong weights, not memory unsafety beyond what memmap2 documents.
-            let files = unsafe { MmapedSafetensors::new(&single) }.map_err(|e| weights_err(&single, e))?;
-            return Ok(Self { files, origin: single });
+            let files =
+                unsafe { MmapedSafetensors::new(&single) }.map_err(|e| weights_err(&single, e))?;
+            return Ok(Self {
+                files,
+                origin: single,
+            });
         }
         if index.is_file() {
             let shards = shard_files(dir, &index)?;
             // SAFETY: as above.
-            let files = unsafe { MmapedSafetensors::multi(&shards) }.map_err(|e| weights_err(&index, e))?;
-            return Ok(Self { files, origin: index });
+            let files =
+                unsafe { MmapedSafetensors::multi(&shards) }.map_err(|e| weights_err(&index, e))?;
+            return Ok(Self {
+                files,
+                origin: index,
+            });
         }
         Err(Error::ModelDir {
             path: dir.to_path_buf(),
@@ -47,8 +55,15 @@ impl Checkpoint {
         self.files.get(name).is_ok()
     }
 
-    /// Loads `name`, checks its shape is `shape`, converts it to `dtype` on `device`.
-    pub(crate) fn tensor(&self, name: &str, shape: &[usize], dtype: DType, device: &Device) -> Result<Tensor> {
+    /// Loads `name`, checks its shape is `shape`, converts it to `dtype`
+    /// (`None`: keeps the stored dtype) on `device`.
+    pub(crate) fn tensor(
+        &self,
+        name: &str,
+        shape: &[usize],
+        dtype: Option<DType>,
+        device: &Device,
+    ) -> Result<Tensor> {
         let view = self.files.get(name).map_err(|_| Error::MissingTensor {
             path: self.origin.clone(),
             tensor: name.to_string(),
@@ -70,8 +85,15 @@ impl Checkpoint {
                 got: view.shape().to_vec(),
             });
         }
-        let t = self.files.load(name, &Device::Cpu).map_err(|e| weights_err(&self.origin, e))?;
-        Ok(t.to_dtype(dtype)?.to_device(device)?)
+        let t = self
+            .files
+            .load(name, &Device::Cpu)
+            .map_err(|e| weights_err(&self.origin, e))?;
+        let t = match dtype {
+            Some(dtype) => t.to_dtype(dtype)?,
+            None => t,
+        };
+        Ok(t.to_device(device)?)
     }
 }
 
@@ -86,7 +108,11 @@ fn weights_err(path: &Path, e: candle_core::Error) -> Error {
 fn shard_files(dir: &Path, index: &Path) -> Result<Vec<PathBuf>> {
     let map = read_json_object(index)?;
     let Some(serde_json::Value::Object(weight_map)) = map.get("weight_map") else {
-        return Err(Error::config(index, "weight_map", "missing, or not an object of tensor -> shard file"));
+        return Err(Error::config(
+            index,
+            "weight_map",
+            "missing, or not an object of tensor -> shard file",
+        ));
     };
     let mut names = BTreeSet::new();
     for (tensor, shard) in weight_map {
@@ -110,7 +136,10 @@ fn shard_files(dir: &Path, index: &Path) -> Result<Vec<PathBuf>> {
             } else {
                 Err(Error::ModelDir {
                     path: dir.to_path_buf(),
-                    reason: format!("{} names shard {name}, which does not exist", index.display()),
+                    reason: format!(
+                        "{} names shard {name}, which does not exist",
+                        index.display()
+                    ),
                 })
             }
         })
@@ -124,6 +153,11 @@ pub(crate) fn generation_eos(dir: &Path) -> Result<Option<Vec<u32>>> {
         return Ok(None);
     }
     let map = read_json_object(&path)?;
-    let ids = Fields { path: &path, map: &map, prefix: "" }.ids("eos_token_id")?;
+    let ids = Fields {
+        path: &path,
+        map: &map,
+        prefix: "",
+    }
+    .ids("eos_token_id")?;
     Ok((!ids.is_empty()).then_some(ids))
 }

@@ -1,0 +1,237 @@
+//! Generate text with speculative decoding.
+//!
+//! With no model flags it runs the embedded default pair (py-s target, py-xs
+//! draft, under `models/`):
+//!
+//! ```text
+//! cargo run --release --example generate -- --prompt "def fibonacci(n):"
+//! cargo run --release --example generate -- --target DIR --draft DIR --k 5 --temperature 0.8 --prompt-file p.txt
+//! ```
+//!
+//! Streams the text, then prints a one-line summary on stderr. `--json` prints
+//! one JSON object instead. Bad arguments or model files exit with code 2 and
+//! a one-line message.
+
+use std::io::Write;
+use std::ops::ControlFlow;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Instant;
+
+use clap::Parser;
+use specdec::{
+    CandleModel, Eos, Error, GenerateConfig, Generator, LoadOptions, Output, Quantization,
+    SamplingParams,
+};
+
+#[derive(Parser, Debug)]
+#[command(about = "Exact speculative decoding: a draft proposes, the target verifies.")]
+struct Args {
+    /// Target model directory (Hugging Face Llama / Mistral / Qwen2). Default: embedded py-s.
+    #[arg(long)]
+    target: Option<PathBuf>,
+    /// Draft model directory. Default: embedded py-xs.
+    #[arg(long)]
+    draft: Option<PathBuf>,
+    /// The prompt text.
+    #[arg(long, conflicts_with = "prompt_file")]
+    prompt: Option<String>,
+    /// Read the prompt from this file.
+    #[arg(long)]
+    prompt_file: Option<PathBuf>,
+    /// Most tokens to generate.
+    #[arg(long, default_value_t = 128)]
+    max_new_tokens: usize,
+    /// Window: the target verifies k positions per pass (k - 1 drafted). 1 = plain decoding.
+    #[arg(long, default_value_t = 4)]
+    k: usize,
+    /// Sampling temperature; 0 = greedy.
+    #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
+    temperature: f32,
+    /// Keep only the k most likely tokens.
+    #[arg(long)]
+    top_k: Option<usize>,
+    /// Nucleus sampling: keep the smallest set of tokens with this much mass.
+    #[arg(long, allow_negative_numbers = true)]
+    top_p: Option<f32>,
+    /// Drop tokens below this fraction of the most likely one's probability.
+    #[arg(long)]
+    min_p: Option<f32>,
+    /// Random seed (sampling only).
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Stop when the text contains this string (repeatable).
+    #[arg(long = "stop")]
+    stop: Vec<String>,
+    /// Never stop at EOS (the EOS token gets probability 0).
+    #[arg(long)]
+    ignore_eos: bool,
+    /// Store the draft's weights as Q8_0 (faster on CPU; only acceptance can change).
+    #[arg(long)]
+    quantize_draft: bool,
+    /// Compute threads (default: all cores).
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Print only the generated text.
+    #[arg(long)]
+    quiet: bool,
+    /// Print one JSON object (text, token ids, stop reason, stats) instead.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Errors that mean "your input is wrong" exit with 2, others with 1.
+fn exit_code(e: &anyhow::Error) -> u8 {
+    match e.downcast_ref::<Error>() {
+        Some(Error::Interrupted { .. } | Error::Candle(_) | Error::NonFiniteLogits { .. }) => 1,
+        Some(_) => 2,
+        None => 2,
+    }
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    if let Some(n) = args.threads {
+        if n == 0 {
+            eprintln!("error: --threads must be at least 1");
+            return ExitCode::from(2);
+        }
+        // candle and rayon read this when their thread pools start.
+        std::env::set_var("RAYON_NUM_THREADS", n.to_string());
+    }
+    match run(&args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            let _ = std::io::stdout().flush();
+            eprintln!("error: {e:#}");
+            ExitCode::from(exit_code(&e))
+        }
+    }
+}
+
+fn embedded(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("models")
+        .join(name)
+}
+
+fn load(
+    role: &str,
+    dir: &Path,
+    options: &LoadOptions,
+    verbose: bool,
+) -> anyhow::Result<CandleModel> {
+    if verbose {
+        eprint!("loading {role} {} ... ", dir.display());
+    }
+    let start = Instant::now();
+    let model = CandleModel::load_with(dir, options);
+    if verbose {
+        match &model {
+            Ok(_) => eprintln!("{:.2} s", start.elapsed().as_secs_f64()),
+            Err(_) => eprintln!("failed"),
+        }
+    }
+    Ok(model?)
+}
+
+fn run(args: &Args) -> anyhow::Result<()> {
+    let prompt = match (&args.prompt, &args.prompt_file) {
+        (Some(p), _) => p.clone(),
+        (None, Some(path)) => std::fs::read_to_string(path)
+            .map_err(|e| anyhow::anyhow!("--prompt-file {}: {e}", path.display()))?,
+        (None, None) => anyhow::bail!("give --prompt TEXT or --prompt-file PATH"),
+    };
+    let config = GenerateConfig {
+        max_new_tokens: args.max_new_tokens,
+        k: args.k,
+        sampling: SamplingParams {
+            temperature: args.temperature,
+            top_k: args.top_k,
+            top_p: args.top_p,
+            min_p: args.min_p,
+        },
+        seed: args.seed,
+        stop_strings: args.stop.clone(),
+        eos: if args.ignore_eos {
+            Eos::Ignore
+        } else {
+            Eos::Model
+        },
+    };
+    // Check settings before spending time on loading.
+    config.sampling.validate()?;
+
+    let verbose = !args.quiet && !args.json;
+    let target_dir = args.target.clone().unwrap_or_else(|| embedded("py-s"));
+    let draft_dir = args.draft.clone().unwrap_or_else(|| embedded("py-xs"));
+    let target = load("target", &target_dir, &LoadOptions::default(), verbose)?;
+    let draft_options = LoadOptions {
+        quantization: if args.quantize_draft {
+            Quantization::Q8_0
+        } else {
+            Quantization::None
+        },
+        ..LoadOptions::default()
+    };
+    let draft = load("draft", &draft_dir, &draft_options, verbose)?;
+    let mut generator = Generator::new(target, draft)?;
+    let ids = generator.encode(&prompt)?;
+
+    let mut stdout = std::io::stdout().lock();
+    if verbose {
+        write!(stdout, "{prompt}")?;
+    }
+    let stream = !args.json;
+    let output = generator.generate_stream(&ids, &config, |chunk| {
+        if stream && !chunk.text.is_empty() {
+            let ok = write!(stdout, "{}", chunk.text).and_then(|_| stdout.flush());
+            if ok.is_err() {
+                return ControlFlow::Break(()); // stdout closed: stop early
+            }
+        }
+        ControlFlow::Continue(())
+    })?;
+    if args.json {
+        writeln!(stdout, "{}", to_json(&output, ids.len()))?;
+    } else {
+        writeln!(stdout)?;
+        if !args.quiet {
+            eprintln!(
+                "[{}] stop: {}",
+                output.stats.summary(),
+                output.stop_reason.as_str()
+            );
+        }
+    }
+    Ok(())
+}
+
+fn to_json(out: &Output, prompt_tokens: usize) -> serde_json::Value {
+    let s = &out.stats;
+    serde_json::json!({
+        "text": out.text.clone().unwrap_or_default(),
+        "token_ids": out.tokens,
+        "prompt_tokens": prompt_tokens,
+        "stop_reason": out.stop_reason.as_str(),
+        "stats": {
+            "k": s.k,
+            "generated_tokens": s.generated_tokens,
+            "target_calls": s.target_calls,
+            "draft_calls": s.draft_calls,
+            "drafted": s.drafted,
+            "accepted": s.accepted,
+            "recovered": s.recovered,
+            "bonus": s.bonus,
+            "accepted_at": s.accepted_at,
+            "acceptance_rate": s.acceptance_rate(),
+            "tokens_per_target_call": s.tokens_per_target_call(),
+            "ms_per_token": s.ms_per_token(),
+            "prefill_ms": s.prefill_ms(),
+            "decode_ms": s.decode_ms(),
+            "draft_ms": s.draft_ms(),
+            "verify_ms": s.verify_ms(),
+            "other_ms": s.other_ms(),
+        }
+    })
+}

@@ -1,0 +1,106 @@
+//! Greedy speculative output is token-for-token the target's own greedy
+//! output, on the shared trained checkpoints: py-m target with py-s and
+//! py-xs drafts, windows k = 1..=8, every reference and benchmark prompt.
+
+mod common;
+
+use specdec::{CandleModel, GenerateConfig, Generator, LanguageModel, StopReason};
+
+// One target, loaded once, serves both drafts.
+
+fn prompts(dir: &std::path::Path) -> Vec<String> {
+    let mut prompts: Vec<String> = common::json(dir.join("reference.json"))["models"]["py-m"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["prompt"].as_str().unwrap().to_string())
+        .collect();
+    let bench = dir.join("../bench/prompts_py.json");
+    if bench.is_file() {
+        prompts.extend(
+            common::json(bench)
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|p| p.as_str().unwrap().to_string()),
+        );
+    } else {
+        eprintln!("SKIP part: {} not found", bench.display());
+    }
+    prompts
+}
+
+#[test]
+fn speculative_greedy_equals_plain_greedy_for_every_k_and_draft() {
+    let Some(dir) = common::shared_models() else {
+        return;
+    };
+    let prompts = prompts(&dir);
+    let mut checked = 0;
+    let mut generator: Option<Generator<CandleModel, CandleModel>> = None;
+    for draft_name in ["py-s", "py-xs"] {
+        let draft = common::load(dir.join(draft_name), 512);
+        let target = match generator.take() {
+            Some(g) => g.into_parts().0,
+            None => common::load(dir.join("py-m"), 512),
+        };
+        let mut g = Generator::new(target, draft).unwrap();
+        for prompt in &prompts {
+            let ids = g.encode(prompt).unwrap();
+            let config = |k| GenerateConfig {
+                max_new_tokens: 48,
+                k,
+                ..GenerateConfig::default()
+            };
+            let plain = g.generate(&ids, &config(1)).unwrap();
+            assert_eq!(plain.stats.drafted, 0);
+            assert_eq!(
+                plain.stats.target_calls,
+                plain.tokens.len() + usize::from(matches!(plain.stop_reason, StopReason::Eos(_)))
+            );
+            for k in 2..=8 {
+                let out = g.generate(&ids, &config(k)).unwrap();
+                assert_eq!(
+                    out.tokens, plain.tokens,
+                    "{draft_name} k={k} prompt {prompt:?}"
+                );
+                assert_eq!(out.text, plain.text);
+                assert_eq!(out.stop_reason, plain.stop_reason);
+                assert!(out.stats.target_calls <= plain.stats.target_calls);
+                checked += 1;
+            }
+        }
+        generator = Some(g);
+    }
+    assert_eq!(checked, 2 * 7 * prompts.len());
+}
+
+#[test]
+fn greedy_matches_the_transformers_reference_through_the_generator() {
+    let Some(dir) = common::shared_models() else {
+        return;
+    };
+    let reference = common::json(dir.join("reference.json"));
+    let mut g = Generator::new(
+        common::load(dir.join("py-m"), 256),
+        common::load(dir.join("py-xs"), 256),
+    )
+    .unwrap();
+    for r in reference["models"]["py-m"].as_array().unwrap() {
+        let prompt = common::ids(&r["prompt_ids"]);
+        let want = common::ids(&r["greedy_48"]);
+        let out = g
+            .generate(
+                &prompt,
+                &GenerateConfig {
+                    max_new_tokens: 48,
+                    k: 5,
+                    ..GenerateConfig::default()
+                },
+            )
+            .unwrap();
+        assert_eq!(out.tokens, want);
+        assert_eq!(out.text.as_deref(), r["greedy_48_text"].as_str());
+        assert!(g.target().cached_len() <= prompt.len() + 48);
+    }
+}
