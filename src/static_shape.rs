@@ -1,17 +1,4 @@
-//! A static-shape adapter: any [`LanguageModel`] made to obey the rules of a
-//! backend compiled ahead of time (AWS Inferentia2 through transformers-neuronx
-//! or NxD Inference), so the generator can be proven against those rules on
-//! a machine without the hardware.
-//!
-//! The rules, enforced exactly:
-//! - a forward of `n` tokens is allowed only if `n` is a compiled window (a
-//!   token-generation graph), or, on an empty cache, if a compiled prompt
-//!   bucket holds it (a context-encoding graph);
-//! - a prompt pass is padded up to its bucket: the padding positions are
-//!   really computed and written into the KV cache, then left behind as
-//!   garbage for later writes to overwrite, as on the device;
-//! - rollback moves the write position only (`cache_ids` of the next call);
-//! - nothing runs past the compiled `n_positions`; batch size is 1.
+//! The static-shape adapter; see [`StaticShapeModel`].
 
 use crate::error::{Error, Result};
 use crate::model::{LanguageModel, Logits, Shapes, StaticShapes};
@@ -20,7 +7,20 @@ use crate::tokenizer::Tokenizer;
 /// Token used to pad a prompt up to its bucket (its logits are discarded).
 pub const PAD_TOKEN: u32 = 0;
 
-/// Wraps `M` in static shapes; see the [module docs](self).
+/// A static-shape adapter: any [`LanguageModel`] made to obey the rules of a
+/// backend compiled ahead of time (AWS Inferentia2 through transformers-neuronx
+/// or NxD Inference), so the generator can be proven against those rules on
+/// a machine without the hardware.
+///
+/// The rules, enforced exactly:
+/// - a forward of `n` tokens is allowed only if `n` is a compiled window (a
+///   token-generation graph), or, on an empty cache, if a compiled prompt
+///   bucket holds it (a context-encoding graph);
+/// - a prompt pass is padded up to its bucket: the padding positions are
+///   really computed and written into the KV cache, then left behind as
+///   garbage for later writes to overwrite, as on the device;
+/// - rollback moves the write position only (`cache_ids` of the next call);
+/// - nothing runs past the compiled `n_positions`; batch size is 1.
 #[derive(Debug)]
 pub struct StaticShapeModel<M> {
     inner: M,
