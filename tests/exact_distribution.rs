@@ -11,111 +11,22 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::ops::ControlFlow;
 
-use common::exact::{reference, Outcome};
+use common::exact::{assert_same, reference, speculative as enumerate, Outcome};
 use common::toy::Toy;
-use specdec::{Eos, GenerateConfig, Generator, RandomSource, SamplingParams, StopReason};
+use specdec::{Eos, GenerateConfig, Generator, SamplingParams};
 
-/// Follows `path` of (choice, number of options), extending it with first
-/// choices, and multiplies the probability of the choices made.
-struct Branches {
-    path: Vec<(usize, usize)>,
-    depth: usize,
-    prob: f64,
-}
-
-impl Branches {
-    fn choose(&mut self, probs: &[f64]) -> usize {
-        let live: Vec<usize> = (0..probs.len()).filter(|&i| probs[i] > 0.0).collect();
-        if self.depth == self.path.len() {
-            self.path.push((0, live.len()));
-        }
-        let (choice, options) = self.path[self.depth];
-        assert_eq!(
-            options,
-            live.len(),
-            "replay diverged at depth {}",
-            self.depth
-        );
-        let pick = live[choice];
-        self.depth += 1;
-        self.prob *= probs[pick];
-        pick
-    }
-}
-
-impl RandomSource for Branches {
-    fn categorical(&mut self, probs: &[f64]) -> usize {
-        let total: f64 = probs.iter().sum();
-        let normalized: Vec<f64> = probs.iter().map(|p| p / total).collect();
-        self.choose(&normalized)
-    }
-    fn bernoulli(&mut self, p: f64) -> bool {
-        assert!(
-            p > 0.0 && p < 1.0,
-            "a certain outcome must not consume randomness: p = {p}"
-        );
-        self.choose(&[p, 1.0 - p]) == 0
-    }
-}
-
-/// Exact output distribution of the speculative generator.
 fn speculative(
     target: &Toy,
     draft: &Toy,
     prompt: &[u32],
     config: &GenerateConfig,
 ) -> BTreeMap<Outcome, f64> {
-    let mut generator = Generator::new(target.clone(), draft.clone()).unwrap();
-    let mut dist = BTreeMap::new();
-    let mut path = Vec::new();
-    loop {
-        let mut src = Branches {
-            path,
-            depth: 0,
-            prob: 1.0,
-        };
-        let out = generator
-            .generate_with(prompt, config, &mut src, &mut |_| ControlFlow::Continue(()))
-            .unwrap();
-        assert_eq!(
-            src.depth,
-            src.path.len(),
-            "every recorded choice was replayed"
-        );
-        let eos = matches!(out.stop_reason, StopReason::Eos(_));
-        *dist.entry((out.tokens, eos)).or_insert(0.0) += src.prob;
-        // Next path: bump the deepest choice that has siblings left.
-        path = src.path;
-        while let Some((choice, options)) = path.pop() {
-            if choice + 1 < options {
-                path.push((choice + 1, options));
-                break;
-            }
-        }
-        if path.is_empty() {
-            return dist;
-        }
-    }
-}
-
-fn assert_same(a: &BTreeMap<Outcome, f64>, b: &BTreeMap<Outcome, f64>, what: &str) {
-    let total: f64 = a.values().sum();
-    assert!(
-        (total - 1.0).abs() < 1e-9,
-        "{what}: speculative probabilities sum to {total}"
-    );
-    for key in a.keys().chain(b.keys()) {
-        let (x, y) = (
-            a.get(key).copied().unwrap_or(0.0),
-            b.get(key).copied().unwrap_or(0.0),
-        );
-        assert!(
-            (x - y).abs() < 1e-9,
-            "{what}: P{key:?} = {x} speculative vs {y} target"
-        );
-    }
+    enumerate(
+        &mut Generator::new(target.clone(), draft.clone()).unwrap(),
+        prompt,
+        config,
+    )
 }
 
 fn sampling(

@@ -1,0 +1,157 @@
+//! One conformance suite, every backend: the candle backend (trained and
+//! random-weight checkpoints, dense and Q8_0), the static-shape adapter
+//! around it, and the toy models. Plus two broken backends the suite must
+//! catch, so it is known to have teeth.
+
+mod common;
+
+use common::toy::Toy;
+use specdec::conformance::{check_all, Tolerance};
+use specdec::{
+    CandleModel, LanguageModel, LoadOptions, Logits, Quantization, StaticShapeModel, StaticShapes,
+};
+
+/// Ordinary text as token ids, from the embedded tokenizer.
+fn tokens() -> Vec<u32> {
+    let m = common::load(common::embedded("py-xs"), 8);
+    m.tokenizer()
+        .unwrap()
+        .encode("import os\nimport sys\n\ndef main(argv):\n    for arg in argv[1:]:\n        print(os.path.abspath(arg))\n")
+        .unwrap()
+}
+
+fn static_shapes() -> StaticShapes {
+    StaticShapes {
+        windows: vec![1, 3, 4],
+        prompt_buckets: vec![8, 16],
+        batch_size: 1,
+    }
+}
+
+#[test]
+fn embedded_candle_models_conform() {
+    for name in ["py-s", "py-xs"] {
+        let mut m = common::load(common::embedded(name), 48);
+        check_all(&mut m, &tokens(), &Tolerance::f32()).unwrap_or_else(|f| panic!("{name}: {f}"));
+    }
+}
+
+#[test]
+fn shared_candle_models_conform() {
+    let Some(dir) = common::shared_models() else {
+        return;
+    };
+    for path in [
+        "py-m",
+        "arch/qwen2-tiny",
+        "arch/mistral-tiny",
+        "arch/llama3-tiny",
+    ] {
+        let mut m = common::load(dir.join(path), 40);
+        check_all(&mut m, &tokens(), &Tolerance::f32()).unwrap_or_else(|f| panic!("{path}: {f}"));
+    }
+}
+
+#[test]
+fn quantized_candle_model_conforms() {
+    let options = LoadOptions {
+        n_positions: Some(40),
+        quantization: Quantization::Q8_0,
+        ..LoadOptions::default()
+    };
+    let mut m = CandleModel::load_with(common::embedded("py-xs"), &options).unwrap();
+    check_all(&mut m, &tokens(), &Tolerance::f32()).unwrap();
+}
+
+#[test]
+fn static_shape_adapter_conforms() {
+    let inner = common::load(common::embedded("py-xs"), 64);
+    let mut m = StaticShapeModel::new(inner, static_shapes(), 40).unwrap();
+    check_all(&mut m, &tokens(), &Tolerance::f32()).unwrap();
+    let mut toy = StaticShapeModel::new(Toy::new(7, 0.5), static_shapes(), 40).unwrap();
+    check_all(
+        &mut toy,
+        &(0..30).map(|i| i % 7).collect::<Vec<_>>(),
+        &Tolerance::f32(),
+    )
+    .unwrap();
+}
+
+#[test]
+fn toy_models_conform() {
+    let mut toy = Toy::new(7, 0.5);
+    toy.n_positions = 40;
+    check_all(
+        &mut toy,
+        &(0..30).map(|i| i % 7).collect::<Vec<_>>(),
+        &Tolerance::f32(),
+    )
+    .unwrap();
+}
+
+/// Forgets to roll back: truncate moves the length but keeps the old context.
+struct NoRollback(Toy, usize);
+
+/// Batched forwards drift from sequential ones.
+struct Drifts(Toy);
+
+impl LanguageModel for NoRollback {
+    fn forward(&mut self, tokens: &[u32]) -> specdec::Result<Logits> {
+        self.1 += tokens.len();
+        self.0.forward(tokens)
+    }
+    fn truncate(&mut self, len: usize) -> specdec::Result<()> {
+        if len > self.1 {
+            return self.0.truncate(len);
+        }
+        if len == 0 {
+            self.0.truncate(0)?;
+        }
+        self.1 = len;
+        Ok(())
+    }
+    fn cached_len(&self) -> usize {
+        self.1
+    }
+    fn vocab_size(&self) -> usize {
+        self.0.vocab_size()
+    }
+    fn n_positions(&self) -> usize {
+        self.0.n_positions()
+    }
+}
+
+impl LanguageModel for Drifts {
+    fn forward(&mut self, tokens: &[u32]) -> specdec::Result<Logits> {
+        let l = self.0.forward(tokens)?;
+        let drift = if tokens.len() > 1 { 1e-3 } else { 0.0 };
+        Ok(Logits::new(
+            l.as_slice().iter().map(|x| x + drift).collect(),
+            l.vocab(),
+        ))
+    }
+    fn truncate(&mut self, len: usize) -> specdec::Result<()> {
+        self.0.truncate(len)
+    }
+    fn cached_len(&self) -> usize {
+        self.0.cached_len()
+    }
+    fn vocab_size(&self) -> usize {
+        self.0.vocab_size()
+    }
+    fn n_positions(&self) -> usize {
+        self.0.n_positions()
+    }
+}
+
+#[test]
+fn the_suite_catches_broken_backends() {
+    let tokens: Vec<u32> = (0..30).map(|i| i % 7).collect();
+    let mut toy = Toy::new(7, 0.5);
+    toy.n_positions = 40;
+    let failure =
+        check_all(&mut NoRollback(toy.clone(), 0), &tokens, &Tolerance::f32()).unwrap_err();
+    assert_eq!(failure.check, "rollback_equals_never_fed", "{failure}");
+    let failure = check_all(&mut Drifts(toy), &tokens, &Tolerance::f32()).unwrap_err();
+    assert_eq!(failure.check, "batched_equals_sequential", "{failure}");
+}

@@ -1,0 +1,215 @@
+//! The generator through the static-shape adapter (Inferentia2's rules):
+//! identical greedy output, identically distributed samples, only compiled
+//! shapes used, and limits checked before generating.
+
+mod common;
+
+use common::exact::{assert_same, reference, speculative};
+use common::toy::Toy;
+use specdec::{
+    Error, GenerateConfig, Generator, LanguageModel, SamplingParams, StaticShapeModel, StaticShapes,
+};
+
+fn shapes(windows: &[usize], buckets: &[usize]) -> StaticShapes {
+    StaticShapes {
+        windows: windows.to_vec(),
+        prompt_buckets: buckets.to_vec(),
+        batch_size: 1,
+    }
+}
+
+fn wrap<M: LanguageModel>(
+    m: M,
+    windows: &[usize],
+    buckets: &[usize],
+    n: usize,
+) -> StaticShapeModel<M> {
+    StaticShapeModel::new(m, shapes(windows, buckets), n).unwrap()
+}
+
+#[test]
+fn greedy_output_is_identical_through_compiled_shapes() {
+    let (t, d) = (common::embedded("py-s"), common::embedded("py-xs"));
+    let mut dynamic = Generator::new(common::load(&t, 256), common::load(&d, 256)).unwrap();
+    let target = wrap(common::load(&t, 256), &[1, 2, 4], &[8, 16, 32], 200);
+    let draft = wrap(common::load(&d, 256), &[1], &[8, 16, 32], 200);
+    let mut fixed = Generator::new(target, draft).unwrap();
+    for prompt in [
+        "import numpy as np\n",
+        "class Stack:\n    def push(self, item):",
+    ] {
+        let ids = dynamic.encode(prompt).unwrap();
+        for k in [1, 2, 4] {
+            let config = GenerateConfig {
+                max_new_tokens: 40,
+                k,
+                ..GenerateConfig::default()
+            };
+            let want = dynamic.generate(&ids, &config).unwrap();
+            let got = fixed.generate(&ids, &config).unwrap();
+            assert_eq!(got.tokens, want.tokens, "k={k} {prompt:?}");
+        }
+    }
+    let calls = fixed.target().graph_calls().clone();
+    assert!(
+        calls.context_encoding > 0 && calls.padded_positions > 0,
+        "{calls:?}"
+    );
+    assert!(
+        calls
+            .token_generation
+            .iter()
+            .all(|(w, _)| [1, 2, 4].contains(w)),
+        "{calls:?}"
+    );
+    let draft_calls = fixed.draft().graph_calls();
+    assert!(
+        draft_calls.token_generation.iter().all(|(w, _)| *w == 1),
+        "{draft_calls:?}"
+    );
+}
+
+#[test]
+fn an_uncompiled_window_falls_back_to_the_largest_compiled_one() {
+    let target = wrap(Toy::new(5, 0.2), &[1, 3, 5], &[4, 8], 64);
+    let draft = wrap(Toy::new(5, 0.9), &[1, 2], &[4, 8], 64);
+    let mut g = Generator::new(target, draft).unwrap();
+    assert_eq!(g.effective_k(4), 3);
+    assert_eq!(g.effective_k(9), 5);
+    let out = g
+        .generate(
+            &[1, 2, 3],
+            &GenerateConfig {
+                max_new_tokens: 20,
+                k: 4,
+                ..GenerateConfig::default()
+            },
+        )
+        .unwrap();
+    assert_eq!(out.stats.k, 3);
+    assert_eq!(out.tokens.len(), 20);
+    // Near the end of the budget the window shrinks to compiled sizes only.
+    let windows = &g.target().graph_calls().token_generation;
+    assert!(
+        windows.iter().all(|(w, _)| [1, 3].contains(w)),
+        "{windows:?}"
+    );
+}
+
+#[test]
+fn sampled_output_is_distributed_exactly_as_the_target_through_compiled_shapes() {
+    let target = Toy::new(4, 0.3).with_eos(3);
+    let draft = Toy::new(4, 1.1).with_eos(3);
+    for (windows, k) in [(&[1, 3][..], 3), (&[1, 2, 4][..], 4), (&[1, 4][..], 3)] {
+        let config = GenerateConfig {
+            max_new_tokens: 3,
+            k,
+            sampling: SamplingParams {
+                temperature: 0.9,
+                top_k: Some(3),
+                top_p: None,
+                min_p: None,
+            },
+            ..GenerateConfig::default()
+        };
+        let mut g = Generator::new(
+            wrap(target.clone(), windows, &[2, 4], 16),
+            wrap(draft.clone(), &[1, 2], &[2, 4], 16),
+        )
+        .unwrap();
+        let got = speculative(&mut g, &[1, 2], &config);
+        assert_same(
+            &got,
+            &reference(&target, &[1, 2], &config),
+            &format!("windows {windows:?} k={k}"),
+        );
+    }
+}
+
+#[test]
+fn the_adapter_rejects_shapes_that_were_not_compiled() {
+    let mut m = wrap(Toy::new(5, 0.2), &[1, 4], &[8], 16);
+    m.forward(&[1, 2, 3]).unwrap(); // a prompt pass, padded to the bucket of 8
+    assert_eq!(m.cached_len(), 3);
+    assert_eq!(m.graph_calls().padded_positions, 5);
+    match m.forward(&[1, 2, 3]) {
+        Err(Error::Shape { message, .. }) => assert!(
+            message.contains("no compiled graph for 3 tokens"),
+            "{message}"
+        ),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(
+        m.cached_len(),
+        3,
+        "a rejected call leaves the cache as it was"
+    );
+    m.forward(&[1, 2, 3, 4]).unwrap();
+    m.truncate(5).unwrap(); // rollback = next write position
+    m.forward(&[1, 2, 3, 4]).unwrap();
+    assert_eq!(m.cached_len(), 9);
+    assert!(
+        m.forward(&[1, 2, 3, 4, 1, 2, 3, 4]).is_err(),
+        "a bucket serves only an empty cache"
+    );
+    m.forward(&[1, 2, 3, 4]).unwrap();
+    assert!(m.forward(&[1, 2, 3, 4]).is_err(), "past n_positions = 16");
+}
+
+#[test]
+fn bad_compiled_shapes_are_refused_at_construction() {
+    let cases: [(StaticShapes, usize, &str); 4] = [
+        (shapes(&[], &[8]), 16, "windows"),
+        (shapes(&[1], &[]), 16, "prompt_buckets"),
+        (
+            StaticShapes {
+                batch_size: 4,
+                ..shapes(&[1], &[8])
+            },
+            16,
+            "batch_size",
+        ),
+        (shapes(&[1], &[8]), 1000, "n_positions"),
+    ];
+    for (s, n, name) in cases {
+        match StaticShapeModel::new(Toy::new(3, 0.1), s, n) {
+            Err(Error::InvalidSetting { name: got, .. }) => assert_eq!(got, name),
+            other => panic!("{name}: {other:?}"),
+        }
+    }
+    // A target without the 1-token graph cannot decode its last tokens.
+    let no_plain = wrap(Toy::new(3, 0.1), &[4], &[8], 16);
+    assert!(matches!(
+        Generator::new(no_plain, Toy::new(3, 0.2)),
+        Err(Error::Shape { .. })
+    ));
+}
+
+#[test]
+fn limits_are_checked_before_generating() {
+    let target = wrap(Toy::new(5, 0.2), &[1, 4], &[4], 32);
+    let mut g = Generator::new(target, Toy::new(5, 0.4)).unwrap();
+    let config = GenerateConfig {
+        max_new_tokens: 30,
+        k: 4,
+        ..GenerateConfig::default()
+    };
+    assert!(matches!(
+        g.generate(&[1, 2, 3], &config),
+        Err(Error::TooLong {
+            limit: 32,
+            needed: 33,
+            ..
+        })
+    ));
+    let long_prompt = [1u32; 10];
+    let config = GenerateConfig {
+        max_new_tokens: 4,
+        ..config
+    };
+    assert!(
+        matches!(g.generate(&long_prompt, &config), Err(Error::Shape { .. })),
+        "prompt beyond the largest bucket"
+    );
+    assert_eq!(g.target().graph_calls().context_encoding, 0, "nothing ran");
+}
