@@ -1,1 +1,138 @@
-fn main() {}
+//! Criterion benches: the verifier alone, one target forward of 1 and of k
+//! tokens, and end-to-end plain vs speculative decoding.
+//!
+//! Models: py-m target + py-s draft from `../shared/models` (or
+//! `SPECDEC_SHARED_MODELS`), falling back to the embedded py-s + py-xs pair.
+//!
+//!     cargo bench --bench specdec
+//!
+//! Timings on a shared machine drift; compare ratios within one run.
+
+use std::path::PathBuf;
+
+use criterion::{criterion_group, criterion_main, BatchSize, BenchmarkId, Criterion};
+use specdec::sampling::{argmax, warp};
+use specdec::verify::{verify_greedy, verify_sampled};
+use specdec::{
+    CandleModel, Eos, GenerateConfig, Generator, LanguageModel, Role, SamplingParams, SeededRandom,
+};
+
+fn pair() -> (PathBuf, PathBuf, &'static str) {
+    let shared = std::env::var_os("SPECDEC_SHARED_MODELS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/models"));
+    if shared.join("py-m/config.json").is_file() {
+        (shared.join("py-m"), shared.join("py-s"), "py-m+py-s")
+    } else {
+        let embedded = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models");
+        (
+            embedded.join("py-s"),
+            embedded.join("py-xs"),
+            "py-s+py-xs (embedded)",
+        )
+    }
+}
+
+fn rows(n: usize, vocab: usize, seed: f32) -> Vec<Vec<f32>> {
+    (0..n)
+        .map(|i| {
+            (0..vocab)
+                .map(|v| 4.0 * ((v as f32 * 0.37 + i as f32 + seed).sin()))
+                .collect()
+        })
+        .collect()
+}
+
+fn verifier(c: &mut Criterion) {
+    let vocab = 8192;
+    let k = 5;
+    let params = SamplingParams {
+        top_p: Some(0.95),
+        ..SamplingParams::with_temperature(0.8)
+    };
+    let (q_rows, p_rows) = (rows(k - 1, vocab, 0.1), rows(k, vocab, 0.4));
+    let q: Vec<_> = q_rows
+        .iter()
+        .enumerate()
+        .map(|(i, r)| warp(r, &params, &[], Role::Draft, i).unwrap())
+        .collect();
+    let p: Vec<_> = p_rows
+        .iter()
+        .enumerate()
+        .map(|(i, r)| warp(r, &params, &[], Role::Target, i).unwrap())
+        .collect();
+    let draft = [3u32, 17, 99, 1024];
+    let mut group = c.benchmark_group("verifier");
+    group.bench_function("warp 8192 logits (t=0.8, top-p 0.95)", |b| {
+        b.iter(|| warp(&p_rows[0], &params, &[], Role::Target, 0).unwrap())
+    });
+    group.bench_function("verify_sampled k=5 vocab 8192", |b| {
+        b.iter_batched(
+            || SeededRandom::new(1),
+            |mut rng| verify_sampled(&draft, &q, &p, &mut rng),
+            BatchSize::SmallInput,
+        )
+    });
+    group.bench_function("greedy: 5 argmax rows + verify_greedy", |b| {
+        b.iter(|| {
+            let best: Vec<u32> = p_rows
+                .iter()
+                .map(|r| argmax(r, &[], Role::Target, 0).unwrap())
+                .collect();
+            verify_greedy(&draft, &best)
+        })
+    });
+    group.finish();
+}
+
+fn target_forward(c: &mut Criterion) {
+    let (target, _, name) = pair();
+    let mut model = CandleModel::load(&target).unwrap();
+    let prompt: Vec<u32> = (1..=64).collect();
+    let mut group = c.benchmark_group(format!("target forward ({name})"));
+    group.sample_size(30);
+    for n in [1usize, 2, 4, 5, 8] {
+        let tokens: Vec<u32> = (100..100 + n as u32).collect();
+        model.reset().unwrap();
+        model.forward(&prompt).unwrap();
+        group.bench_with_input(BenchmarkId::new("tokens", n), &n, |b, _| {
+            b.iter(|| {
+                model.forward(&tokens).unwrap();
+                model.truncate(prompt.len()).unwrap();
+            })
+        });
+    }
+    group.finish();
+}
+
+fn end_to_end(c: &mut Criterion) {
+    let (target, draft, name) = pair();
+    let mut g = Generator::new(
+        CandleModel::load(&target).unwrap(),
+        CandleModel::load(&draft).unwrap(),
+    )
+    .unwrap();
+    let prompt = g
+        .encode("import numpy as np\nfrom typing import List\n\n\ndef ")
+        .unwrap();
+    let mut group = c.benchmark_group(format!("generate 64 tokens ({name})"));
+    group.sample_size(10);
+    for k in [1usize, 3, 4, 5] {
+        let config = GenerateConfig {
+            max_new_tokens: 64,
+            k,
+            eos: Eos::Ignore,
+            ..GenerateConfig::default()
+        };
+        let label = if k == 1 {
+            "plain".to_string()
+        } else {
+            format!("speculative k={k}")
+        };
+        group.bench_function(label, |b| b.iter(|| g.generate(&prompt, &config).unwrap()));
+    }
+    group.finish();
+}
+
+criterion_group!(benches, verifier, target_forward, end_to_end);
+criterion_main!(benches);

@@ -83,7 +83,12 @@ struct Args {
 /// Errors that mean "your input is wrong" exit with 2, others with 1.
 fn exit_code(e: &anyhow::Error) -> u8 {
     match e.downcast_ref::<Error>() {
-        Some(Error::Interrupted { .. } | Error::Candle(_) | Error::NonFiniteLogits { .. }) => 1,
+        Some(
+            Error::Interrupted { .. }
+            | Error::Candle(_)
+            | Error::Backend { .. }
+            | Error::NonFiniteLogits { .. },
+        ) => 1,
         Some(_) => 2,
         None => 2,
     }

@@ -207,6 +207,16 @@ pub enum Error {
         source: Box<Error>,
     },
 
+    /// A backend's device or runtime failed (a lost accelerator, a worker
+    /// process that died, a runtime call that returned an error code).
+    #[error("{model}: backend failure: {message}")]
+    Backend {
+        /// Which model (its name or role).
+        model: String,
+        /// What the device or runtime said.
+        message: String,
+    },
+
     /// An error from candle (tensor math or device).
     #[error("candle: {0}")]
     Candle(#[from] candle_core::Error),

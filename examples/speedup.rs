@@ -1,0 +1,395 @@
+//! Measures speculative decoding against plain decoding of the same target,
+//! interleaved on every prompt, and compares each window's speedup with the
+//! closed form of Leviathan et al. (2023), extended with the measured cost
+//! of a k-token verify pass.
+//!
+//! ```text
+//! cargo run --release --example speedup -- \
+//!     --target ../shared/models/py-m --draft ../shared/models/py-s \
+//!     --prompts ../shared/bench/prompts_py.json --max-new-tokens 128 --k 2,3,4,5,6,8 \
+//!     --svg speedup.svg
+//! ```
+//!
+//! For each prompt (the first is a warm-up, not counted) it runs plain
+//! decoding (`k = 1`) and then every `k`, and repeats that `--rounds` times.
+//! EOS is suppressed so every run generates exactly `--max-new-tokens`, as
+//! transformers' `min_new_tokens` does in `../shared/bench/hf_peer.py`.
+//!
+//! The model: with acceptance `α` per draft token (estimated as
+//! accepted / (accepted + rejections)), `γ = k - 1` drafted tokens, a draft
+//! pass costing `c` target passes and a k-token verify pass costing `r_k`
+//! 1-token passes, one window yields `(1 - α^(γ+1)) / (1 - α)` tokens for
+//! `γ c + r_k` units of time, so the predicted speedup is their ratio.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use clap::Parser;
+use specdec::{
+    CandleModel, Eos, GenerateConfig, Generator, LoadOptions, Output, Quantization, SamplingParams,
+};
+
+#[derive(Parser, Debug)]
+#[command(about = "Speculative vs plain decoding, measured and predicted.")]
+struct Args {
+    /// Target model directory.
+    #[arg(long)]
+    target: PathBuf,
+    /// Draft model directory.
+    #[arg(long)]
+    draft: PathBuf,
+    /// JSON file with a list of prompt strings.
+    #[arg(long)]
+    prompts: PathBuf,
+    /// Tokens per generation.
+    #[arg(long, default_value_t = 128)]
+    max_new_tokens: usize,
+    /// Windows to measure, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "2,3,4,5,6,8")]
+    k: Vec<usize>,
+    /// Sampling temperature (0 = greedy, where outputs must be identical).
+    #[arg(long, default_value_t = 0.0)]
+    temperature: f32,
+    /// Times to repeat every prompt (after the warm-up).
+    #[arg(long, default_value_t = 1)]
+    rounds: usize,
+    /// Store the draft's weights as Q8_0.
+    #[arg(long)]
+    quantize_draft: bool,
+    /// Compute threads (default: all cores).
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Write an SVG plot of measured and predicted speedup against k here.
+    #[arg(long)]
+    svg: Option<PathBuf>,
+    /// Print one JSON object instead of the table.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Every measurement of one window size.
+#[derive(Default)]
+struct Series {
+    ms_per_token: Vec<f64>,
+    accepted: usize,
+    drafted: usize,
+    rejections: usize,
+    tokens: usize,
+    target_calls: usize,
+    draft_ms: f64,
+    draft_calls: usize,
+    verify_ms: f64,
+    identical: bool,
+}
+
+impl Series {
+    fn add(&mut self, out: &Output) {
+        let s = &out.stats;
+        self.ms_per_token.push(s.ms_per_token());
+        self.accepted += s.accepted;
+        self.drafted += s.drafted;
+        self.rejections += s.recovered;
+        self.tokens += s.accepted + s.recovered + s.bonus;
+        self.target_calls += s.target_calls;
+        self.draft_ms += s.draft_ms();
+        self.draft_calls += s.draft_calls;
+        self.verify_ms += s.verify_ms();
+    }
+    fn median(&self) -> f64 {
+        let mut v = self.ms_per_token.clone();
+        v.sort_by(f64::total_cmp);
+        let n = v.len();
+        if n % 2 == 1 {
+            v[n / 2]
+        } else {
+            (v[n / 2 - 1] + v[n / 2]) / 2.0
+        }
+    }
+    fn verify_ms_per_call(&self) -> f64 {
+        self.verify_ms / self.target_calls.max(1) as f64
+    }
+}
+
+struct Row {
+    k: usize,
+    ms_per_token: f64,
+    speedup: f64,
+    acceptance_rate: f64,
+    alpha: f64,
+    tokens_per_target_call: f64,
+    verify_cost_ratio: f64,
+    predicted_speedup: f64,
+    identical: Option<bool>,
+}
+
+/// Leviathan et al. (2023), eq. (1)-(2), with the verify pass costing `r_k`.
+fn predicted(alpha: f64, k: usize, c: f64, r_k: f64) -> f64 {
+    let gamma = (k - 1) as f64;
+    let tokens = if alpha >= 1.0 {
+        gamma + 1.0
+    } else {
+        (1.0 - alpha.powf(gamma + 1.0)) / (1.0 - alpha)
+    };
+    tokens / (gamma * c + r_k)
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    if let Some(n) = args.threads {
+        anyhow::ensure!(n > 0, "--threads must be at least 1");
+        std::env::set_var("RAYON_NUM_THREADS", n.to_string());
+    }
+    anyhow::ensure!(
+        !args.k.is_empty() && args.k.iter().all(|&k| k >= 2),
+        "--k takes windows >= 2"
+    );
+    let text = std::fs::read_to_string(&args.prompts)
+        .with_context(|| format!("--prompts {}", args.prompts.display()))?;
+    let prompts: Vec<String> = serde_json::from_str(&text).with_context(|| {
+        format!(
+            "{}: expected a JSON list of strings",
+            args.prompts.display()
+        )
+    })?;
+    anyhow::ensure!(
+        prompts.len() >= 2,
+        "{}: need at least 2 prompts (the first is a warm-up)",
+        args.prompts.display()
+    );
+
+    let target = CandleModel::load(&args.target)?;
+    let draft_options = LoadOptions {
+        quantization: if args.quantize_draft {
+            Quantization::Q8_0
+        } else {
+            Quantization::None
+        },
+        ..LoadOptions::default()
+    };
+    let draft = CandleModel::load_with(&args.draft, &draft_options)?;
+    let mut generator = Generator::new(target, draft)?;
+    let config = |k| GenerateConfig {
+        max_new_tokens: args.max_new_tokens,
+        k,
+        sampling: SamplingParams::with_temperature(args.temperature),
+        seed: 7,
+        eos: Eos::Ignore,
+        ..GenerateConfig::default()
+    };
+    let ids: Vec<Vec<u32>> = prompts
+        .iter()
+        .map(|p| generator.encode(p))
+        .collect::<Result<_, _>>()?;
+
+    let mut plain = Series::default();
+    let mut spec: Vec<Series> = args
+        .k
+        .iter()
+        .map(|_| Series {
+            identical: true,
+            ..Series::default()
+        })
+        .collect();
+    for round in 0..args.rounds {
+        for (i, prompt) in ids.iter().enumerate() {
+            let warmup = i == 0;
+            if warmup && round > 0 {
+                continue;
+            }
+            let base = generator.generate(prompt, &config(1))?;
+            for (series, &k) in spec.iter_mut().zip(&args.k) {
+                let out = generator.generate(prompt, &config(k))?;
+                if !warmup {
+                    series.identical &= out.tokens == base.tokens;
+                    series.add(&out);
+                }
+            }
+            if !warmup {
+                plain.add(&base);
+            }
+            if !args.json {
+                eprint!(
+                    "\rround {}/{} prompt {}/{}",
+                    round + 1,
+                    args.rounds,
+                    i + 1,
+                    ids.len()
+                );
+            }
+        }
+    }
+    if !args.json {
+        eprintln!();
+    }
+
+    let plain_ms = plain.median();
+    let one_pass_ms = plain.verify_ms_per_call();
+    let draft_pass_ms: f64 = spec.iter().map(|s| s.draft_ms).sum::<f64>()
+        / spec.iter().map(|s| s.draft_calls).sum::<usize>().max(1) as f64;
+    let c = draft_pass_ms / one_pass_ms;
+    let greedy = args.temperature == 0.0;
+    let rows: Vec<Row> = spec
+        .iter()
+        .zip(&args.k)
+        .map(|(s, &k)| {
+            let alpha = s.accepted as f64 / (s.accepted + s.rejections).max(1) as f64;
+            let r_k = s.verify_ms_per_call() / one_pass_ms;
+            let ms = s.median();
+            Row {
+                k,
+                ms_per_token: ms,
+                speedup: plain_ms / ms,
+                acceptance_rate: s.accepted as f64 / s.drafted.max(1) as f64,
+                alpha,
+                tokens_per_target_call: s.tokens as f64 / s.target_calls.max(1) as f64,
+                verify_cost_ratio: r_k,
+                predicted_speedup: predicted(alpha, k, c, r_k),
+                identical: greedy.then_some(s.identical),
+            }
+        })
+        .collect();
+
+    if let Some(path) = &args.svg {
+        std::fs::write(path, svg(&rows, &args))
+            .with_context(|| format!("--svg {}", path.display()))?;
+    }
+    let name = |p: &Path| {
+        p.file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    };
+    if args.json {
+        let runs: Vec<_> = rows
+            .iter()
+            .map(|r| {
+                serde_json::json!({
+                    "k": r.k, "ms_per_token": r.ms_per_token, "speedup": r.speedup,
+                    "acceptance_rate": r.acceptance_rate, "alpha": r.alpha,
+                    "tokens_per_target_call": r.tokens_per_target_call,
+                    "verify_cost_ratio": r.verify_cost_ratio,
+                    "predicted_speedup": r.predicted_speedup, "identical": r.identical,
+                })
+            })
+            .collect();
+        println!(
+            "{}",
+            serde_json::json!({
+                "target": name(&args.target), "draft": name(&args.draft),
+                "quantized_draft": args.quantize_draft, "temperature": args.temperature,
+                "max_new_tokens": args.max_new_tokens, "prompts": ids.len() - 1, "rounds": args.rounds,
+                "threads": std::env::var("RAYON_NUM_THREADS").ok(),
+                "plain_ms_per_token": plain_ms, "target_pass_ms": one_pass_ms,
+                "draft_pass_ms": draft_pass_ms, "cost_ratio": c, "runs": runs,
+            })
+        );
+        return Ok(());
+    }
+    println!(
+        "target {} | draft {}{} | {} prompts x {} rounds, {} tokens, temperature {}",
+        name(&args.target),
+        name(&args.draft),
+        if args.quantize_draft { " (Q8_0)" } else { "" },
+        ids.len() - 1,
+        args.rounds,
+        args.max_new_tokens,
+        args.temperature
+    );
+    println!(
+        "plain: {plain_ms:.2} ms/token (median); one target pass {one_pass_ms:.2} ms, one draft pass {draft_pass_ms:.2} ms, c = {c:.3}"
+    );
+    println!("|  k | ms/token | speedup | acceptance | alpha | tokens/pass | verify cost r_k | predicted | identical |");
+    println!("|---:|---------:|--------:|-----------:|------:|------------:|----------------:|----------:|:---------:|");
+    for r in &rows {
+        println!(
+            "| {:>2} | {:>8.2} | {:>6.2}x | {:>10.3} | {:>5.3} | {:>11.2} | {:>15.2} | {:>8.2}x | {:^9} |",
+            r.k,
+            r.ms_per_token,
+            r.speedup,
+            r.acceptance_rate,
+            r.alpha,
+            r.tokens_per_target_call,
+            r.verify_cost_ratio,
+            r.predicted_speedup,
+            match r.identical {
+                Some(true) => "yes",
+                Some(false) => "NO",
+                None => "n/a",
+            }
+        );
+    }
+    Ok(())
+}
+
+/// A small line plot: measured (solid) and predicted (dashed) speedup vs k.
+fn svg(rows: &[Row], args: &Args) -> String {
+    let (w, h, left, right, top, bottom) = (560.0, 340.0, 60.0, 20.0, 40.0, 50.0);
+    let kmin = rows.iter().map(|r| r.k).min().unwrap_or(2) as f64;
+    let kmax = (rows.iter().map(|r| r.k).max().unwrap_or(8) as f64).max(kmin + 1.0);
+    let ymax = rows
+        .iter()
+        .flat_map(|r| [r.speedup, r.predicted_speedup])
+        .fold(1.5f64, f64::max)
+        .ceil();
+    let x = |k: f64| left + (k - kmin) / (kmax - kmin) * (w - left - right);
+    let y = |s: f64| h - bottom - s / ymax * (h - top - bottom);
+    let line = |f: &dyn Fn(&Row) -> f64| {
+        rows.iter()
+            .map(|r| format!("{:.1},{:.1}", x(r.k as f64), y(f(r))))
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    let mut out = format!(
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" font-size="12">
+<rect width="100%" height="100%" fill="white"/>
+<text x="{}" y="20" text-anchor="middle" font-size="14">speedup over plain decoding: {} + {}</text>
+"#,
+        w / 2.0,
+        args.target
+            .file_name()
+            .map(|n| n.to_string_lossy())
+            .unwrap_or_default(),
+        args.draft
+            .file_name()
+            .map(|n| n.to_string_lossy())
+            .unwrap_or_default()
+    );
+    for i in 0..=(ymax as usize * 2) {
+        let s = i as f64 / 2.0;
+        let (x2, ys, xl, yl) = (w - right, y(s), left - 6.0, y(s) + 4.0);
+        out += &format!(
+            r##"<line x1="{left}" x2="{x2}" y1="{ys:.1}" y2="{ys:.1}" stroke="#ddd"/><text x="{xl}" y="{yl:.1}" text-anchor="end">{s:.1}x</text>
+"##
+        );
+    }
+    let (x2, y1) = (w - right, y(1.0));
+    out += &format!(
+        r##"<line x1="{left}" x2="{x2}" y1="{y1:.1}" y2="{y1:.1}" stroke="#888" stroke-dasharray="2,3"/>
+"##
+    );
+    for r in rows {
+        out += &format!(
+            r#"<text x="{:.1}" y="{}" text-anchor="middle">{}</text>
+"#,
+            x(r.k as f64),
+            h - bottom + 18.0,
+            r.k
+        );
+    }
+    out += &format!(
+        r##"<text x="{}" y="{}" text-anchor="middle">window k</text>
+<polyline fill="none" stroke="#1f77b4" stroke-width="2.5" points="{}"/>
+<polyline fill="none" stroke="#ff7f0e" stroke-width="2" stroke-dasharray="6,4" points="{}"/>
+<text x="{}" y="{}" fill="#1f77b4">measured</text><text x="{}" y="{}" fill="#ff7f0e">predicted (Leviathan et al., with verify cost)</text>
+</svg>
+"##,
+        w / 2.0,
+        h - 12.0,
+        line(&|r| r.speedup),
+        line(&|r| r.predicted_speedup),
+        left + 10.0,
+        top + 4.0,
+        left + 80.0,
+        top + 4.0
+    );
+    out
+}
