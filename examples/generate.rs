@@ -72,6 +72,10 @@ struct Args {
     /// Compute threads (default: all cores).
     #[arg(long)]
     threads: Option<usize>,
+    /// Run both models on this CUDA device (bf16) instead of the CPU (f32).
+    /// Needs a build with `--features cuda`.
+    #[arg(long, value_name = "ORDINAL", num_args = 0..=1, default_missing_value = "0")]
+    cuda: Option<usize>,
     /// Print only the generated text.
     #[arg(long)]
     quiet: bool,

@@ -59,6 +59,10 @@ struct Args {
     /// Compute threads (default: all cores).
     #[arg(long)]
     threads: Option<usize>,
+    /// Run both models on this CUDA device (bf16) instead of the CPU (f32).
+    /// Needs a build with `--features cuda`.
+    #[arg(long, value_name = "ORDINAL", num_args = 0..=1, default_missing_value = "0")]
+    cuda: Option<usize>,
     /// Write an SVG plot of measured and predicted speedup against k here.
     #[arg(long)]
     svg: Option<PathBuf>,
@@ -278,6 +282,7 @@ fn main() -> anyhow::Result<()> {
                 "quantized_draft": args.quantize_draft, "temperature": args.temperature,
                 "max_new_tokens": args.max_new_tokens, "prompts": ids.len() - 1, "rounds": args.rounds,
                 "threads": std::env::var("RAYON_NUM_THREADS").ok(),
+                "device": if args.cuda.is_some() { "cuda" } else { "cpu" },
                 "plain_ms_per_token": plain_ms, "target_pass_ms": one_pass_ms,
                 "draft_pass_ms": draft_pass_ms, "cost_ratio": c, "runs": runs,
             })

@@ -312,8 +312,14 @@ impl Llama {
         cache.k.slice_set(&k, 1, pos)?;
         cache.v.slice_set(&v, 1, pos)?;
         let len = pos + n;
-        let keys = cache.k.narrow(1, 0, len)?; // (kvh, len, hd)
-        let values = cache.v.narrow(1, 0, len)?;
+        let mut keys = cache.k.narrow(1, 0, len)?; // (kvh, len, hd)
+        let mut values = cache.v.narrow(1, 0, len)?;
+        if !self.device.is_cpu() {
+            // cuBLAS wants each matrix of a batch contiguous; the CPU gemm
+            // takes the strided views as they are.
+            keys = keys.contiguous()?;
+            values = values.contiguous()?;
+        }
         // Query heads sharing a kv head are adjacent: fold them into rows.
         let q = (q.reshape((kvh, group * n, hd))? * (1.0 / (hd as f64).sqrt()))?;
         let mut scores = q.matmul(&keys.t()?)?; // (kvh, group * n, len)

@@ -38,7 +38,7 @@ pub struct LoadOptions {
     /// KV-cache positions (`n_positions`). `None`: the smaller of
     /// `max_position_embeddings` and [`DEFAULT_MAX_POSITIONS`].
     pub n_positions: Option<usize>,
-    /// Weight storage for the matrix products.
+    /// Weight storage for the matrix products (Q8_0: CPU only).
     pub quantization: Quantization,
 }
 
@@ -117,6 +117,13 @@ impl CandleModel {
                 path: dir.to_path_buf(),
                 reason: "has no config.json".into(),
             });
+        }
+        if options.quantization != Quantization::None && !options.device.is_cpu() {
+            return Err(Error::setting(
+                "quantization",
+                format!("{:?}", options.quantization),
+                "None on a GPU (Q8_0 weights are a CPU-backend option)",
+            ));
         }
         let config = ModelConfig::from_file(&config_path)?;
         let n_positions = match options.n_positions {
