@@ -121,23 +121,25 @@ pub struct Generator<T, D> {
 
 impl<T: LanguageModel, D: LanguageModel> Generator<T, D> {
     /// Couples `target` and `draft`. They must share a vocabulary: when both
-    /// have tokenizers, every id must map to the same token; otherwise their
-    /// vocabulary sizes must be equal.
+    /// have tokenizers, every id must map to the same token, and their logits
+    /// must be equally wide (a draft whose embedding is padded differently
+    /// could propose ids the target lacks, or fail to read the target's).
     pub fn new(target: T, draft: D) -> Result<Self> {
-        match (target.tokenizer(), draft.tokenizer()) {
-            (Some(t), Some(d)) => t.check_same_vocabulary(d)?,
-            _ if target.vocab_size() != draft.vocab_size() => {
-                return Err(Error::VocabularyMismatch {
-                    message: format!(
-                        "target {} has {} logits per row, draft {} has {}",
-                        target.name(),
-                        target.vocab_size(),
-                        draft.name(),
-                        draft.vocab_size()
-                    ),
-                })
-            }
-            _ => {}
+        let (tv, dv) = (target.vocab_size(), draft.vocab_size());
+        let sizes = || {
+            format!(
+                "target {} has {tv} logits per row, draft {} has {dv}",
+                target.name(),
+                draft.name()
+            )
+        };
+        // Equal widths too: the draft must be able to read every token the
+        // target commits, and the target every token the draft proposes.
+        if tv != dv {
+            return Err(Error::VocabularyMismatch { message: sizes() });
+        }
+        if let (Some(t), Some(d)) = (target.tokenizer(), draft.tokenizer()) {
+            t.check_same_vocabulary(d)?;
         }
         for (role, shapes) in [
             (Role::Target, target.shapes()),
@@ -311,7 +313,7 @@ impl<T: LanguageModel, D: LanguageModel> Generator<T, D> {
                 "none: the target has no tokenizer to turn tokens into text",
             ));
         }
-        let vocab = self.target.vocab_size().max(self.draft.vocab_size());
+        let vocab = self.target.vocab_size(); // the draft's is the same
         if let Some(&bad) = prompt.iter().find(|&&t| t as usize >= vocab) {
             return Err(Error::setting(
                 "prompt",

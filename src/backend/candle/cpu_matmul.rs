@@ -235,6 +235,19 @@ mod avx2 {
         out
     }
 
+    /// Writes a block's results: rows `r..`, columns `j..` of `yt (rows, n)`.
+    fn store<const R: usize, const J: usize>(
+        yt: &mut [f32],
+        n: usize,
+        r: usize,
+        j: usize,
+        b: &[[f32; J]; R],
+    ) {
+        for (dr, row) in b.iter().enumerate() {
+            yt[(r + dr) * n + j..(r + dr) * n + j + J].copy_from_slice(row);
+        }
+    }
+
     #[target_feature(enable = "avx2,fma,f16c")]
     pub(super) unsafe fn rows_times_x<W: Elem>(
         w: &[W],
@@ -250,30 +263,34 @@ mod avx2 {
         if n == 1 {
             // One row of x: eight independent FMA chains hide the FMA latency.
             while r + 8 <= rows {
-                let b = block::<W, 8, 1>(wp.add(r * k), xp, k);
-                for (dr, row) in b.iter().enumerate() {
-                    yt[r + dr] = row[0];
-                }
+                store(yt, 1, r, 0, &block::<W, 8, 1>(wp.add(r * k), xp, k));
                 r += 8;
             }
         }
-        while r + 4 <= rows {
+        // Several rows of x: two rows of W against up to four rows of x at a
+        // time (8 accumulators + 4 x vectors fit AVX2's 16 registers), so W
+        // streams through once for a window of up to 4 and stays in L1 for
+        // the next group of x rows.
+        while r + 2 <= rows {
             let mut j = 0;
-            while j + 2 <= n {
-                let b = block::<W, 4, 2>(wp.add(r * k), xp.add(j * k), k);
-                for (dr, row) in b.iter().enumerate() {
-                    yt[(r + dr) * n + j] = row[0];
-                    yt[(r + dr) * n + j + 1] = row[1];
-                }
-                j += 2;
+            while j + 4 <= n {
+                store(
+                    yt,
+                    n,
+                    r,
+                    j,
+                    &block::<W, 2, 4>(wp.add(r * k), xp.add(j * k), k),
+                );
+                j += 4;
             }
-            if j < n {
-                let b = block::<W, 4, 1>(wp.add(r * k), xp.add(j * k), k);
-                for (dr, row) in b.iter().enumerate() {
-                    yt[(r + dr) * n + j] = row[0];
-                }
+            let (wr, xr) = (wp.add(r * k), xp.add(j * k));
+            match n - j {
+                3 => store(yt, n, r, j, &block::<W, 2, 3>(wr, xr, k)),
+                2 => store(yt, n, r, j, &block::<W, 2, 2>(wr, xr, k)),
+                1 => store(yt, n, r, j, &block::<W, 2, 1>(wr, xr, k)),
+                _ => {}
             }
-            r += 4;
+            r += 2;
         }
         while r < rows {
             for j in 0..n {
