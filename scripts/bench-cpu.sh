@@ -43,9 +43,7 @@ run py-m-py-s "$models/py-m" "$models/py-s"
 run py-m-py-s-q8 "$models/py-m" "$models/py-s" --quantize-draft
 peer py-m-py-s "$models/py-m" "$models/py-s"
 run py-m-py-xs "$models/py-m" "$models/py-xs"
-run py-m-py-xs-q8 "$models/py-m" "$models/py-xs" --quantize-draft
 peer py-m-py-xs "$models/py-m" "$models/py-xs"
 run wide-py-s "$wide" "$models/py-s"
 run wide-py-s-q8 "$wide" "$models/py-s" --quantize-draft
-run wide-py-xs-q8 "$wide" "$models/py-xs" --quantize-draft
 peer wide-py-s "$wide" "$models/py-s"
