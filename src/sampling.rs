@@ -250,7 +250,9 @@ pub fn warp(
         let mut order: Vec<u32> = (0..probs.len() as u32)
             .filter(|&i| probs[i as usize] > 0.0)
             .collect();
-        order.sort_by(|&a, &b| {
+        // The comparator is a total order (ties broken by id), so an
+        // unstable sort gives the same order as a stable one, faster.
+        order.sort_unstable_by(|&a, &b| {
             probs[b as usize]
                 .total_cmp(&probs[a as usize])
                 .then(a.cmp(&b))
