@@ -244,38 +244,13 @@ pub fn warp(
     }
     let mut probs: Vec<f64> = logits.iter().map(|&x| (x - max).exp()).collect();
 
-    let filtering = params.top_k.is_some() || params.top_p.is_some();
-    if filtering {
-        // Ids by descending probability, lower id first among ties.
-        let mut order: Vec<u32> = (0..probs.len() as u32)
-            .filter(|&i| probs[i as usize] > 0.0)
-            .collect();
-        // The comparator is a total order (ties broken by id), so an
-        // unstable sort gives the same order as a stable one, faster.
-        order.sort_unstable_by(|&a, &b| {
-            probs[b as usize]
-                .total_cmp(&probs[a as usize])
-                .then(a.cmp(&b))
-        });
-        let mut keep = order.len();
-        if let Some(k) = params.top_k {
-            keep = keep.min(k);
+    if params.top_k.is_some() || params.top_p.is_some() {
+        let kept = top_k_top_p(&probs, params);
+        let mut filtered = vec![0.0; probs.len()];
+        for &i in &kept {
+            filtered[i as usize] = probs[i as usize];
         }
-        if let Some(top_p) = params.top_p {
-            let total: f64 = order[..keep].iter().map(|&i| probs[i as usize]).sum();
-            let target = top_p as f64 * total;
-            let mut acc = 0.0;
-            for (n, &i) in order[..keep].iter().enumerate() {
-                acc += probs[i as usize];
-                if acc >= target {
-                    keep = n + 1;
-                    break;
-                }
-            }
-        }
-        for &i in &order[keep..] {
-            probs[i as usize] = 0.0;
-        }
+        probs = filtered;
     }
     if let Some(min_p) = params.min_p {
         // The largest weight is exp(0) = 1, so the cut is `min_p` itself.
@@ -286,6 +261,57 @@ pub fn warp(
             .for_each(|p| *p = 0.0);
     }
     Distribution::from_weights(probs).ok_or_else(empty)
+}
+
+/// The ids top-k and top-p keep from `weights` (unnormalized, the largest
+/// is 1): a prefix of the ids sorted by descending weight, lower id first
+/// among ties.
+///
+/// Most of the mass sits in few tokens, so the ids with weight `>= 1e-8` are
+/// sorted first; the whole vocabulary is sorted only when the cut might lie
+/// below them. Both paths give the same prefix: every id below the floor
+/// sorts after every id above it.
+fn top_k_top_p(weights: &[f64], params: &SamplingParams) -> Vec<u32> {
+    let total_all: f64 = weights.iter().sum();
+    for floor in [1e-8, 0.0] {
+        let complete = floor == 0.0;
+        let mut order: Vec<u32> = (0..weights.len() as u32)
+            .filter(|&i| weights[i as usize] > 0.0 && weights[i as usize] >= floor)
+            .collect();
+        // A total order (ties broken by id), so an unstable sort suffices.
+        order.sort_unstable_by(|&a, &b| {
+            weights[b as usize]
+                .total_cmp(&weights[a as usize])
+                .then(a.cmp(&b))
+        });
+        let mut keep = order.len();
+        if let Some(k) = params.top_k {
+            if keep < k && !complete {
+                continue; // the k-th id may lie below the floor
+            }
+            keep = keep.min(k);
+        }
+        if let Some(top_p) = params.top_p {
+            // Mass of what top-k kept (everything, without top-k).
+            let total = match params.top_k {
+                Some(_) => order[..keep].iter().map(|&i| weights[i as usize]).sum(),
+                None => total_all,
+            };
+            let target = top_p as f64 * total;
+            let mut acc = 0.0;
+            match order[..keep].iter().position(|&i| {
+                acc += weights[i as usize];
+                acc >= target
+            }) {
+                Some(n) => keep = n + 1,
+                None if !complete => continue, // the cut lies below the floor
+                None => {}                     // rounding: keep everything
+            }
+        }
+        order.truncate(keep);
+        return order;
+    }
+    unreachable!("the second pass sorts every id and always returns")
 }
 
 /// The residual distribution of a rejection: `norm(max(0, p - q))`. `None`
@@ -332,6 +358,58 @@ mod tests {
         params.top_k = None;
         params.top_p = Some(0.5);
         assert_eq!(dist(&row, &params), vec![1.0, 0.0, 0.0, 0.0]);
+    }
+
+    /// The two-pass `top_k_top_p` against one full sort, on peaked rows
+    /// (cut above the floor) and settings whose cut lies below it.
+    #[test]
+    fn the_fast_path_keeps_exactly_what_a_full_sort_keeps() {
+        fn full(w: &[f64], params: &SamplingParams) -> Vec<u32> {
+            let mut order: Vec<u32> = (0..w.len() as u32)
+                .filter(|&i| w[i as usize] > 0.0)
+                .collect();
+            order.sort_by(|&a, &b| w[b as usize].total_cmp(&w[a as usize]).then(a.cmp(&b)));
+            let mut keep = params.top_k.map_or(order.len(), |k| k.min(order.len()));
+            if let Some(p) = params.top_p {
+                let total: f64 = match params.top_k {
+                    Some(_) => order[..keep].iter().map(|&i| w[i as usize]).sum(),
+                    None => w.iter().sum(),
+                };
+                let mut acc = 0.0;
+                if let Some(n) = order[..keep].iter().position(|&i| {
+                    acc += w[i as usize];
+                    acc >= p as f64 * total
+                }) {
+                    keep = n + 1;
+                }
+            }
+            order.truncate(keep);
+            order
+        }
+        for spread in [0.5f64, 5.0, 40.0] {
+            let w: Vec<f64> = (0..3000)
+                .map(|i| (-(((i * 7919) % 3001) as f64 / 3001.0) * spread).exp())
+                .collect();
+            for (top_k, top_p) in [
+                (None, Some(0.9)),
+                (None, Some(1.0)),
+                (Some(5), None),
+                (Some(2999), None),
+                (Some(40), Some(0.5)),
+                (Some(2900), Some(1.0)),
+            ] {
+                let params = SamplingParams {
+                    top_k,
+                    top_p,
+                    ..SamplingParams::with_temperature(1.0)
+                };
+                assert_eq!(
+                    top_k_top_p(&w, &params),
+                    full(&w, &params),
+                    "spread {spread} {params:?}"
+                );
+            }
+        }
     }
 
     #[test]
