@@ -346,7 +346,7 @@ impl<T: LanguageModel, D: LanguageModel> Generator<T, D> {
                     return Err(Error::Shape {
                         model: role.to_string(),
                         message: format!(
-                            "prompt of {} tokens needs a context-encoding bucket of {}; the largest compiled is {largest}",
+                            "a prompt of {} tokens is prefilled as {} (all but the last), more than the largest compiled bucket, {largest}",
                             prompt.len(),
                             prompt.len() - 1
                         ),
@@ -386,6 +386,17 @@ impl<T: LanguageModel, D: LanguageModel> Generator<T, D> {
                     run.stats.draft_calls += 1;
                     self.draft.forward_last(&[drafts[j - 1]])?
                 };
+                if logits.rows() == 0 || logits.vocab() != self.draft.vocab_size() {
+                    return Err(Error::Shape {
+                        model: self.draft.name().to_string(),
+                        message: format!(
+                            "forward_last returned logits [{}, {}], expected [1, {}]",
+                            logits.rows(),
+                            logits.vocab(),
+                            self.draft.vocab_size()
+                        ),
+                    });
+                }
                 let row = logits.row(logits.rows() - 1);
                 let token = if greedy {
                     argmax(row, &run.suppress, Role::Draft, 0)?

@@ -27,7 +27,8 @@
 //!    accepted + 1, between 1 and `k` per target pass.
 //! 4. **Commit.** Both KV caches roll back to the committed length (no
 //!    re-prefill), and output stops at EOS, a stop string or the budget, even
-//!    when a window ran past it.
+//!    when a window ran past it: nothing after an EOS is emitted, and the
+//!    text ends before a stop string.
 //!
 //! `k = 1` is plain decoding of the target. The proof that step 3 preserves
 //! `p` is in Leviathan et al. (2023), Appendix A.1; `tests/exact_distribution.rs`

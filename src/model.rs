@@ -79,10 +79,12 @@ impl Logits {
         &self.data[i * self.vocab..(i + 1) * self.vocab]
     }
 
-    /// The last row, as a one-row `Logits`.
+    /// The last row, as a one-row `Logits` (no rows if there are none).
     pub fn last(&self) -> Logits {
-        let n = self.rows();
-        Logits::new(self.row(n - 1).to_vec(), self.vocab)
+        match self.rows() {
+            0 => self.clone(),
+            n => Logits::new(self.row(n - 1).to_vec(), self.vocab),
+        }
     }
 
     /// All rows, `[n * vocab]`.

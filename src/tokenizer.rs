@@ -155,12 +155,7 @@ impl Detokenizer {
         let before = self.tokenizer.decode(&self.ids[self.prefix..self.read])?;
         let after = self.tokenizer.decode(&self.ids[self.prefix..])?;
         if after.len() > before.len() && !after.ends_with('\u{FFFD}') {
-            // `before` is a prefix of `after` for byte-level and sentencepiece
-            // tokenizers; fall back to the whole new text if it is not.
-            let delta = match after.get(before.len()..) {
-                Some(d) if after.starts_with(&before) => d.to_string(),
-                _ => after.clone(),
-            };
+            let delta = after[common_prefix(&before, &after)..].to_string();
             self.prefix = self.read;
             self.read = self.ids.len();
             Ok(delta)
@@ -177,6 +172,33 @@ impl Detokenizer {
         let before = self.tokenizer.decode(&self.ids[self.prefix..self.read])?;
         let after = self.tokenizer.decode(&self.ids[self.prefix..])?;
         self.read = self.ids.len();
-        Ok(after.get(before.len()..).unwrap_or_default().to_string())
+        Ok(after[common_prefix(&before, &after)..].to_string())
+    }
+}
+
+/// Byte length of the longest common prefix of `a` and `b` that ends on a
+/// character boundary. Usually all of `a` (byte-level and sentencepiece
+/// decoders extend the text); shorter when `a` ended in an incomplete
+/// character (U+FFFD) that the next id completed, so that text already
+/// emitted is never emitted again.
+fn common_prefix(a: &str, b: &str) -> usize {
+    a.char_indices()
+        .zip(b.chars())
+        .find(|((_, x), y)| x != y)
+        .map_or(a.len().min(b.len()), |((i, _), _)| i)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::common_prefix;
+
+    #[test]
+    fn a_completed_character_is_not_emitted_twice() {
+        assert_eq!(common_prefix("abc", "abcd"), 3);
+        // The earlier decode ended in an incomplete character: the delta
+        // starts at that character, not at the beginning of the window.
+        assert_eq!(common_prefix("ab\u{FFFD}", "abé!"), 2);
+        assert_eq!(&"abé!"[common_prefix("ab\u{FFFD}", "abé!")..], "é!");
+        assert_eq!(common_prefix("", "x"), 0);
     }
 }

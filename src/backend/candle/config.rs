@@ -267,14 +267,7 @@ impl ModelConfig {
         }
         let (rope_theta, rope_scaling) = rope(&f)?;
         let qkv_bias = model_type == "qwen2" || f.bool_opt("attention_bias")?.unwrap_or(false);
-        let use_sliding = f
-            .bool_opt("use_sliding_window")?
-            .unwrap_or(model_type == "mistral");
-        let sliding_window = if use_sliding {
-            f.usize_opt("sliding_window")?
-        } else {
-            None
-        };
+        let sliding_window = sliding_window(&f, &model_type)?;
         Ok(Self {
             hidden_size,
             intermediate_size: f.usize("intermediate_size")?,
@@ -333,6 +326,29 @@ impl ModelConfig {
                     .collect()
             }
         }
+    }
+}
+
+/// The attention window, if every layer has one. Mistral: `sliding_window`,
+/// 4096 when the key is absent (as transformers defaults), none when null.
+/// Qwen2: only with `use_sliding_window`, and then transformers windows only
+/// layers from `max_window_layers` on; a mix of layers is refused.
+fn sliding_window(f: &Fields<'_>, model_type: &str) -> Result<Option<usize>> {
+    match model_type {
+        "mistral" if !f.map.contains_key("sliding_window") => Ok(Some(4096)),
+        "mistral" => f.usize_opt("sliding_window"),
+        "qwen2" if f.bool_opt("use_sliding_window")?.unwrap_or(false) => {
+            let layers = f.usize("num_hidden_layers")?;
+            match f.usize_opt("max_window_layers")? {
+                Some(m) if m >= layers => Ok(None),
+                Some(0) | None => f.usize_opt("sliding_window"),
+                Some(m) => Err(f.err(
+                    "max_window_layers",
+                    format!("{m} < num_hidden_layers = {layers}: windowed and full-attention layers mixed is unsupported"),
+                )),
+            }
+        }
+        _ => Ok(None),
     }
 }
 

@@ -208,8 +208,9 @@ impl CandleModel {
         let logits = self
             .llama
             .forward(tokens, self.len, &mut self.cache, last_only)?;
-        self.len += tokens.len();
         let data = logits.flatten_all()?.to_vec1::<f32>()?;
+        // Only a forward whose logits reached the caller moves the position.
+        self.len += tokens.len();
         Ok(Logits::new(data, self.config.vocab_size))
     }
 }
