@@ -93,8 +93,7 @@ fn exit_code(e: &anyhow::Error) -> u8 {
             | Error::Backend { .. }
             | Error::NonFiniteLogits { .. },
         ) => 1,
-        Some(_) => 2,
-        None => 2,
+        _ => 2,
     }
 }
 

@@ -386,18 +386,8 @@ impl<T: LanguageModel, D: LanguageModel> Generator<T, D> {
                     run.stats.draft_calls += 1;
                     self.draft.forward_last(&[drafts[j - 1]])?
                 };
-                if logits.rows() == 0 || logits.vocab() != self.draft.vocab_size() {
-                    return Err(Error::Shape {
-                        model: self.draft.name().to_string(),
-                        message: format!(
-                            "forward_last returned logits [{}, {}], expected [1, {}]",
-                            logits.rows(),
-                            logits.vocab(),
-                            self.draft.vocab_size()
-                        ),
-                    });
-                }
-                let row = logits.row(logits.rows() - 1);
+                expect_shape(&logits, 1, &self.draft)?;
+                let row = logits.row(0);
                 let token = if greedy {
                     argmax(row, &run.suppress, Role::Draft, 0)?
                 } else {
@@ -417,7 +407,7 @@ impl<T: LanguageModel, D: LanguageModel> Generator<T, D> {
             tokens.push(run.committed[base - 1]);
             tokens.extend_from_slice(&drafts);
             let logits = self.target.forward(&tokens)?;
-            self.check_rows(&logits, window)?;
+            expect_shape(&logits, window, &self.target)?;
             let verdict = if greedy {
                 let best = (0..window)
                     .map(|i| argmax(logits.row(i), &run.suppress, Role::Target, i))
@@ -489,21 +479,22 @@ impl<T: LanguageModel, D: LanguageModel> Generator<T, D> {
             }
         }
     }
+}
 
-    fn check_rows(&self, logits: &Logits, rows: usize) -> Result<()> {
-        if logits.rows() != rows || logits.vocab() != self.target.vocab_size() {
-            return Err(Error::Shape {
-                model: self.target.name().to_string(),
-                message: format!(
-                    "forward of {rows} tokens returned logits [{}, {}], expected [{rows}, {}]",
-                    logits.rows(),
-                    logits.vocab(),
-                    self.target.vocab_size()
-                ),
-            });
-        }
-        Ok(())
+/// Checks a backend returned `[rows, vocab]` logits (a backend bug otherwise).
+fn expect_shape(logits: &Logits, rows: usize, model: &impl LanguageModel) -> Result<()> {
+    let vocab = model.vocab_size();
+    if logits.rows() != rows || logits.vocab() != vocab {
+        return Err(Error::Shape {
+            model: model.name().to_string(),
+            message: format!(
+                "returned logits [{}, {}], expected [{rows}, {vocab}]",
+                logits.rows(),
+                logits.vocab()
+            ),
+        });
     }
+    Ok(())
 }
 
 /// The largest token count `<= n` the shapes allow (1 is always allowed).
