@@ -33,6 +33,12 @@ impl Tolerance {
         Self { max_abs: 1e-4 }
     }
 
+    /// Bit for bit: for backends whose batched passes sum in the same order
+    /// as single tokens, such as the candle backend on the CPU in f32.
+    pub fn exact() -> Self {
+        Self { max_abs: 0.0 }
+    }
+
     /// For bf16 compute on an accelerator, where a batched pass rounds
     /// differently from a sequential one.
     pub fn bf16() -> Self {

@@ -32,7 +32,7 @@ fn static_shapes() -> StaticShapes {
 fn embedded_candle_models_conform() {
     for name in ["py-s", "py-xs"] {
         let mut m = common::load(common::embedded(name), 48);
-        check_all(&mut m, &tokens(), &Tolerance::f32()).unwrap_or_else(|f| panic!("{name}: {f}"));
+        check_all(&mut m, &tokens(), &Tolerance::exact()).unwrap_or_else(|f| panic!("{name}: {f}"));
     }
 }
 
@@ -48,7 +48,7 @@ fn shared_candle_models_conform() {
         "arch/llama3-tiny",
     ] {
         let mut m = common::load(dir.join(path), 40);
-        check_all(&mut m, &tokens(), &Tolerance::f32()).unwrap_or_else(|f| panic!("{path}: {f}"));
+        check_all(&mut m, &tokens(), &Tolerance::exact()).unwrap_or_else(|f| panic!("{path}: {f}"));
     }
 }
 
@@ -67,7 +67,7 @@ fn quantized_candle_model_conforms() {
 fn static_shape_adapter_conforms() {
     let inner = common::load(common::embedded("py-xs"), 64);
     let mut m = StaticShapeModel::new(inner, static_shapes(), 40).unwrap();
-    check_all(&mut m, &tokens(), &Tolerance::f32()).unwrap();
+    check_all(&mut m, &tokens(), &Tolerance::exact()).unwrap();
     let mut toy = StaticShapeModel::new(Toy::new(7, 0.5), static_shapes(), 40).unwrap();
     check_all(
         &mut toy,
@@ -154,4 +154,55 @@ fn the_suite_catches_broken_backends() {
     assert_eq!(failure.check, "rollback_equals_never_fed", "{failure}");
     let failure = check_all(&mut Drifts(toy), &tokens, &Tolerance::f32()).unwrap_err();
     assert_eq!(failure.check, "batched_equals_sequential", "{failure}");
+}
+
+/// On the CPU, in f32, the candle backend's batched passes are not just
+/// close to sequential decoding but bit-identical, for windows of any size,
+/// prompt passes included: its projection and attention kernels sum each
+/// output in one order whatever the number of rows.
+fn assert_prompt_passes_are_exact(m: &mut CandleModel, tokens: &[u32], what: &str) {
+    let n = tokens.len();
+    assert!(n > 33, "{n} tokens");
+    m.reset().unwrap();
+    let one_by_one: Vec<Logits> = tokens
+        .iter()
+        .map(|t| m.forward(std::slice::from_ref(t)).unwrap())
+        .collect();
+    for split in [1, 8, 17, 33] {
+        m.reset().unwrap();
+        let head = m.forward(&tokens[..split]).unwrap();
+        let tail = m.forward(&tokens[split..]).unwrap();
+        for (i, want) in one_by_one.iter().enumerate() {
+            let (block, row) = if i < split {
+                (&head, i)
+            } else {
+                (&tail, i - split)
+            };
+            assert!(
+                block.row(row) == want.row(0),
+                "{what}: passes of {split} and {} tokens: position {i} differs from one at a time",
+                n - split
+            );
+        }
+    }
+}
+
+#[test]
+fn cpu_prompt_passes_and_windows_are_bit_identical_to_one_token_at_a_time() {
+    let tokens = tokens();
+    let mut m = common::load(common::embedded("py-xs"), 64);
+    assert_prompt_passes_are_exact(&mut m, &tokens, "py-xs");
+    let Some(dir) = common::shared_models() else {
+        return;
+    };
+    // Biases (qwen2), llama3 RoPE scaling, mistral.
+    for path in [
+        "py-m",
+        "arch/qwen2-tiny",
+        "arch/mistral-tiny",
+        "arch/llama3-tiny",
+    ] {
+        let mut m = common::load(dir.join(path), 64);
+        assert_prompt_passes_are_exact(&mut m, &tokens, path);
+    }
 }

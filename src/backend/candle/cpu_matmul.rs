@@ -1,69 +1,129 @@
-//! `y = x @ W^T` on the CPU for the few rows a decode step has.
+//! `y = x @ W^T` on the CPU, for decode windows and prompt passes alike.
 //!
 //! candle's general matmul (the `gemm` crate) is tuned for large matrices:
 //! for 2..16 rows it costs about twice a 1-row product, which throws away
-//! the point of verifying a window in one pass. This kernel walks `W` once,
-//! a block of rows at a time, and multiplies each block by every row of `x`
-//! while it sits in L1, so a k-token pass reads the weights once, like a
-//! 1-token pass. AVX2 + FMA when the CPU has them (checked at run time),
-//! portable code otherwise; output rows split across rayon's threads.
+//! the point of verifying a window in one pass, and its prompt passes run
+//! well below the FMA peak. This kernel instead re-lays each weight matrix
+//! once, at load, into *panels*: 16 output rows stored k-major, so that the
+//! 16 weights a step needs sit next to each other. A tile of up to 6 rows
+//! of `x` times one panel keeps 12 AVX2 accumulators in registers (each x
+//! value is broadcast, each weight vector is used by every row of the tile),
+//! which is the register-blocked shape of a BLAS micro-kernel: a k-token
+//! window streams the weights from memory once, as a 1-token step does, and
+//! a prompt pass runs near the FMA peak. AVX2 + FMA when the CPU has them
+//! (checked at run time), portable code otherwise; panels split across
+//! rayon's threads.
 //!
 //! Weights stay in the dtype the checkpoint stores (bf16, f16 or f32) and are
 //! widened to f32 in registers. Widening bf16 / f16 to f32 is exact, so the
 //! products are the ones f32 weights would give, bit for bit, while a decode
 //! step reads half the bytes.
 //!
-//! Each output element is one dot product whose order of operations does not
-//! depend on how many rows of `x` there are: a window verified in one pass
-//! gets the same projections as tokens fed one at a time.
+//! Each output element is one chain of multiply-adds over `k = 0..in` in
+//! order, in one register lane, whatever the tile shape: the result for a
+//! row of `x` does not depend on how many rows ride along. A window verified
+//! in one pass gets bit-identical projections to tokens fed one at a time,
+//! and so does a prompt pass.
 
-use candle_core::{CpuStorage, CustomOp2, Layout, Shape};
+use candle_core::{CpuStorage, CustomOp1, DType, Layout, Shape, Tensor};
 use half::{bf16, f16};
 use rayon::prelude::*;
+
+/// Output rows per panel: two AVX2 vectors of f32.
+const PANEL: usize = 16;
+
+/// Most rows of `x` in one tile: 6 x 2 accumulators + 2 weight vectors + 1
+/// broadcast fill AVX2's 16 registers.
+const TILE_ROWS: usize = 6;
+
+/// Panels per task (64 output rows).
+const PANELS_PER_TASK: usize = 4;
 
 /// Multiply-adds below which one thread does the whole product.
 const PARALLEL_MIN_MACS: usize = 1 << 17;
 
-/// Rows of `W` per task.
-const ROWS_PER_TASK: usize = 64;
+/// A weight matrix `W (out, in)` laid out for the kernel: panel `p` holds
+/// rows `16p..16p+16`, k-major, at `[(p * in + k) * 16 + j] = W[16p + j][k]`.
+/// Rows past `out` in the last panel are zero. Same dtype, same bytes as `W`
+/// (plus the padding).
+pub(crate) struct PackedWeight {
+    data: Packed,
+    out: usize,
+    inp: usize,
+}
 
-/// The op: `x (n, in)` f32 and `W (out, in)` f32 / bf16 / f16, both
-/// contiguous, give `(n, out)` f32.
-pub(crate) struct MatVecT;
+enum Packed {
+    F32(Vec<f32>),
+    BF16(Vec<bf16>),
+    F16(Vec<f16>),
+}
 
-impl CustomOp2 for MatVecT {
-    fn name(&self) -> &'static str {
-        "specdec-matvec-t"
+impl PackedWeight {
+    /// Packs `w (out, in)`; `None` when its dtype is not f32, bf16 or f16.
+    pub(crate) fn new(w: &Tensor) -> candle_core::Result<Option<Self>> {
+        let (out, inp) = w.dims2()?;
+        let flat = w.flatten_all()?;
+        let data = match w.dtype() {
+            DType::F32 => Packed::F32(pack(&flat.to_vec1::<f32>()?, out, inp)),
+            DType::BF16 => Packed::BF16(pack(&flat.to_vec1::<bf16>()?, out, inp)),
+            DType::F16 => Packed::F16(pack(&flat.to_vec1::<f16>()?, out, inp)),
+            _ => return Ok(None),
+        };
+        Ok(Some(Self { data, out, inp }))
     }
 
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let CpuStorage::F32(xs) = s1 else {
+    /// `x (n, in)` f32 on the CPU -> `(n, out)` f32.
+    pub(crate) fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        x.contiguous()?.apply_op1_no_bwd(self)
+    }
+}
+
+impl CustomOp1 for PackedWeight {
+    fn name(&self) -> &'static str {
+        "specdec-packed-matmul"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let CpuStorage::F32(xs) = s else {
             candle_core::bail!("{}: x must be f32", self.name());
         };
-        let (Some((x0, x1)), Some((w0, w1))) = (l1.contiguous_offsets(), l2.contiguous_offsets())
-        else {
-            candle_core::bail!("{}: contiguous inputs only", self.name());
+        let Some((x0, x1)) = l.contiguous_offsets() else {
+            candle_core::bail!("{}: contiguous x only", self.name());
         };
-        let (n, k) = l1.shape().dims2()?;
-        let (out, k2) = l2.shape().dims2()?;
-        if k != k2 {
-            candle_core::bail!("{}: x is (_, {k}) but W is (_, {k2})", self.name());
+        let (n, k) = l.shape().dims2()?;
+        if k != self.inp {
+            candle_core::bail!("{}: x is (_, {k}) but W is (_, {})", self.name(), self.inp);
         }
         let x = &xs[x0..x1];
-        let y = match s2 {
-            CpuStorage::F32(ws) => matmul_t(x, &ws[w0..w1], n, k, out),
-            CpuStorage::BF16(ws) => matmul_t(x, &ws[w0..w1], n, k, out),
-            CpuStorage::F16(ws) => matmul_t(x, &ws[w0..w1], n, k, out),
-            _ => candle_core::bail!("{}: W must be f32, bf16 or f16", self.name()),
+        let y = match &self.data {
+            Packed::F32(w) => matmul(x, w, n, k, self.out),
+            Packed::BF16(w) => matmul(x, w, n, k, self.out),
+            Packed::F16(w) => matmul(x, w, n, k, self.out),
         };
-        Ok((CpuStorage::F32(y), Shape::from((n, out))))
+        Ok((CpuStorage::F32(y), Shape::from((n, self.out))))
     }
+}
+
+/// `w (out, in)` row-major into panels (see [`PackedWeight`]).
+fn pack<E: Copy + Default + Send + Sync>(w: &[E], out: usize, inp: usize) -> Vec<E> {
+    let mut dst = vec![E::default(); out.div_ceil(PANEL) * inp * PANEL];
+    if inp == 0 {
+        return dst;
+    }
+    dst.par_chunks_mut(inp * PANEL)
+        .enumerate()
+        .for_each(|(p, panel)| {
+            for (j, row) in w[p * PANEL * inp..]
+                .chunks_exact(inp)
+                .take(PANEL.min(out - p * PANEL))
+                .enumerate()
+            {
+                for (kk, v) in row.iter().enumerate() {
+                    panel[kk * PANEL + j] = *v;
+                }
+            }
+        });
+    dst
 }
 
 /// A weight element the kernel widens to f32 exactly.
@@ -72,7 +132,7 @@ pub(crate) trait Elem: Copy + Send + Sync + 'static {
     /// Eight elements at `p` widened to f32 lanes.
     ///
     /// # Safety
-    /// `p..p+8` must be readable; AVX2 must be available.
+    /// `p..p+8` must be readable; AVX2 and F16C must be available.
     #[cfg(target_arch = "x86_64")]
     unsafe fn load8(p: *const Self) -> std::arch::x86_64::__m256;
 }
@@ -114,246 +174,221 @@ impl Elem for f16 {
     }
 }
 
-/// `x (n, k)` times `w (out, k)` transposed: `(n, out)`, row-major.
-pub(crate) fn matmul_t<W: Elem>(x: &[f32], w: &[W], n: usize, k: usize, out: usize) -> Vec<f32> {
-    // Computed as (out, n) so each task writes one contiguous piece.
-    let mut yt = vec![0f32; out * n];
-    let task = |(t, chunk): (usize, &mut [f32])| {
-        let r0 = t * ROWS_PER_TASK;
-        let rows = chunk.len() / n;
-        rows_times_x(&w[r0 * k..(r0 + rows) * k], x, n, k, chunk);
-    };
-    if out * k * n >= PARALLEL_MIN_MACS && rayon::current_num_threads() > 1 {
-        yt.par_chunks_mut(ROWS_PER_TASK * n)
-            .enumerate()
-            .for_each(task);
-    } else {
-        yt.chunks_mut(ROWS_PER_TASK * n).enumerate().for_each(task);
+/// Where tasks write their columns of `y`.
+#[derive(Clone, Copy)]
+struct Out(*mut f32);
+// SAFETY: every task writes a disjoint set of columns of `y`, which outlives
+// the tasks (they are joined before `matmul` returns).
+unsafe impl Send for Out {}
+unsafe impl Sync for Out {}
+impl Out {
+    fn get(self) -> *mut f32 {
+        self.0
     }
-    if n == 1 {
-        return yt;
-    }
+}
+
+/// `x (n, k)` times the packed `W (out, k)`, transposed: `(n, out)`, row-major.
+pub(crate) fn matmul<W: Elem>(x: &[f32], wp: &[W], n: usize, k: usize, out: usize) -> Vec<f32> {
+    let panels = out.div_ceil(PANEL);
+    assert!(x.len() == n * k && wp.len() == panels * k * PANEL);
     let mut y = vec![0f32; n * out];
-    for (o, col) in yt.chunks_exact(n).enumerate() {
-        for (j, v) in col.iter().enumerate() {
-            y[j * out + o] = *v;
-        }
+    let dst = Out(y.as_mut_ptr());
+    let task = |t: usize| {
+        let (p0, p1) = (t * PANELS_PER_TASK, ((t + 1) * PANELS_PER_TASK).min(panels));
+        // SAFETY: the lengths were checked above, and task `t` writes only
+        // the columns of panels p0..p1.
+        unsafe { panels_times_x(x, wp, n, k, out, p0, p1, dst.get()) };
+    };
+    let tasks = panels.div_ceil(PANELS_PER_TASK);
+    if n * k * out >= PARALLEL_MIN_MACS && rayon::current_num_threads() > 1 {
+        (0..tasks).into_par_iter().for_each(task);
+    } else {
+        (0..tasks).for_each(task);
     }
     y
 }
 
-/// `w (rows, k)` times each of the `n` rows of `x`: `yt (rows, n)`.
-fn rows_times_x<W: Elem>(w: &[W], x: &[f32], n: usize, k: usize, yt: &mut [f32]) {
+/// Panels `p0..p1` of `wp` times every row of `x`, into columns `16 p0..` of
+/// `y (n, out)`.
+///
+/// # Safety
+/// `x` is `(n, k)`, `wp` holds at least `p1` panels of `k`, and `y` points
+/// at `n * out` writable floats no other thread writes in these columns.
+#[allow(clippy::too_many_arguments)]
+unsafe fn panels_times_x<W: Elem>(
+    x: &[f32],
+    wp: &[W],
+    n: usize,
+    k: usize,
+    out: usize,
+    p0: usize,
+    p1: usize,
+    y: *mut f32,
+) {
     #[cfg(target_arch = "x86_64")]
     {
         if std::arch::is_x86_feature_detected!("avx2")
             && std::arch::is_x86_feature_detected!("fma")
             && std::arch::is_x86_feature_detected!("f16c")
         {
-            // SAFETY: the features were just detected.
-            unsafe { avx2::rows_times_x(w, x, n, k, yt) };
+            avx2::panels_times_x(x.as_ptr(), wp.as_ptr(), n, k, out, p0, p1, y);
             return;
         }
     }
-    portable(w, x, n, k, yt);
+    portable(x, wp, n, k, out, p0, p1, y);
 }
 
-fn portable<W: Elem>(w: &[W], x: &[f32], n: usize, k: usize, yt: &mut [f32]) {
-    for (r, wr) in w.chunks_exact(k).enumerate() {
-        for j in 0..n {
-            let xr = &x[j * k..(j + 1) * k];
-            let mut acc = [0f32; 8];
-            let mut wc = wr.chunks_exact(8);
-            let mut xc = xr.chunks_exact(8);
-            for (a, b) in (&mut wc).zip(&mut xc) {
-                for l in 0..8 {
-                    acc[l] += a[l].to_f32() * b[l];
+/// Sizes of the row tiles for `n` rows: as few tiles of at most
+/// [`TILE_ROWS`] as will do, as even as can be (8 rows go 4 + 4, not 6 + 2).
+fn row_tiles(n: usize) -> impl Iterator<Item = (usize, usize)> {
+    let tiles = n.div_ceil(TILE_ROWS);
+    (0..tiles).map(move |t| {
+        let (start, end) = (t * n / tiles, (t + 1) * n / tiles);
+        (start, end - start)
+    })
+}
+
+/// Writes the 16 results of panel `p` for row `r` into `y (n, out)`,
+/// dropping the padding columns of the last panel.
+///
+/// # Safety
+/// As [`panels_times_x`].
+#[inline(always)]
+unsafe fn put(y: *mut f32, out: usize, r: usize, p: usize, v: &[f32; PANEL]) {
+    let col = p * PANEL;
+    let len = PANEL.min(out - col);
+    std::ptr::copy_nonoverlapping(v.as_ptr(), y.add(r * out + col), len);
+}
+
+/// Reference code for CPUs without AVX2: the same order of operations per
+/// output (one chain over `k` in order), without fused multiply-adds.
+#[allow(clippy::too_many_arguments)]
+unsafe fn portable<W: Elem>(
+    x: &[f32],
+    wp: &[W],
+    n: usize,
+    k: usize,
+    out: usize,
+    p0: usize,
+    p1: usize,
+    y: *mut f32,
+) {
+    for p in p0..p1 {
+        let panel = &wp[p * k * PANEL..(p + 1) * k * PANEL];
+        for r in 0..n {
+            let mut acc = [0f32; PANEL];
+            for (xv, ws) in x[r * k..(r + 1) * k].iter().zip(panel.chunks_exact(PANEL)) {
+                for (a, w) in acc.iter_mut().zip(ws) {
+                    *a += w.to_f32() * xv;
                 }
             }
-            let tail: f32 = wc
-                .remainder()
-                .iter()
-                .zip(xc.remainder())
-                .map(|(a, b)| a.to_f32() * b)
-                .sum();
-            yt[r * n + j] = acc.iter().sum::<f32>() + tail;
+            put(y, out, r, p, &acc);
         }
     }
 }
 
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
-    use super::Elem;
+    use super::{put, row_tiles, Elem, PANEL};
     use std::arch::x86_64::*;
 
-    /// Sum of the 8 lanes.
+    /// `R` rows of `x` (row stride `k`) times `P` adjacent panels (each
+    /// `k * 16` elements) over all `k`: `R * P * 2` accumulators.
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn hsum(v: __m256) -> f32 {
-        let lo = _mm256_castps256_ps128(v);
-        let hi = _mm256_extractf128_ps(v, 1);
-        let s = _mm_add_ps(lo, hi);
-        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-        let s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
-        _mm_cvtss_f32(s)
-    }
-
-    /// `R` rows of `w` times `J` rows of `x` over `len` columns, 8 lanes at a
-    /// time; rows are `stride` elements apart.
-    #[inline]
-    #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn block<W: Elem, const R: usize, const J: usize>(
-        w: *const W,
+    unsafe fn tile<W: Elem, const R: usize, const P: usize>(
         x: *const f32,
-        len: usize,
-        stride: usize,
-    ) -> [[f32; J]; R] {
-        let mut acc = [[_mm256_setzero_ps(); J]; R];
-        let body = len / 8 * 8;
-        let mut i = 0;
-        while i < body {
-            let mut xv = [_mm256_setzero_ps(); J];
-            for (j, v) in xv.iter_mut().enumerate() {
-                *v = _mm256_loadu_ps(x.add(j * stride + i));
+        w: *const W,
+        k: usize,
+    ) -> [[[f32; PANEL]; P]; R] {
+        let mut acc = [[[_mm256_setzero_ps(); 2]; P]; R];
+        let mut wk = w;
+        for kk in 0..k {
+            let mut wv = [[_mm256_setzero_ps(); 2]; P];
+            for (p, v) in wv.iter_mut().enumerate() {
+                v[0] = W::load8(wk.add(p * k * PANEL));
+                v[1] = W::load8(wk.add(p * k * PANEL + 8));
             }
             for (r, a) in acc.iter_mut().enumerate() {
-                let wv = W::load8(w.add(r * stride + i));
-                for j in 0..J {
-                    a[j] = _mm256_fmadd_ps(wv, xv[j], a[j]);
+                let xv = _mm256_broadcast_ss(&*x.add(r * k + kk));
+                for p in 0..P {
+                    a[p][0] = _mm256_fmadd_ps(wv[p][0], xv, a[p][0]);
+                    a[p][1] = _mm256_fmadd_ps(wv[p][1], xv, a[p][1]);
                 }
             }
-            i += 8;
+            wk = wk.add(PANEL);
         }
-        let mut out = [[0f32; J]; R];
+        let mut res = [[[0f32; PANEL]; P]; R];
         for r in 0..R {
-            for j in 0..J {
-                let mut s = hsum(acc[r][j]);
-                for t in body..len {
-                    s += (*w.add(r * stride + t)).to_f32() * *x.add(j * stride + t);
-                }
-                out[r][j] = s;
+            for p in 0..P {
+                _mm256_storeu_ps(res[r][p].as_mut_ptr(), acc[r][p][0]);
+                _mm256_storeu_ps(res[r][p].as_mut_ptr().add(8), acc[r][p][1]);
             }
         }
-        out
+        res
     }
 
-    /// Puts a block's results at rows `r..`, columns `j..` of `yt (rows, n)`,
-    /// or adds them there (a later slice of the columns).
+    /// One tile at rows `r..r+R`, panels `p..p+P`, written into `y`.
     #[inline]
-    fn put<const R: usize, const J: usize>(
-        yt: &mut [f32],
-        n: usize,
-        r: usize,
-        j: usize,
-        b: &[[f32; J]; R],
-        add: bool,
-    ) {
-        for (dr, row) in b.iter().enumerate() {
-            let dst = &mut yt[(r + dr) * n + j..(r + dr) * n + j + J];
-            if add {
-                dst.iter_mut().zip(row).for_each(|(d, v)| *d += v);
-            } else {
-                dst.copy_from_slice(row);
-            }
-        }
-    }
-
-    /// Rows of x beyond which the columns are cut into slices (a prompt pass).
-    const SINGLE_PASS_ROWS: usize = 16;
-    /// Columns per slice: a slice of every x row stays in L2.
-    const SLICE: usize = 512;
-
     #[target_feature(enable = "avx2,fma,f16c")]
-    pub(super) unsafe fn rows_times_x<W: Elem>(
-        w: &[W],
-        x: &[f32],
-        n: usize,
-        k: usize,
-        yt: &mut [f32],
-    ) {
-        debug_assert!(x.len() == n * k && yt.len() == w.len() / k * n);
-        if n <= SINGLE_PASS_ROWS {
-            // Decode windows: one pass, so each output's order of operations
-            // does not depend on n.
-            pass(w, x, n, k, 0, k, yt, false);
-        } else {
-            // Prompt passes: slices of the columns, so the x rows are read
-            // from L2 rather than memory for every block of W.
-            for (s, start) in (0..k).step_by(SLICE).enumerate() {
-                pass(w, x, n, k, start, SLICE.min(k - start), yt, s > 0);
-            }
-        }
-    }
-
-    /// Columns `start..start + len` of `w (rows, k)` times those of `x (n, k)`,
-    /// put (or added) into `yt (rows, n)`.
     #[allow(clippy::too_many_arguments)]
+    unsafe fn run<W: Elem, const R: usize, const P: usize>(
+        x: *const f32,
+        wp: *const W,
+        k: usize,
+        out: usize,
+        r: usize,
+        p: usize,
+        y: *mut f32,
+    ) {
+        let res = tile::<W, R, P>(x.add(r * k), wp.add(p * k * PANEL), k);
+        for (dr, row) in res.iter().enumerate() {
+            for (dp, v) in row.iter().enumerate() {
+                put(y, out, r + dr, p + dp, v);
+            }
+        }
+    }
+
+    /// See [`super::panels_times_x`].
     #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn pass<W: Elem>(
-        w: &[W],
-        x: &[f32],
+    #[allow(clippy::too_many_arguments)]
+    pub(super) unsafe fn panels_times_x<W: Elem>(
+        x: *const f32,
+        wp: *const W,
         n: usize,
         k: usize,
-        start: usize,
-        len: usize,
-        yt: &mut [f32],
-        add: bool,
+        out: usize,
+        p0: usize,
+        p1: usize,
+        y: *mut f32,
     ) {
-        let rows = w.len() / k;
-        let (wp, xp) = (w.as_ptr().add(start), x.as_ptr().add(start));
-        let mut r = 0;
+        let mut p = p0;
+        // One or two rows: several panels at once, so that 8 accumulator
+        // chains hide the FMA latency.
         if n == 1 {
-            // One row of x: eight independent FMA chains hide the FMA latency.
-            while r + 8 <= rows {
-                put(
-                    yt,
-                    1,
-                    r,
-                    0,
-                    &block::<W, 8, 1>(wp.add(r * k), xp, len, k),
-                    add,
-                );
-                r += 8;
+            while p + 4 <= p1 {
+                run::<W, 1, 4>(x, wp, k, out, 0, p, y);
+                p += 4;
+            }
+        } else if n == 2 {
+            while p + 2 <= p1 {
+                run::<W, 2, 2>(x, wp, k, out, 0, p, y);
+                p += 2;
             }
         }
-        // Several rows of x: two rows of W against up to four rows of x at a
-        // time (8 accumulators + 4 x vectors fit AVX2's 16 registers), so W
-        // streams through once for a window of up to 4 and stays in L1 for
-        // the next group of x rows.
-        while r + 2 <= rows {
-            let mut j = 0;
-            while j + 4 <= n {
-                put(
-                    yt,
-                    n,
-                    r,
-                    j,
-                    &block::<W, 2, 4>(wp.add(r * k), xp.add(j * k), len, k),
-                    add,
-                );
-                j += 4;
+        // A panel at a time, every row tile against it while it is in L1/L2.
+        while p < p1 {
+            for (r, rows) in row_tiles(n) {
+                match rows {
+                    1 => run::<W, 1, 1>(x, wp, k, out, r, p, y),
+                    2 => run::<W, 2, 1>(x, wp, k, out, r, p, y),
+                    3 => run::<W, 3, 1>(x, wp, k, out, r, p, y),
+                    4 => run::<W, 4, 1>(x, wp, k, out, r, p, y),
+                    5 => run::<W, 5, 1>(x, wp, k, out, r, p, y),
+                    _ => run::<W, 6, 1>(x, wp, k, out, r, p, y),
+                }
             }
-            let (wr, xr) = (wp.add(r * k), xp.add(j * k));
-            match n - j {
-                3 => put(yt, n, r, j, &block::<W, 2, 3>(wr, xr, len, k), add),
-                2 => put(yt, n, r, j, &block::<W, 2, 2>(wr, xr, len, k), add),
-                1 => put(yt, n, r, j, &block::<W, 2, 1>(wr, xr, len, k), add),
-                _ => {}
-            }
-            r += 2;
-        }
-        while r < rows {
-            for j in 0..n {
-                put(
-                    yt,
-                    n,
-                    r,
-                    j,
-                    &block::<W, 1, 1>(wp.add(r * k), xp.add(j * k), len, k),
-                    add,
-                );
-            }
-            r += 1;
+            p += 1;
         }
     }
 }
@@ -374,35 +409,60 @@ mod tests {
         y
     }
 
+    fn product<W: Elem + Default>(x: &[f32], w: &[W], n: usize, k: usize, out: usize) -> Vec<f32> {
+        matmul(x, &pack(w, out, k), n, k, out)
+    }
+
+    fn portable_product(x: &[f32], w: &[f32], n: usize, k: usize, out: usize) -> Vec<f32> {
+        let mut y = vec![0f32; n * out];
+        // SAFETY: shapes as `portable` requires; one thread.
+        unsafe {
+            portable(
+                x,
+                &pack(w, out, k),
+                n,
+                k,
+                out,
+                0,
+                out.div_ceil(PANEL),
+                y.as_mut_ptr(),
+            )
+        };
+        y
+    }
+
+    fn data(len: usize, a: usize, b: usize) -> Vec<f32> {
+        (0..len)
+            .map(|i| ((i * a % b) as f32 - (b / 2) as f32) / b as f32)
+            .collect()
+    }
+
     #[test]
     fn matches_a_naive_product_on_odd_shapes() {
         for (n, k, out) in [
             (1, 8, 4),
             (3, 13, 7),
             (5, 384, 130),
+            (7, 5, 64),
             (16, 100, 515),
             (2, 7, 1),
+            (2, 33, 70),
+            (1, 50, 100),
+            (40, 64, 33),
+            (0, 8, 16),
+            (3, 0, 5),
         ] {
-            let x: Vec<f32> = (0..n * k)
-                .map(|i| ((i * 37 % 101) as f32 - 50.0) / 50.0)
-                .collect();
-            let w: Vec<f32> = (0..out * k)
-                .map(|i| ((i * 53 % 97) as f32 - 48.0) / 48.0)
-                .collect();
-            let got = matmul_t(&x, &w, n, k, out);
+            let x = data(n * k, 37, 101);
+            let w = data(out * k, 53, 97);
             let want = naive(&x, &w, n, k, out);
-            let mut port = vec![0f32; out * n];
-            portable(&w, &x, n, k, &mut port);
-            for j in 0..n {
-                for o in 0..out {
+            for (how, got) in [
+                ("kernel", product(&x, &w, n, k, out)),
+                ("portable", portable_product(&x, &w, n, k, out)),
+            ] {
+                for (g, v) in got.iter().zip(&want) {
                     assert!(
-                        (got[j * out + o] - want[j * out + o]).abs()
-                            < 1e-4 * (1.0 + want[j * out + o].abs()),
-                        "n={n} k={k} out={out}"
-                    );
-                    assert!(
-                        (port[o * n + j] - want[j * out + o]).abs()
-                            < 1e-4 * (1.0 + want[j * out + o].abs())
+                        (g - v).abs() < 1e-4 * (1.0 + v.abs()),
+                        "{how}: n={n} k={k} out={out}: {g} vs {v}"
                     );
                 }
             }
@@ -411,28 +471,55 @@ mod tests {
 
     #[test]
     fn bf16_and_f16_weights_give_the_f32_product_of_their_values() {
-        let (n, k, out) = (3, 40, 9);
+        let (n, k, out) = (3, 40, 19);
         let x: Vec<f32> = (0..n * k).map(|i| (i as f32 * 0.3).sin()).collect();
         let w: Vec<f32> = (0..out * k).map(|i| (i as f32 * 0.7).cos()).collect();
         let wb: Vec<bf16> = w.iter().map(|&v| bf16::from_f32(v)).collect();
         let wh: Vec<f16> = w.iter().map(|&v| f16::from_f32(v)).collect();
         let wb32: Vec<f32> = wb.iter().map(|v| v.to_f32()).collect();
         let wh32: Vec<f32> = wh.iter().map(|v| v.to_f32()).collect();
-        assert_eq!(matmul_t(&x, &wb, n, k, out), matmul_t(&x, &wb32, n, k, out));
-        assert_eq!(matmul_t(&x, &wh, n, k, out), matmul_t(&x, &wh32, n, k, out));
+        assert_eq!(product(&x, &wb, n, k, out), product(&x, &wb32, n, k, out));
+        assert_eq!(product(&x, &wh, n, k, out), product(&x, &wh32, n, k, out));
     }
 
     #[test]
     fn each_row_is_independent_of_the_others() {
         // The product for row j must not depend on how many rows ride along:
-        // that is what keeps batched verification equal to sequential decoding.
-        let (k, out) = (96, 40);
-        let x: Vec<f32> = (0..4 * k).map(|i| (i as f32 * 0.37).sin()).collect();
+        // that is what keeps batched verification (and prompt passes) equal
+        // to decoding a token at a time. Every tile shape is covered.
+        let (k, out) = (96, 200);
+        let rows = 40;
+        let x: Vec<f32> = (0..rows * k).map(|i| (i as f32 * 0.37).sin()).collect();
         let w: Vec<f32> = (0..out * k).map(|i| (i as f32 * 0.11).cos()).collect();
-        let all = matmul_t(&x, &w, 4, k, out);
-        for j in 0..4 {
-            let one = matmul_t(&x[j * k..(j + 1) * k], &w, 1, k, out);
-            assert_eq!(&all[j * out..(j + 1) * out], &one[..]);
+        let wb: Vec<bf16> = w.iter().map(|&v| bf16::from_f32(v)).collect();
+        let one: Vec<Vec<f32>> = (0..rows)
+            .map(|j| product(&x[j * k..(j + 1) * k], &wb, 1, k, out))
+            .collect();
+        for n in 1..=rows {
+            let all = product(&x[..n * k], &wb, n, k, out);
+            for (j, want) in one.iter().take(n).enumerate() {
+                assert_eq!(&all[j * out..(j + 1) * out], &want[..], "row {j} of {n}");
+            }
+        }
+    }
+
+    #[test]
+    fn row_tiles_cover_every_row_once_and_evenly() {
+        for n in 0..50 {
+            let tiles: Vec<_> = row_tiles(n).collect();
+            assert_eq!(tiles.iter().map(|t| t.1).sum::<usize>(), n);
+            let mut next = 0;
+            for &(start, len) in &tiles {
+                assert_eq!(start, next);
+                assert!((1..=TILE_ROWS).contains(&len));
+                next += len;
+            }
+            if let (Some(lo), Some(hi)) = (
+                tiles.iter().map(|t| t.1).min(),
+                tiles.iter().map(|t| t.1).max(),
+            ) {
+                assert!(hi - lo <= 1, "n={n}: {tiles:?}");
+            }
         }
     }
 }

@@ -16,7 +16,8 @@ use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{DType, Device, Module, Tensor};
 
 use super::config::ModelConfig;
-use super::cpu_matmul::MatVecT;
+use super::cpu_attention::CachedAttention;
+use super::cpu_matmul::PackedWeight;
 use super::weights::Checkpoint;
 use crate::error::Result;
 
@@ -41,12 +42,25 @@ pub(crate) struct Linear {
 enum Weight {
     /// `(out, in)`, contiguous, as stored.
     Dense(Tensor),
+    /// Re-laid out for our CPU kernel, which takes f32 `x`.
+    Packed(PackedWeight),
     Quantized(QMatMul),
 }
 
 impl Linear {
-    fn new(weight: Tensor, bias: Option<Tensor>, quant: Quantization) -> Result<Self> {
+    /// `cpu_f32`: the model computes in f32 on the CPU, where our kernel
+    /// takes f32, bf16 and f16 weights as they are.
+    fn new(
+        weight: Tensor,
+        bias: Option<Tensor>,
+        quant: Quantization,
+        cpu_f32: bool,
+    ) -> Result<Self> {
         let weight = match quant {
+            Quantization::None if cpu_f32 => match PackedWeight::new(&weight)? {
+                Some(packed) => Weight::Packed(packed),
+                None => Weight::Dense(weight.contiguous()?),
+            },
             Quantization::None => Weight::Dense(weight.contiguous()?),
             Quantization::Q8_0 => Weight::Quantized(QMatMul::from_qtensor(QTensor::quantize(
                 &weight.to_dtype(DType::F32)?,
@@ -59,9 +73,7 @@ impl Linear {
     /// `x`: `(n, in)` -> `(n, out)`.
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let y = match &self.weight {
-            Weight::Dense(w) if w.device().is_cpu() && x.dtype() == DType::F32 => {
-                x.contiguous()?.apply_op2_no_bwd(w, &MatVecT)?
-            }
+            Weight::Packed(w) => w.forward(x)?,
             Weight::Dense(w) => x.matmul(&w.t()?)?,
             Weight::Quantized(q) => q.forward(x)?,
         };
@@ -122,7 +134,8 @@ impl Llama {
         let get = |name: &str, shape: &[usize]| ckpt.tensor(name, shape, Some(dtype), device);
         // Our CPU kernel reads bf16 / f16 weight matrices as stored and widens
         // them exactly, so f32 compute need not double their bytes.
-        let as_stored = device.is_cpu() && dtype == DType::F32 && quant == Quantization::None;
+        let cpu_f32 = device.is_cpu() && dtype == DType::F32;
+        let as_stored = cpu_f32 && quant == Quantization::None;
         let matrix = |name: &str, shape: &[usize]| {
             ckpt.tensor(
                 name,
@@ -167,11 +180,21 @@ impl Llama {
             };
             layers.push(Layer {
                 input_norm: get(&format!("{p}.input_layernorm.weight"), &[h])?,
-                qkv: Linear::new(Tensor::cat(&[qw, kw, vw], 0)?, cat(qb, kb, vb)?, quant)?,
-                o: Linear::new(ow, None, quant)?,
+                qkv: Linear::new(
+                    Tensor::cat(&[qw, kw, vw], 0)?,
+                    cat(qb, kb, vb)?,
+                    quant,
+                    cpu_f32,
+                )?,
+                o: Linear::new(ow, None, quant, cpu_f32)?,
                 post_norm: get(&format!("{p}.post_attention_layernorm.weight"), &[h])?,
-                gate_up: Linear::new(Tensor::cat(&[gw, uw], 0)?, cat(gb, ub, None)?, quant)?,
-                down: Linear::new(dw, db, quant)?,
+                gate_up: Linear::new(
+                    Tensor::cat(&[gw, uw], 0)?,
+                    cat(gb, ub, None)?,
+                    quant,
+                    cpu_f32,
+                )?,
+                down: Linear::new(dw, db, quant, cpu_f32)?,
             });
         }
         let norm = get("model.norm.weight", &[h])?;
@@ -202,7 +225,7 @@ impl Llama {
             embed,
             layers,
             norm,
-            lm_head: Linear::new(head, None, quant)?,
+            lm_head: Linear::new(head, None, quant, cpu_f32)?,
             cos: table(cos)?,
             sin: table(sin)?,
             dtype,
@@ -238,7 +261,12 @@ impl Llama {
         let mut x = self.embed.index_select(&ids, 0)?; // (n, hidden)
         let cos = self.cos.narrow(0, pos, n)?;
         let sin = self.sin.narrow(0, pos, n)?;
-        let mask = self.mask(n, pos)?;
+        // Our CPU attention applies causality and the window itself.
+        let mask = if self.cpu_f32() {
+            None
+        } else {
+            self.mask(n, pos)?
+        };
         for (layer, cache) in self.layers.iter().zip(cache.iter_mut()) {
             let h = rms_norm(&x, &layer.input_norm, self.cfg.rms_norm_eps)?;
             let h = self.attention(layer, &h, pos, &cos, &sin, mask.as_ref(), cache)?;
@@ -255,6 +283,11 @@ impl Llama {
         }
         let x = rms_norm(&x, &self.norm, self.cfg.rms_norm_eps)?;
         Ok(self.lm_head.forward(&x)?.to_dtype(DType::F32)?)
+    }
+
+    /// Computing in f32 on the CPU, where our own kernels run.
+    fn cpu_f32(&self) -> bool {
+        self.device.is_cpu() && self.dtype == DType::F32
     }
 
     /// Additive attention mask `(n, pos + n)`: 0 where query `i` (at `pos + i`)
@@ -311,6 +344,15 @@ impl Llama {
         let v = split(heads + kvh, kvh)?.squeeze(0)?;
         cache.k.slice_set(&k, 1, pos)?;
         cache.v.slice_set(&v, 1, pos)?;
+        if self.cpu_f32() {
+            let op = CachedAttention {
+                pos,
+                window: c.sliding_window.unwrap_or(usize::MAX),
+                scale: (1.0 / (hd as f64).sqrt()) as f32,
+            };
+            let out = q.contiguous()?.apply_op3_no_bwd(&cache.k, &cache.v, &op)?;
+            return layer.o.forward(&out); // (n, heads * hd)
+        }
         let len = pos + n;
         let mut keys = cache.k.narrow(1, 0, len)?; // (kvh, len, hd)
         let mut values = cache.v.narrow(1, 0, len)?;

@@ -6,6 +6,7 @@
 //! f16 or f32, `tokenizer.json`, and optionally `generation_config.json`.
 
 mod config;
+mod cpu_attention;
 mod cpu_matmul;
 mod llama;
 mod weights;
