@@ -285,6 +285,11 @@ impl Llama {
         Ok(self.lm_head.forward(&x)?.to_dtype(DType::F32)?)
     }
 
+    /// Whether the model runs on the CPU.
+    pub(crate) fn is_cpu(&self) -> bool {
+        self.device.is_cpu()
+    }
+
     /// Computing in f32 on the CPU, where our own kernels run.
     fn cpu_f32(&self) -> bool {
         self.device.is_cpu() && self.dtype == DType::F32
