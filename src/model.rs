@@ -58,7 +58,7 @@ impl Logits {
     /// the backend that built it, not a user error).
     pub fn new(data: Vec<f32>, vocab: usize) -> Self {
         assert!(
-            vocab > 0 && data.len() % vocab == 0,
+            vocab > 0 && data.len().is_multiple_of(vocab),
             "logits of length {} do not split into rows of {vocab}",
             data.len()
         );

@@ -45,7 +45,7 @@ fn edit_header(dir: &Path, edit: impl FnOnce(&mut serde_json::Map<String, serde_
         serde_json::from_slice(&raw[8..8 + n]).unwrap();
     edit(&mut header);
     let mut h = serde_json::to_vec(&header).unwrap();
-    while h.len() % 8 != 0 {
+    while !h.len().is_multiple_of(8) {
         h.push(b' ');
     }
     let mut out = (h.len() as u64).to_le_bytes().to_vec();

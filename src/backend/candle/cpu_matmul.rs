@@ -10,9 +10,11 @@
 //! value is broadcast, each weight vector is used by every row of the tile),
 //! which is the register-blocked shape of a BLAS micro-kernel: a k-token
 //! window streams the weights from memory once, as a 1-token step does, and
-//! a prompt pass runs near the FMA peak. AVX2 + FMA when the CPU has them
-//! (checked at run time), portable code otherwise; panels split across
-//! rayon's threads.
+//! a prompt pass runs near the FMA peak. AVX-512 (8 rows x 2 panels, 16
+//! accumulators of its 32 registers, and software prefetch of the weight
+//! stream for the wide tiles) or AVX2 + FMA when the CPU has them (checked
+//! at run time), portable code otherwise; panels split across rayon's
+//! threads.
 //!
 //! Weights stay in the dtype the checkpoint stores (bf16, f16 or f32) and are
 //! widened to f32 in registers. Widening bf16 / f16 to f32 is exact, so the
@@ -135,6 +137,12 @@ pub(crate) trait Elem: Copy + Send + Sync + 'static {
     /// `p..p+8` must be readable; AVX2 and F16C must be available.
     #[cfg(target_arch = "x86_64")]
     unsafe fn load8(p: *const Self) -> std::arch::x86_64::__m256;
+    /// Sixteen elements at `p` widened to f32 lanes.
+    ///
+    /// # Safety
+    /// `p..p+16` must be readable; AVX-512F must be available.
+    #[cfg(target_arch = "x86_64")]
+    unsafe fn load16(p: *const Self) -> std::arch::x86_64::__m512;
 }
 
 impl Elem for f32 {
@@ -145,6 +153,11 @@ impl Elem for f32 {
     #[inline(always)]
     unsafe fn load8(p: *const Self) -> std::arch::x86_64::__m256 {
         std::arch::x86_64::_mm256_loadu_ps(p)
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn load16(p: *const Self) -> std::arch::x86_64::__m512 {
+        std::arch::x86_64::_mm512_loadu_ps(p)
     }
 }
 
@@ -160,6 +173,13 @@ impl Elem for bf16 {
         let h = _mm_loadu_si128(p as *const __m128i);
         _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16))
     }
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn load16(p: *const Self) -> std::arch::x86_64::__m512 {
+        use std::arch::x86_64::*;
+        let h = _mm256_loadu_si256(p as *const __m256i);
+        _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16))
+    }
 }
 
 impl Elem for f16 {
@@ -171,6 +191,12 @@ impl Elem for f16 {
     unsafe fn load8(p: *const Self) -> std::arch::x86_64::__m256 {
         use std::arch::x86_64::*;
         _mm256_cvtph_ps(_mm_loadu_si128(p as *const __m128i))
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn load16(p: *const Self) -> std::arch::x86_64::__m512 {
+        use std::arch::x86_64::*;
+        _mm512_cvtph_ps(_mm256_loadu_si256(p as *const __m256i))
     }
 }
 
@@ -187,17 +213,52 @@ impl Out {
     }
 }
 
+/// Which kernel runs. Every one computes each output as the same chain of
+/// operations, so AVX-512 and AVX2 give the same bits; the portable code
+/// rounds products and sums separately (no FMA) and may differ from them in
+/// the last place.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Isa {
+    Avx512,
+    Avx2,
+    Portable,
+}
+
+impl Isa {
+    /// The best one this CPU has.
+    fn detect() -> Self {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::arch::is_x86_feature_detected!("avx512f") {
+                return Isa::Avx512;
+            }
+            if std::arch::is_x86_feature_detected!("avx2")
+                && std::arch::is_x86_feature_detected!("fma")
+                && std::arch::is_x86_feature_detected!("f16c")
+            {
+                return Isa::Avx2;
+            }
+        }
+        Isa::Portable
+    }
+}
+
 /// `x (n, k)` times the packed `W (out, k)`, transposed: `(n, out)`, row-major.
 pub(crate) fn matmul<W: Elem>(x: &[f32], wp: &[W], n: usize, k: usize, out: usize) -> Vec<f32> {
+    matmul_on(Isa::detect(), x, wp, n, k, out)
+}
+
+fn matmul_on<W: Elem>(isa: Isa, x: &[f32], wp: &[W], n: usize, k: usize, out: usize) -> Vec<f32> {
     let panels = out.div_ceil(PANEL);
     assert!(x.len() == n * k && wp.len() == panels * k * PANEL);
     let mut y = vec![0f32; n * out];
     let dst = Out(y.as_mut_ptr());
     let task = |t: usize| {
         let (p0, p1) = (t * PANELS_PER_TASK, ((t + 1) * PANELS_PER_TASK).min(panels));
-        // SAFETY: the lengths were checked above, and task `t` writes only
-        // the columns of panels p0..p1.
-        unsafe { panels_times_x(x, wp, n, k, out, p0, p1, dst.get()) };
+        // SAFETY: the lengths were checked above, task `t` writes only the
+        // columns of panels p0..p1, and `isa` was detected on this CPU (or
+        // is a subset of what was).
+        unsafe { panels_times_x(isa, x, wp, n, k, out, p0, p1, dst.get()) };
     };
     let tasks = panels.div_ceil(PANELS_PER_TASK);
     if n * k * out >= PARALLEL_MIN_MACS && rayon::current_num_threads() > 1 {
@@ -212,10 +273,12 @@ pub(crate) fn matmul<W: Elem>(x: &[f32], wp: &[W], n: usize, k: usize, out: usiz
 /// `y (n, out)`.
 ///
 /// # Safety
-/// `x` is `(n, k)`, `wp` holds at least `p1` panels of `k`, and `y` points
-/// at `n * out` writable floats no other thread writes in these columns.
+/// `x` is `(n, k)`, `wp` holds at least `p1` panels of `k`, `y` points at
+/// `n * out` writable floats no other thread writes in these columns, and
+/// the CPU has `isa`.
 #[allow(clippy::too_many_arguments)]
 unsafe fn panels_times_x<W: Elem>(
+    isa: Isa,
     x: &[f32],
     wp: &[W],
     n: usize,
@@ -225,23 +288,20 @@ unsafe fn panels_times_x<W: Elem>(
     p1: usize,
     y: *mut f32,
 ) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if std::arch::is_x86_feature_detected!("avx2")
-            && std::arch::is_x86_feature_detected!("fma")
-            && std::arch::is_x86_feature_detected!("f16c")
-        {
-            avx2::panels_times_x(x.as_ptr(), wp.as_ptr(), n, k, out, p0, p1, y);
-            return;
-        }
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => avx512::panels_times_x(x.as_ptr(), wp.as_ptr(), n, k, out, p0, p1, y),
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => avx2::panels_times_x(x.as_ptr(), wp.as_ptr(), n, k, out, p0, p1, y),
+        _ => portable(x, wp, n, k, out, p0, p1, y),
     }
-    portable(x, wp, n, k, out, p0, p1, y);
 }
 
-/// Sizes of the row tiles for `n` rows: as few tiles of at most
-/// [`TILE_ROWS`] as will do, as even as can be (8 rows go 4 + 4, not 6 + 2).
-fn row_tiles(n: usize) -> impl Iterator<Item = (usize, usize)> {
-    let tiles = n.div_ceil(TILE_ROWS);
+/// Starts and sizes of the row tiles for `n` rows: as few tiles of at most
+/// `max` rows as will do, as even as can be (8 rows in tiles of 6 go 4 + 4,
+/// not 6 + 2).
+fn row_tiles(n: usize, max: usize) -> impl Iterator<Item = (usize, usize)> {
+    let tiles = n.div_ceil(max);
     (0..tiles).map(move |t| {
         let (start, end) = (t * n / tiles, (t + 1) * n / tiles);
         (start, end - start)
@@ -289,7 +349,7 @@ unsafe fn portable<W: Elem>(
 
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
-    use super::{put, row_tiles, Elem, PANEL};
+    use super::{put, row_tiles, Elem, PANEL, TILE_ROWS};
     use std::arch::x86_64::*;
 
     /// `R` rows of `x` (row stride `k`) times `P` adjacent panels (each
@@ -378,7 +438,7 @@ mod avx2 {
         }
         // A panel at a time, every row tile against it while it is in L1/L2.
         while p < p1 {
-            for (r, rows) in row_tiles(n) {
+            for (r, rows) in row_tiles(n, TILE_ROWS) {
                 match rows {
                     1 => run::<W, 1, 1>(x, wp, k, out, r, p, y),
                     2 => run::<W, 2, 1>(x, wp, k, out, r, p, y),
@@ -389,6 +449,143 @@ mod avx2 {
                 }
             }
             p += 1;
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use super::{put, row_tiles, Elem, PANEL};
+    use std::arch::x86_64::*;
+
+    /// Most rows of `x` in one tile: 8 rows x 2 panels = 16 accumulators of
+    /// AVX-512's 32 registers, so each weight vector feeds 8 FMAs and each
+    /// broadcast 2, enough to run the FMA units near their peak.
+    const TILE_ROWS: usize = 8;
+
+    /// How far ahead in a panel to prefetch weights, in elements.
+    const PREFETCH: usize = 192 * PANEL;
+
+    /// As the AVX2 tile, one 16-lane register per row and panel: the same
+    /// chain of FMAs per output, so the same bits.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn tile<W: Elem, const R: usize, const P: usize>(
+        x: *const f32,
+        w: *const W,
+        k: usize,
+    ) -> [[[f32; PANEL]; P]; R] {
+        let mut acc = [[_mm512_setzero_ps(); P]; R];
+        let mut wk = w;
+        for kk in 0..k {
+            let mut wv = [_mm512_setzero_ps(); P];
+            for (p, v) in wv.iter_mut().enumerate() {
+                if R >= 3 {
+                    // Enough arithmetic per weight that the hardware
+                    // prefetcher alone falls behind.
+                    _mm_prefetch::<_MM_HINT_T0>(wk.add(p * k * PANEL + PREFETCH) as *const i8);
+                }
+                *v = W::load16(wk.add(p * k * PANEL));
+            }
+            for (r, a) in acc.iter_mut().enumerate() {
+                let xv = _mm512_set1_ps(*x.add(r * k + kk));
+                for p in 0..P {
+                    a[p] = _mm512_fmadd_ps(wv[p], xv, a[p]);
+                }
+            }
+            wk = wk.add(PANEL);
+        }
+        let mut res = [[[0f32; PANEL]; P]; R];
+        for r in 0..R {
+            for p in 0..P {
+                _mm512_storeu_ps(res[r][p].as_mut_ptr(), acc[r][p]);
+            }
+        }
+        res
+    }
+
+    /// One tile at rows `r..r+R`, panels `p..p+P`, written into `y`.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn run<W: Elem, const R: usize, const P: usize>(
+        x: *const f32,
+        wp: *const W,
+        k: usize,
+        out: usize,
+        r: usize,
+        p: usize,
+        y: *mut f32,
+    ) {
+        let res = tile::<W, R, P>(x.add(r * k), wp.add(p * k * PANEL), k);
+        for (dr, row) in res.iter().enumerate() {
+            for (dp, v) in row.iter().enumerate() {
+                put(y, out, r + dr, p + dp, v);
+            }
+        }
+    }
+
+    /// Every row tile against panels `p..p+P`.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn rows<W: Elem, const P: usize>(
+        x: *const f32,
+        wp: *const W,
+        n: usize,
+        k: usize,
+        out: usize,
+        p: usize,
+        y: *mut f32,
+    ) {
+        for (r, rows) in row_tiles(n, TILE_ROWS) {
+            match rows {
+                1 => run::<W, 1, P>(x, wp, k, out, r, p, y),
+                2 => run::<W, 2, P>(x, wp, k, out, r, p, y),
+                3 => run::<W, 3, P>(x, wp, k, out, r, p, y),
+                4 => run::<W, 4, P>(x, wp, k, out, r, p, y),
+                5 => run::<W, 5, P>(x, wp, k, out, r, p, y),
+                6 => run::<W, 6, P>(x, wp, k, out, r, p, y),
+                7 => run::<W, 7, P>(x, wp, k, out, r, p, y),
+                _ => run::<W, 8, P>(x, wp, k, out, r, p, y),
+            }
+        }
+    }
+
+    /// See [`super::panels_times_x`].
+    #[target_feature(enable = "avx512f")]
+    #[allow(clippy::too_many_arguments)]
+    pub(super) unsafe fn panels_times_x<W: Elem>(
+        x: *const f32,
+        wp: *const W,
+        n: usize,
+        k: usize,
+        out: usize,
+        p0: usize,
+        p1: usize,
+        y: *mut f32,
+    ) {
+        let mut p = p0;
+        // One or two rows: four panels at once, so that 4 or 8 accumulator
+        // chains hide the FMA latency.
+        if n <= 2 {
+            while p + 4 <= p1 {
+                if n == 1 {
+                    run::<W, 1, 4>(x, wp, k, out, 0, p, y);
+                } else {
+                    run::<W, 2, 4>(x, wp, k, out, 0, p, y);
+                }
+                p += 4;
+            }
+        }
+        // Two panels at a time, every row tile against them while they are
+        // in L1/L2.
+        while p + 2 <= p1 {
+            rows::<W, 2>(x, wp, n, k, out, p, y);
+            p += 2;
+        }
+        if p < p1 {
+            rows::<W, 1>(x, wp, n, k, out, p, y);
         }
     }
 }
@@ -409,26 +606,19 @@ mod tests {
         y
     }
 
+    /// The ISAs this CPU can run, best first.
+    fn isas() -> Vec<Isa> {
+        let all = [Isa::Avx512, Isa::Avx2, Isa::Portable];
+        let best = all.iter().position(|&i| i == Isa::detect()).unwrap();
+        all[best..].to_vec()
+    }
+
     fn product<W: Elem + Default>(x: &[f32], w: &[W], n: usize, k: usize, out: usize) -> Vec<f32> {
         matmul(x, &pack(w, out, k), n, k, out)
     }
 
-    fn portable_product(x: &[f32], w: &[f32], n: usize, k: usize, out: usize) -> Vec<f32> {
-        let mut y = vec![0f32; n * out];
-        // SAFETY: shapes as `portable` requires; one thread.
-        unsafe {
-            portable(
-                x,
-                &pack(w, out, k),
-                n,
-                k,
-                out,
-                0,
-                out.div_ceil(PANEL),
-                y.as_mut_ptr(),
-            )
-        };
-        y
+    fn product_on(isa: Isa, x: &[f32], w: &[f32], n: usize, k: usize, out: usize) -> Vec<f32> {
+        matmul_on(isa, x, &pack(w, out, k), n, k, out)
     }
 
     fn data(len: usize, a: usize, b: usize) -> Vec<f32> {
@@ -455,14 +645,12 @@ mod tests {
             let x = data(n * k, 37, 101);
             let w = data(out * k, 53, 97);
             let want = naive(&x, &w, n, k, out);
-            for (how, got) in [
-                ("kernel", product(&x, &w, n, k, out)),
-                ("portable", portable_product(&x, &w, n, k, out)),
-            ] {
+            for isa in isas() {
+                let got = product_on(isa, &x, &w, n, k, out);
                 for (g, v) in got.iter().zip(&want) {
                     assert!(
                         (g - v).abs() < 1e-4 * (1.0 + v.abs()),
-                        "{how}: n={n} k={k} out={out}: {g} vs {v}"
+                        "{isa:?}: n={n} k={k} out={out}: {g} vs {v}"
                     );
                 }
             }
@@ -491,27 +679,57 @@ mod tests {
         let rows = 40;
         let x: Vec<f32> = (0..rows * k).map(|i| (i as f32 * 0.37).sin()).collect();
         let w: Vec<f32> = (0..out * k).map(|i| (i as f32 * 0.11).cos()).collect();
-        let wb: Vec<bf16> = w.iter().map(|&v| bf16::from_f32(v)).collect();
-        let one: Vec<Vec<f32>> = (0..rows)
-            .map(|j| product(&x[j * k..(j + 1) * k], &wb, 1, k, out))
-            .collect();
-        for n in 1..=rows {
-            let all = product(&x[..n * k], &wb, n, k, out);
-            for (j, want) in one.iter().take(n).enumerate() {
-                assert_eq!(&all[j * out..(j + 1) * out], &want[..], "row {j} of {n}");
+        let wb = pack(
+            &w.iter().map(|&v| bf16::from_f32(v)).collect::<Vec<_>>(),
+            out,
+            k,
+        );
+        for isa in isas() {
+            let one: Vec<Vec<f32>> = (0..rows)
+                .map(|j| matmul_on(isa, &x[j * k..(j + 1) * k], &wb, 1, k, out))
+                .collect();
+            for n in 1..=rows {
+                let all = matmul_on(isa, &x[..n * k], &wb, n, k, out);
+                for (j, want) in one.iter().take(n).enumerate() {
+                    assert_eq!(
+                        &all[j * out..(j + 1) * out],
+                        &want[..],
+                        "{isa:?}: row {j} of {n}"
+                    );
+                }
             }
         }
     }
 
     #[test]
+    fn avx512_and_avx2_give_the_same_bits() {
+        // The same chain of FMAs per output, 16 lanes or 8 at a time.
+        let have = isas();
+        if !(have.contains(&Isa::Avx512) && have.contains(&Isa::Avx2)) {
+            eprintln!("SKIP: this CPU lacks AVX-512 or AVX2");
+            return;
+        }
+        let (k, out) = (300, 100);
+        for n in [1, 2, 3, 7, 8, 9, 20] {
+            let x: Vec<f32> = (0..n * k).map(|i| (i as f32 * 0.37).sin()).collect();
+            let w: Vec<f32> = (0..out * k).map(|i| (i as f32 * 0.11).cos()).collect();
+            assert_eq!(
+                product_on(Isa::Avx512, &x, &w, n, k, out),
+                product_on(Isa::Avx2, &x, &w, n, k, out),
+                "n={n}"
+            );
+        }
+    }
+
+    #[test]
     fn row_tiles_cover_every_row_once_and_evenly() {
-        for n in 0..50 {
-            let tiles: Vec<_> = row_tiles(n).collect();
+        for (n, max) in (0..50).flat_map(|n| [(n, 6), (n, 8)]) {
+            let tiles: Vec<_> = row_tiles(n, max).collect();
             assert_eq!(tiles.iter().map(|t| t.1).sum::<usize>(), n);
             let mut next = 0;
             for &(start, len) in &tiles {
                 assert_eq!(start, next);
-                assert!((1..=TILE_ROWS).contains(&len));
+                assert!((1..=max).contains(&len));
                 next += len;
             }
             if let (Some(lo), Some(hi)) = (
