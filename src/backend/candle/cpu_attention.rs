@@ -119,13 +119,29 @@ fn attend(q: &[f32], k: &[f32], v: &[f32], d: &Dims, op: &CachedAttention) -> Ve
 
 /// One query against its visible keys: `o = softmax(scale * K q) V`.
 fn row(q: &[f32], keys: &[f32], values: &[f32], scale: f32, o: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if q.len() % 8 == 0
+            && std::arch::is_x86_feature_detected!("avx2")
+            && std::arch::is_x86_feature_detected!("fma")
+        {
+            // SAFETY: the features were just detected; lengths are multiples
+            // of hd, itself a multiple of 8.
+            unsafe { avx2::row(q, keys, values, scale, o) };
+            return;
+        }
+    }
+    portable_row(q, keys, values, scale, o);
+}
+
+/// [`row`] without SIMD: the reference, and the path for other CPUs.
+fn portable_row(q: &[f32], keys: &[f32], values: &[f32], scale: f32, o: &mut [f32]) {
     let hd = q.len();
     let scores: Vec<f32> = keys.chunks_exact(hd).map(|k| dot(q, k) * scale).collect();
     let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let mut sum = 0f32;
-    for (s, v) in scores.iter().zip(values.chunks_exact(hd)) {
-        let p = (s - max).exp();
-        sum += p;
+    let probs: Vec<f32> = scores.iter().map(|s| (s - max).exp()).collect();
+    let sum: f32 = probs.iter().sum();
+    for (p, v) in probs.iter().zip(values.chunks_exact(hd)) {
         for (a, x) in o.iter_mut().zip(v) {
             *a += p * x;
         }
@@ -150,6 +166,103 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
         }
     }
     ((acc[0] + acc[4]) + (acc[2] + acc[6])) + ((acc[1] + acc[5]) + (acc[3] + acc[7])) + tail
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use std::arch::x86_64::*;
+
+    /// Sum of the 8 lanes, in a fixed order.
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn hsum(v: __m256) -> f32 {
+        let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+        _mm_cvtss_f32(_mm_add_ss(s, _mm_shuffle_ps(s, s, 1)))
+    }
+
+    /// `q . k` for `K` keys at once (independent FMA chains); each key's
+    /// sum is the same whichever group it is computed in.
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn dots<const K: usize>(q: *const f32, k: *const f32, hd: usize) -> [f32; K] {
+        let mut acc = [_mm256_setzero_ps(); K];
+        let mut d = 0;
+        while d < hd {
+            let qv = _mm256_loadu_ps(q.add(d));
+            for (j, a) in acc.iter_mut().enumerate() {
+                *a = _mm256_fmadd_ps(qv, _mm256_loadu_ps(k.add(j * hd + d)), *a);
+            }
+            d += 8;
+        }
+        let mut out = [0f32; K];
+        for (o, a) in out.iter_mut().zip(acc) {
+            *o = hsum(a);
+        }
+        out
+    }
+
+    /// See [`super::row`]; `hd` is a multiple of 8.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn row(q: &[f32], keys: &[f32], values: &[f32], scale: f32, o: &mut [f32]) {
+        let hd = q.len();
+        let len = keys.len() / hd;
+        let mut scores = Vec::with_capacity(len);
+        let mut j = 0;
+        while j + 4 <= len {
+            let s = dots::<4>(q.as_ptr(), keys.as_ptr().add(j * hd), hd);
+            scores.extend(s.iter().map(|x| x * scale));
+            j += 4;
+        }
+        while j < len {
+            let s = dots::<1>(q.as_ptr(), keys.as_ptr().add(j * hd), hd);
+            scores.push(s[0] * scale);
+            j += 1;
+        }
+        let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        for s in scores.iter_mut() {
+            *s = (*s - max).exp();
+        }
+        let sum: f32 = scores.iter().sum();
+        match hd {
+            64 => weighted::<8>(&scores, values, o),
+            128 => weighted::<16>(&scores, values, o),
+            _ => {
+                for (jj, &p) in scores.iter().enumerate() {
+                    let (pv, v) = (_mm256_set1_ps(p), values.as_ptr().add(jj * hd));
+                    let mut d = 0;
+                    while d < hd {
+                        let a = o.as_mut_ptr().add(d);
+                        let acc = _mm256_loadu_ps(a);
+                        _mm256_storeu_ps(a, _mm256_fmadd_ps(pv, _mm256_loadu_ps(v.add(d)), acc));
+                        d += 8;
+                    }
+                }
+            }
+        }
+        let inv = 1.0 / sum;
+        o.iter_mut().for_each(|a| *a *= inv);
+    }
+
+    /// `o += sum_j p_j v_j` for `hd = 8 * V`, with `o` held in registers:
+    /// the same FMA chain per output as the general loop.
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn weighted<const V: usize>(p: &[f32], values: &[f32], o: &mut [f32]) {
+        let mut acc = [_mm256_setzero_ps(); V];
+        for (c, a) in acc.iter_mut().enumerate() {
+            *a = _mm256_loadu_ps(o.as_ptr().add(c * 8));
+        }
+        for (&pj, v) in p.iter().zip(values.chunks_exact(8 * V)) {
+            let pv = _mm256_set1_ps(pj);
+            for (c, a) in acc.iter_mut().enumerate() {
+                *a = _mm256_fmadd_ps(pv, _mm256_loadu_ps(v.as_ptr().add(c * 8)), *a);
+            }
+        }
+        for (c, a) in acc.iter().enumerate() {
+            _mm256_storeu_ps(o.as_mut_ptr().add(c * 8), *a);
+        }
+    }
 }
 
 #[cfg(test)]
@@ -204,6 +317,8 @@ mod tests {
             (6, 2, 12, 7, 3, usize::MAX),
             (2, 1, 9, 3, 4, 3),
             (3, 3, 16, 10, 1, 4),
+            (2, 1, 64, 9, 3, usize::MAX),
+            (2, 2, 128, 4, 2, 5),
         ] {
             let cap = 20;
             let d = Dims {
@@ -234,7 +349,7 @@ mod tests {
 
     #[test]
     fn a_query_row_does_not_depend_on_the_others_in_its_call() {
-        let (heads, kvh, hd, cap) = (4, 2, 16, 40);
+        let (heads, kvh, hd, cap) = (4, 2, 64, 40);
         let k = data(kvh * cap * hd, 2.0);
         let v = data(kvh * cap * hd, 3.0);
         let n = 30;
