@@ -121,7 +121,7 @@ fn attend(q: &[f32], k: &[f32], v: &[f32], d: &Dims, op: &CachedAttention) -> Ve
 fn row(q: &[f32], keys: &[f32], values: &[f32], scale: f32, o: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     {
-        if q.len() % 8 == 0
+        if q.len().is_multiple_of(8)
             && std::arch::is_x86_feature_detected!("avx2")
             && std::arch::is_x86_feature_detected!("fma")
         {
