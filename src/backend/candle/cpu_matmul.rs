@@ -251,7 +251,9 @@ pub(crate) fn matmul<W: Elem>(x: &[f32], wp: &[W], n: usize, k: usize, out: usiz
 fn matmul_on<W: Elem>(isa: Isa, x: &[f32], wp: &[W], n: usize, k: usize, out: usize) -> Vec<f32> {
     let panels = out.div_ceil(PANEL);
     assert!(x.len() == n * k && wp.len() == panels * k * PANEL);
-    let mut y = vec![0f32; n * out];
+    // Not zeroed: the tasks write every element (all rows of every panel),
+    // and zeroing a prompt pass's output first costs as much as a copy.
+    let mut y: Vec<f32> = Vec::with_capacity(n * out);
     let dst = Out(y.as_mut_ptr());
     let task = |t: usize| {
         let (p0, p1) = (t * PANELS_PER_TASK, ((t + 1) * PANELS_PER_TASK).min(panels));
@@ -266,6 +268,8 @@ fn matmul_on<W: Elem>(isa: Isa, x: &[f32], wp: &[W], n: usize, k: usize, out: us
     } else {
         (0..tasks).for_each(task);
     }
+    // SAFETY: every one of the n * out elements was written above.
+    unsafe { y.set_len(n * out) };
     y
 }
 
@@ -316,8 +320,13 @@ fn row_tiles(n: usize, max: usize) -> impl Iterator<Item = (usize, usize)> {
 #[inline(always)]
 unsafe fn put(y: *mut f32, out: usize, r: usize, p: usize, v: &[f32; PANEL]) {
     let col = p * PANEL;
-    let len = PANEL.min(out - col);
-    std::ptr::copy_nonoverlapping(v.as_ptr(), y.add(r * out + col), len);
+    let dst = y.add(r * out + col);
+    if col + PANEL <= out {
+        // A fixed-size copy: four vector moves, not a call to memmove.
+        (dst as *mut [f32; PANEL]).write_unaligned(*v);
+    } else {
+        std::ptr::copy_nonoverlapping(v.as_ptr(), dst, out - col);
+    }
 }
 
 /// Reference code for CPUs without AVX2: the same order of operations per

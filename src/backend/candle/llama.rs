@@ -274,8 +274,11 @@ impl Llama {
             let h = rms_norm(&x, &layer.post_norm, self.cfg.rms_norm_eps)?;
             let gate_up = layer.gate_up.forward(&h)?;
             let f = self.cfg.intermediate_size;
-            let act =
-                (candle_nn::ops::silu(&gate_up.narrow(1, 0, f)?)? * gate_up.narrow(1, f, f)?)?;
+            let act = if self.cpu_f32() {
+                gate_up.apply_op1_no_bwd(&SwiGlu)?
+            } else {
+                (candle_nn::ops::silu(&gate_up.narrow(1, 0, f)?)? * gate_up.narrow(1, f, f)?)?
+            };
             x = (x + layer.down.forward(&act)?)?;
         }
         if last_only && n > 1 {
@@ -383,6 +386,53 @@ impl Llama {
             .transpose(0, 1)?
             .reshape((n, heads * hd))?;
         layer.o.forward(&out)
+    }
+}
+
+/// `silu(gate) * up` from the fused `(n, 2f)` projection, in one pass and
+/// one allocation (candle's ops take two of each, over strided views), on
+/// the CPU in f32. Elementwise, so rows stay independent.
+struct SwiGlu;
+
+impl candle_core::CustomOp1 for SwiGlu {
+    fn name(&self) -> &'static str {
+        "specdec-swiglu"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s: &candle_core::CpuStorage,
+        l: &candle_core::Layout,
+    ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
+        let candle_core::CpuStorage::F32(v) = s else {
+            candle_core::bail!("{}: f32 only", self.name());
+        };
+        let Some((a, b)) = l.contiguous_offsets() else {
+            candle_core::bail!("{}: contiguous input only", self.name());
+        };
+        let (n, two_f) = l.shape().dims2()?;
+        if two_f % 2 != 0 {
+            candle_core::bail!("{}: odd width {two_f}", self.name());
+        }
+        let f = two_f / 2;
+        let mut out = vec![0f32; n * f];
+        let row = |(o, row): (&mut [f32], &[f32])| {
+            let (gate, up) = row.split_at(f);
+            for ((o, &g), &u) in o.iter_mut().zip(gate).zip(up) {
+                *o = g / (1.0 + (-g).exp()) * u;
+            }
+        };
+        if n > 1 && n * f >= 1 << 15 {
+            use rayon::prelude::*;
+            out.par_chunks_mut(f.max(1))
+                .zip(v[a..b].par_chunks(two_f.max(1)))
+                .for_each(row);
+        } else {
+            out.chunks_mut(f.max(1))
+                .zip(v[a..b].chunks(two_f.max(1)))
+                .for_each(row);
+        }
+        Ok((candle_core::CpuStorage::F32(out), (n, f).into()))
     }
 }
 
