@@ -20,6 +20,9 @@
 //! pass costing `c` target passes and a k-token verify pass costing `r_k`
 //! 1-token passes, one window yields `(1 - α^(γ+1)) / (1 - α)` tokens for
 //! `γ c + r_k` units of time, so the predicted speedup is their ratio.
+//! `c` and `r_k` are taken prompt by prompt, as ratios to the plain run of
+//! the same prompt just before (so the machine's drift cancels), and their
+//! median over prompts is used, like the medians of the measured times.
 //!
 //! Two speedups are printed: end to end ((prefill + decode) / tokens, as
 //! `hf_peer.py` times `generate()`), and decoding alone, which is what the
@@ -86,9 +89,11 @@ struct Series {
     rejections: usize,
     tokens: usize,
     target_calls: usize,
-    draft_ms: f64,
-    draft_calls: usize,
-    verify_ms: f64,
+    /// Per prompt: mean ms of one target pass / one draft pass. Ratios are
+    /// taken prompt by prompt against plain decoding of the same prompt,
+    /// run just before, so the machine's drift cancels; then the median.
+    verify_per_call: Vec<f64>,
+    draft_per_call: Vec<f64>,
     identical: bool,
 }
 
@@ -103,18 +108,20 @@ impl Series {
         self.rejections += s.recovered;
         self.tokens += s.accepted + s.recovered + s.bonus;
         self.target_calls += s.target_calls;
-        self.draft_ms += s.draft_ms();
-        self.draft_calls += s.draft_calls;
-        self.verify_ms += s.verify_ms();
+        self.verify_per_call
+            .push(s.verify_ms() / s.target_calls.max(1) as f64);
+        self.draft_per_call
+            .push(s.draft_ms() / s.draft_calls.max(1) as f64);
+    }
+    /// Median over prompts of this series' per-call times over `base`'s.
+    fn ratio_to(mine: &[f64], base: &[f64]) -> Vec<f64> {
+        mine.iter().zip(base).map(|(a, b)| a / b).collect()
     }
     fn median(&self) -> f64 {
         median(&self.ms_per_token)
     }
     fn decode_median(&self) -> f64 {
         median(&self.decode_ms_per_token)
-    }
-    fn verify_ms_per_call(&self) -> f64 {
-        self.verify_ms / self.target_calls.max(1) as f64
     }
 }
 
@@ -245,17 +252,29 @@ fn main() -> anyhow::Result<()> {
 
     let plain_ms = plain.median();
     let plain_decode_ms = plain.decode_median();
-    let one_pass_ms = plain.verify_ms_per_call();
-    let draft_pass_ms: f64 = spec.iter().map(|s| s.draft_ms).sum::<f64>()
-        / spec.iter().map(|s| s.draft_calls).sum::<usize>().max(1) as f64;
-    let c = draft_pass_ms / one_pass_ms;
+    let one_pass_ms = median(&plain.verify_per_call);
+    let draft_pass_ms = median(
+        &spec
+            .iter()
+            .flat_map(|s| s.draft_per_call.iter().copied())
+            .collect::<Vec<_>>(),
+    );
+    let c = median(
+        &spec
+            .iter()
+            .flat_map(|s| Series::ratio_to(&s.draft_per_call, &plain.verify_per_call))
+            .collect::<Vec<_>>(),
+    );
     let greedy = args.temperature == 0.0;
     let rows: Vec<Row> = spec
         .iter()
         .zip(&args.k)
         .map(|(s, &k)| {
             let alpha = s.accepted as f64 / (s.accepted + s.rejections).max(1) as f64;
-            let r_k = s.verify_ms_per_call() / one_pass_ms;
+            let r_k = median(&Series::ratio_to(
+                &s.verify_per_call,
+                &plain.verify_per_call,
+            ));
             let ms = s.median();
             let decode_ms = s.decode_median();
             Row {

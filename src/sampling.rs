@@ -204,10 +204,12 @@ pub fn argmax(row: &[f32], suppress: &[u32], role: Role, position: usize) -> Res
     check_finite(row, role, position)?;
     let mut best: Option<(usize, f32)> = None;
     for (i, &x) in row.iter().enumerate() {
-        if x == f32::NEG_INFINITY || suppress.contains(&(i as u32)) {
-            continue;
-        }
-        if best.is_none_or(|(_, b)| x > b) {
+        // The suppression list is only consulted for a new maximum, which
+        // is rare: the scan stays a plain compare per logit.
+        if best.is_none_or(|(_, b)| x > b)
+            && x != f32::NEG_INFINITY
+            && !suppress.contains(&(i as u32))
+        {
             best = Some((i, x));
         }
     }
