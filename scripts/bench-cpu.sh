@@ -7,6 +7,11 @@
 #
 #   scripts/bench-cpu.sh            # needs ../shared, a release build, and
 #                                   # PYTHON with torch + transformers for the peer
+#
+# llama.cpp, optional: LLAMA_CPP_BIN=<your llama.cpp build/bin> and
+# GGUF_DIR=<py-m-f32.gguf, py-m-bf16.gguf, py-s-f32.gguf, py-xs-f32.gguf>
+# add scripts/llamacpp_peer.py to the run (this repository does not build or
+# ship llama.cpp; convert the checkpoints with its convert_hf_to_gguf.py).
 set -euo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$repo"
@@ -16,6 +21,7 @@ prompts="$shared/bench/prompts_py.json"
 python="${PYTHON:-python3}"
 tokens="${TOKENS:-128}"
 threads="${THREADS:-2}"
+rounds="${ROUNDS:-2}"
 out="$repo/docs/bench"
 mkdir -p "$out"
 wide="${WIDE:-/tmp/py-m-wide}"
@@ -24,13 +30,13 @@ wide="${WIDE:-/tmp/py-m-wide}"
 cargo build --release --example speedup
 speedup="$repo/target/release/examples/speedup"
 { echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(date -u +%F)"
-  echo "command: scripts/bench-cpu.sh (TOKENS=$tokens THREADS=$threads)"; } > "$out/cpu-machine.txt"
+  echo "command: scripts/bench-cpu.sh (TOKENS=$tokens THREADS=$threads ROUNDS=$rounds)"; } > "$out/cpu-machine.txt"
 
 run() { # name target draft [extra args]
   local name=$1 target=$2 draft=$3; shift 3
   echo "== ours: $name"
   "$speedup" --target "$target" --draft "$draft" --prompts "$prompts" --max-new-tokens "$tokens" \
-    --threads "$threads" --k 2,3,4,5,6,8 --svg "$out/cpu-$name.svg" "$@" 2>/dev/null | tee "$out/cpu-$name.txt"
+    --threads "$threads" --rounds "$rounds" --k 2,3,4,5,6,8 --svg "$out/cpu-$name.svg" "$@" 2>/dev/null | tee "$out/cpu-$name.txt"
 }
 peer() { # name target draft
   local name=$1 target=$2 draft=$3
@@ -44,6 +50,11 @@ run py-m-py-s-q8 "$models/py-m" "$models/py-s" --quantize-draft
 peer py-m-py-s "$models/py-m" "$models/py-s"
 run py-m-py-xs "$models/py-m" "$models/py-xs"
 peer py-m-py-xs "$models/py-m" "$models/py-xs"
+if [[ -n "${LLAMA_CPP_BIN:-}" ]]; then
+  echo "== llama.cpp: py-m with py-xs and py-s"
+  python3 scripts/llamacpp_peer.py --bin "$LLAMA_CPP_BIN" --gguf "${GGUF_DIR:?set GGUF_DIR}" \
+    --prompts "$prompts" --max-new-tokens "$tokens" --threads "$threads" | tee "$out/cpu-llamacpp.txt"
+fi
 run wide-py-s "$wide" "$models/py-s"
 run wide-py-s-q8 "$wide" "$models/py-s" --quantize-draft
 peer wide-py-s "$wide" "$models/py-s"
