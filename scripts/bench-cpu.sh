@@ -58,3 +58,4 @@ fi
 run wide-py-s "$wide" "$models/py-s"
 run wide-py-s-q8 "$wide" "$models/py-s" --quantize-draft
 peer wide-py-s "$wide" "$models/py-s"
+python3 "$repo/scripts/readme_bench.py"

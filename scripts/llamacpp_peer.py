@@ -83,7 +83,8 @@ def main():
                            "-md", g(f"{draft}-f32"), "-f", path, "-n", str(n - 1),
                            "-td", str(args.threads), "--draft-max", str(k), "--draft-min", "0",
                            "--draft-p-min", str(p_min)] + common
-                commands[name] = " ".join(cmd).replace(path, "PROMPT.txt")
+                commands[name] = (" ".join(cmd).replace(path, "PROMPT.txt")
+                                  .replace(args.bin, "$LLAMA_CPP_BIN").replace(args.gguf, "$GGUF_DIR"))
                 err = run(cmd)
                 if i == 0:
                     continue  # warm-up
