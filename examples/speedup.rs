@@ -21,8 +21,12 @@
 //! 1-token passes, one window yields `(1 - α^(γ+1)) / (1 - α)` tokens for
 //! `γ c + r_k` units of time, so the predicted speedup is their ratio.
 //! `c` and `r_k` are taken prompt by prompt, as ratios to the plain run of
-//! the same prompt just before (so the machine's drift cancels), and their
-//! median over prompts is used, like the medians of the measured times.
+//! the same prompt just before (so the machine's drift cancels). The decode
+//! speedup and the prediction are also per prompt (the prediction from that
+//! prompt's own `α`, `c` and `r_k`), then the median over prompts; the
+//! columns `alpha`, `c` and `r_k` show the pooled `α` and the medians.
+//! Both speedup columns are medians of per-prompt ratios (plain over
+//! speculative on the same prompt), not ratios of the median times.
 //!
 //! Two speedups are printed: end to end ((prefill + decode) / tokens, as
 //! `hf_peer.py` times `generate()`), and decoding alone, which is what the
@@ -94,6 +98,8 @@ struct Series {
     /// run just before, so the machine's drift cancels; then the median.
     verify_per_call: Vec<f64>,
     draft_per_call: Vec<f64>,
+    /// Per prompt: acceptance per draft token, accepted / (accepted + rejections).
+    alpha: Vec<f64>,
     identical: bool,
 }
 
@@ -112,6 +118,8 @@ impl Series {
             .push(s.verify_ms() / s.target_calls.max(1) as f64);
         self.draft_per_call
             .push(s.draft_ms() / s.draft_calls.max(1) as f64);
+        self.alpha
+            .push(s.accepted as f64 / (s.accepted + s.recovered).max(1) as f64);
     }
     /// Median over prompts of this series' per-call times over `base`'s.
     fn ratio_to(mine: &[f64], base: &[f64]) -> Vec<f64> {
@@ -277,17 +285,35 @@ fn main() -> anyhow::Result<()> {
             ));
             let ms = s.median();
             let decode_ms = s.decode_median();
+            // Realized and predicted decode speedups are both taken prompt by
+            // prompt (the prediction from that prompt's own alpha, c and r_k)
+            // and then the median: acceptance differs a lot between prompts,
+            // and the closed form is not linear in it.
+            let base = &plain.verify_per_call;
+            let decode_speedup = median(&Series::ratio_to(
+                &plain.decode_ms_per_token,
+                &s.decode_ms_per_token,
+            ));
+            let predicted_speedup = median(
+                &(0..s.alpha.len())
+                    .map(|i| {
+                        let c_i = s.draft_per_call[i] / base[i];
+                        let r_i = s.verify_per_call[i] / base[i];
+                        predicted(s.alpha[i], k, c_i, r_i)
+                    })
+                    .collect::<Vec<_>>(),
+            );
             Row {
                 k,
                 ms_per_token: ms,
-                speedup: plain_ms / ms,
+                speedup: median(&Series::ratio_to(&plain.ms_per_token, &s.ms_per_token)),
                 decode_ms_per_token: decode_ms,
-                decode_speedup: plain_decode_ms / decode_ms,
+                decode_speedup,
                 acceptance_rate: s.accepted as f64 / s.drafted.max(1) as f64,
                 alpha,
                 tokens_per_target_call: s.tokens as f64 / s.target_calls.max(1) as f64,
                 verify_cost_ratio: r_k,
-                predicted_speedup: predicted(alpha, k, c, r_k),
+                predicted_speedup,
                 identical: greedy.then_some(s.identical),
             }
         })
