@@ -358,7 +358,7 @@ unsafe fn portable<W: Elem>(
 
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
-    use super::{put, row_tiles, Elem, PANEL, TILE_ROWS};
+    use super::{row_tiles, Elem, PANEL, TILE_ROWS};
     use std::arch::x86_64::*;
 
     /// `R` rows of `x` (row stride `k`) times `P` adjacent panels (each
@@ -369,7 +369,10 @@ mod avx2 {
         x: *const f32,
         w: *const W,
         k: usize,
-    ) -> [[[f32; PANEL]; P]; R] {
+        y: *mut f32,
+        out: usize,
+        col: usize,
+    ) {
         let mut acc = [[[_mm256_setzero_ps(); 2]; P]; R];
         let mut wk = w;
         for kk in 0..k {
@@ -387,14 +390,23 @@ mod avx2 {
             }
             wk = wk.add(PANEL);
         }
-        let mut res = [[[0f32; PANEL]; P]; R];
-        for r in 0..R {
-            for p in 0..P {
-                _mm256_storeu_ps(res[r][p].as_mut_ptr(), acc[r][p][0]);
-                _mm256_storeu_ps(res[r][p].as_mut_ptr().add(8), acc[r][p][1]);
+        // Straight from the registers into y; the last panel's padding
+        // columns go through a buffer.
+        for (r, row) in acc.iter().enumerate() {
+            for (p, v) in row.iter().enumerate() {
+                let c = col + p * PANEL;
+                let dst = y.add(r * out + c);
+                if c + PANEL <= out {
+                    _mm256_storeu_ps(dst, v[0]);
+                    _mm256_storeu_ps(dst.add(8), v[1]);
+                } else {
+                    let mut tmp = [0f32; PANEL];
+                    _mm256_storeu_ps(tmp.as_mut_ptr(), v[0]);
+                    _mm256_storeu_ps(tmp.as_mut_ptr().add(8), v[1]);
+                    std::ptr::copy_nonoverlapping(tmp.as_ptr(), dst, out - c);
+                }
             }
         }
-        res
     }
 
     /// One tile at rows `r..r+R`, panels `p..p+P`, written into `y`.
@@ -410,12 +422,14 @@ mod avx2 {
         p: usize,
         y: *mut f32,
     ) {
-        let res = tile::<W, R, P>(x.add(r * k), wp.add(p * k * PANEL), k);
-        for (dr, row) in res.iter().enumerate() {
-            for (dp, v) in row.iter().enumerate() {
-                put(y, out, r + dr, p + dp, v);
-            }
-        }
+        tile::<W, R, P>(
+            x.add(r * k),
+            wp.add(p * k * PANEL),
+            k,
+            y.add(r * out),
+            out,
+            p * PANEL,
+        );
     }
 
     /// See [`super::panels_times_x`].
@@ -464,7 +478,7 @@ mod avx2 {
 
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
-    use super::{put, row_tiles, Elem, PANEL};
+    use super::{row_tiles, Elem, PANEL};
     use std::arch::x86_64::*;
 
     /// Most rows of `x` in one tile: 8 rows x 2 panels = 16 accumulators of
@@ -483,7 +497,10 @@ mod avx512 {
         x: *const f32,
         w: *const W,
         k: usize,
-    ) -> [[[f32; PANEL]; P]; R] {
+        y: *mut f32,
+        out: usize,
+        col: usize,
+    ) {
         let mut acc = [[_mm512_setzero_ps(); P]; R];
         let mut wk = w;
         for kk in 0..k {
@@ -504,13 +521,19 @@ mod avx512 {
             }
             wk = wk.add(PANEL);
         }
-        let mut res = [[[0f32; PANEL]; P]; R];
-        for r in 0..R {
-            for p in 0..P {
-                _mm512_storeu_ps(res[r][p].as_mut_ptr(), acc[r][p]);
+        // Straight from the registers into y; the last panel's padding
+        // columns are masked off.
+        for (r, row) in acc.iter().enumerate() {
+            for (p, v) in row.iter().enumerate() {
+                let c = col + p * PANEL;
+                let dst = y.add(r * out + c);
+                if c + PANEL <= out {
+                    _mm512_storeu_ps(dst, *v);
+                } else {
+                    _mm512_mask_storeu_ps(dst, ((1u32 << (out - c)) - 1) as __mmask16, *v);
+                }
             }
         }
-        res
     }
 
     /// One tile at rows `r..r+R`, panels `p..p+P`, written into `y`.
@@ -526,12 +549,14 @@ mod avx512 {
         p: usize,
         y: *mut f32,
     ) {
-        let res = tile::<W, R, P>(x.add(r * k), wp.add(p * k * PANEL), k);
-        for (dr, row) in res.iter().enumerate() {
-            for (dp, v) in row.iter().enumerate() {
-                put(y, out, r + dr, p + dp, v);
-            }
-        }
+        tile::<W, R, P>(
+            x.add(r * k),
+            wp.add(p * k * PANEL),
+            k,
+            y.add(r * out),
+            out,
+            p * PANEL,
+        );
     }
 
     /// Every row tile against panels `p..p+P`.
