@@ -12,7 +12,8 @@
 //!    the same logits (to ~1e-4 in f32) as feeding `a`, then `b`. Verification
 //!    relies on this: the target scores a whole window in one pass and the
 //!    result must be what it would have said token by token. The candle
-//!    backend on the CPU in f32 keeps it bit for bit, for any split.
+//!    backend on the CPU in f32 with dense weights keeps it bit for bit,
+//!    for any split.
 //! 2. **Cheap rollback.** [`LanguageModel::truncate`]`(len)` forgets every
 //!    position `>= len` without recomputing anything; the next forward writes
 //!    from position `len`. Truncating and re-feeding gives the same logits as
