@@ -334,6 +334,14 @@ impl ModelConfig {
 /// Qwen2: only with `use_sliding_window`, and then transformers windows only
 /// layers from `max_window_layers` on; a mix of layers is refused.
 fn sliding_window(f: &Fields<'_>, model_type: &str) -> Result<Option<usize>> {
+    let window = sliding_window_of(f, model_type)?;
+    if window == Some(0) {
+        return Err(f.err("sliding_window", "0: a query must see at least itself"));
+    }
+    Ok(window)
+}
+
+fn sliding_window_of(f: &Fields<'_>, model_type: &str) -> Result<Option<usize>> {
     match model_type {
         "mistral" if !f.map.contains_key("sliding_window") => Ok(Some(4096)),
         "mistral" => f.usize_opt("sliding_window"),
@@ -471,6 +479,10 @@ mod tests {
             (
                 format!(r#"{{"model_type": "llama", {BASE}, "eos_token_id": "x"}}"#),
                 "eos_token_id",
+            ),
+            (
+                format!(r#"{{"model_type": "mistral", {BASE}, "sliding_window": 0}}"#),
+                "sliding_window",
             ),
         ];
         for (json, field) in cases {

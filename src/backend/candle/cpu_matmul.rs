@@ -251,6 +251,9 @@ pub(crate) fn matmul<W: Elem>(x: &[f32], wp: &[W], n: usize, k: usize, out: usiz
 fn matmul_on<W: Elem>(isa: Isa, x: &[f32], wp: &[W], n: usize, k: usize, out: usize) -> Vec<f32> {
     let panels = out.div_ceil(PANEL);
     assert!(x.len() == n * k && wp.len() == panels * k * PANEL);
+    if n == 0 {
+        return Vec::new();
+    }
     // Not zeroed: the tasks write every element (all rows of every panel),
     // and zeroing a prompt pass's output first costs as much as a copy.
     let mut y: Vec<f32> = Vec::with_capacity(n * out);
@@ -674,6 +677,7 @@ mod tests {
             (1, 50, 100),
             (40, 64, 33),
             (0, 8, 16),
+            (0, 8, 100),
             (3, 0, 5),
         ] {
             let x = data(n * k, 37, 101);
