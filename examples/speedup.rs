@@ -121,7 +121,7 @@ impl Series {
         self.alpha
             .push(s.accepted as f64 / (s.accepted + s.recovered).max(1) as f64);
     }
-    /// Median over prompts of this series' per-call times over `base`'s.
+    /// Element-wise `mine / base`: one ratio per (round, prompt).
     fn ratio_to(mine: &[f64], base: &[f64]) -> Vec<f64> {
         mine.iter().zip(base).map(|(a, b)| a / b).collect()
     }

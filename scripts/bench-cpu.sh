@@ -29,8 +29,14 @@ wide="${WIDE:-/tmp/py-m-wide}"
 
 cargo build --release --example speedup
 speedup="$repo/target/release/examples/speedup"
-{ echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(date -u +%F)"
-  echo "command: scripts/bench-cpu.sh (TOKENS=$tokens THREADS=$threads ROUNDS=$rounds)"; } > "$out/cpu-machine.txt"
+l3="$(lscpu | awk -F: '/^L3 cache/ {gsub(/^ +/, "", $2); print $2}')"
+hf_version="$("$python" -c 'import transformers; print(transformers.__version__)' 2>/dev/null || echo unknown)"
+{ echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), L3 $l3, $(date -u +%F)"
+  echo "command: scripts/bench-cpu.sh (TOKENS=$tokens THREADS=$threads ROUNDS=$rounds)"
+  echo "threads: $threads"
+  echo "transformers: $hf_version"; } > "$out/cpu-machine.txt"
+# A llama.cpp table from an earlier run must not sit beside this run's.
+rm -f "$out/cpu-llamacpp.txt"
 
 run() { # name target draft [extra args]
   local name=$1 target=$2 draft=$3; shift 3

@@ -32,26 +32,28 @@ def ours(name):
         cells = [c.strip() for c in line.strip().strip("|").split("|")]
         if cells and cells[0].isdigit():
             rows.append(dict(k=int(cells[0]), ms=float(cells[1]), speedup=cells[2],
-                             decode_speedup=cells[4], predicted=cells[5]))
+                             decode_speedup=cells[4], predicted=cells[5], identical=cells[-1]))
     return dict(title=text[0], plain_line=text[1], table=text[2:], plain=float(plain.group(1)),
                 plain_decode=float(plain.group(2)), rows=rows)
 
 
 def main():
     out = []
-    machine = open(os.path.join(bench, "cpu-machine.txt")).read().strip().splitlines()
-    out.append(f"### CPU: {machine[0].removeprefix('machine: ')}")
+    lines = open(os.path.join(bench, "cpu-machine.txt")).read().strip().splitlines()
+    machine = dict(line.split(": ", 1) for line in lines)
+    out.append(f"### CPU: {machine['machine']}")
     out.append("")
     out.append(
-        f"Produced by `{machine[1].removeprefix('command: ')}`, then "
+        f"Produced by `{machine['command']}`, then "
         "`python3 scripts/readme_bench.py` wrote this section from its output files "
-        "in `docs/bench/`. Ours, transformers 5.24 on PyTorch (`../shared/bench/hf_peer.py`, "
-        "its default window) and, where present, llama.cpp (`scripts/llamacpp_peer.py`, "
-        "a local build) ran back to back in one run, 2 threads each. The machine is shared "
+        f"in `docs/bench/`. Ours, transformers {machine['transformers']} on PyTorch "
+        "(`../shared/bench/hf_peer.py`, its default window) and, where present, llama.cpp "
+        "(`scripts/llamacpp_peer.py`, a local build) ran back to back in one run, "
+        f"{machine['threads']} threads each. The machine is shared "
         "and its speed drifts by tens of percent within minutes, so compare ratios within "
         "a row. The in-cache target is py-m (23.5M parameters, bf16 weights read as "
-        "stored, 47 MB: more than this machine's 32 MB L3); the memory-bound one is py-m "
-        "widened to an 8192-wide MLP (105M parameters, identical logits, `widen.py`)."
+        "stored, 47 MB); the memory-bound one is py-m "
+        "widened to an 8192-wide MLP (105M parameters, 210 MB, identical logits, `widen.py`)."
     )
     out.append("")
     out.append("| target + draft | ours plain | ours speculative (best k) | speedup (decode) "
@@ -73,13 +75,16 @@ def main():
             f"| {hf['assisted_ms_per_token'] / best['ms']:.2f}x |"
         )
     out.append("")
-    ours_identical = all("no" not in " ".join(r["table"]) for r in results.values())
+    # examples/speedup prints "yes", "NO" or "n/a" (sampling) per window.
+    cells = {row["identical"] for r in results.values() for row in r["rows"]}
+    verdict = {frozenset({"yes"}): "identical", frozenset({"n/a"}): "not compared (sampling)"}.get(
+        frozenset(cells), "NOT always identical")
     peers = {peer for name, _, peer in PAIRS if name in results}
     hf_identical = all(json.loads(open(os.path.join(bench, f"cpu-{p}-hf.json")).read())["identical"]
                        for p in peers)
     out.append("\"speedup\" is over our own plain decoding in the same run, end to end, with "
                "decoding alone in parentheses. Every speculative output of ours was "
-               f"{'identical' if ours_identical else 'NOT always identical'} to plain decoding; "
+               f"{verdict} to plain decoding; "
                "transformers' assisted output "
                f"{'was identical to its plain output' if hf_identical else 'was NOT always identical to its plain output'} "
                "(`identical` in its JSON).")

@@ -3,7 +3,8 @@
 //! one fixed order that does not depend on how many queries came in the same
 //! call. With the projection kernel ([`super::cpu_matmul`]) holding the same
 //! property, a window or a prompt pass gives bit-identical logits to feeding
-//! its tokens one at a time, so greedy speculative decoding equals greedy
+//! its tokens one at a time (dense weights; the Q8_0 option goes through
+//! candle's quantized matmul), so greedy speculative decoding equals greedy
 //! decoding by construction, not by luck of rounding.
 //!
 //! Shapes (`n` new queries at positions `pos..pos+n`, cache of `n_positions`):
@@ -118,7 +119,15 @@ fn attend(q: &[f32], k: &[f32], v: &[f32], d: &Dims, op: &CachedAttention) -> Ve
 }
 
 /// One query against its visible keys: `o = softmax(scale * K q) V`.
+/// `keys` and `values` hold the same number of rows of `q.len()`, and `o`
+/// is `q.len()` long (the SIMD path reads and writes them unchecked).
 fn row(q: &[f32], keys: &[f32], values: &[f32], scale: f32, o: &mut [f32]) {
+    assert!(
+        keys.len() == values.len()
+            && o.len() == q.len()
+            && keys.len().is_multiple_of(q.len().max(1)),
+        "attention row: shapes do not fit"
+    );
     #[cfg(target_arch = "x86_64")]
     {
         if q.len().is_multiple_of(8)

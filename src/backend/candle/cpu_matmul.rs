@@ -229,13 +229,14 @@ impl Isa {
     fn detect() -> Self {
         #[cfg(target_arch = "x86_64")]
         {
-            if std::arch::is_x86_feature_detected!("avx512f") {
+            let avx2 = std::arch::is_x86_feature_detected!("avx2")
+                && std::arch::is_x86_feature_detected!("fma")
+                && std::arch::is_x86_feature_detected!("f16c");
+            // LLVM's avx512f implies AVX2, FMA and F16C: require them too.
+            if avx2 && std::arch::is_x86_feature_detected!("avx512f") {
                 return Isa::Avx512;
             }
-            if std::arch::is_x86_feature_detected!("avx2")
-                && std::arch::is_x86_feature_detected!("fma")
-                && std::arch::is_x86_feature_detected!("f16c")
-            {
+            if avx2 {
                 return Isa::Avx2;
             }
         }
@@ -245,10 +246,22 @@ impl Isa {
 
 /// `x (n, k)` times the packed `W (out, k)`, transposed: `(n, out)`, row-major.
 pub(crate) fn matmul<W: Elem>(x: &[f32], wp: &[W], n: usize, k: usize, out: usize) -> Vec<f32> {
-    matmul_on(Isa::detect(), x, wp, n, k, out)
+    // SAFETY: detected on this CPU.
+    unsafe { matmul_on(Isa::detect(), x, wp, n, k, out) }
 }
 
-fn matmul_on<W: Elem>(isa: Isa, x: &[f32], wp: &[W], n: usize, k: usize, out: usize) -> Vec<f32> {
+/// [`matmul`] with a chosen kernel.
+///
+/// # Safety
+/// The CPU must have `isa` (as [`Isa::detect`] or a lesser one reports).
+unsafe fn matmul_on<W: Elem>(
+    isa: Isa,
+    x: &[f32],
+    wp: &[W],
+    n: usize,
+    k: usize,
+    out: usize,
+) -> Vec<f32> {
     let panels = out.div_ceil(PANEL);
     assert!(x.len() == n * k && wp.len() == panels * k * PANEL);
     if n == 0 {
@@ -261,8 +274,7 @@ fn matmul_on<W: Elem>(isa: Isa, x: &[f32], wp: &[W], n: usize, k: usize, out: us
     let task = |t: usize| {
         let (p0, p1) = (t * PANELS_PER_TASK, ((t + 1) * PANELS_PER_TASK).min(panels));
         // SAFETY: the lengths were checked above, task `t` writes only the
-        // columns of panels p0..p1, and `isa` was detected on this CPU (or
-        // is a subset of what was).
+        // columns of panels p0..p1, and the caller vouches for `isa`.
         unsafe { panels_times_x(isa, x, wp, n, k, out, p0, p1, dst.get()) };
     };
     let tasks = panels.div_ceil(PANELS_PER_TASK);
@@ -512,7 +524,10 @@ mod avx512 {
                 if R >= 3 {
                     // Enough arithmetic per weight that the hardware
                     // prefetcher alone falls behind.
-                    _mm_prefetch::<_MM_HINT_T0>(wk.add(p * k * PANEL + PREFETCH) as *const i8);
+                    // wrapping_add: near the end of the buffer the address
+                    // lies past it, which a prefetch may name but `add` may not.
+                    let ahead = wk.wrapping_add(p * k * PANEL + PREFETCH);
+                    _mm_prefetch::<_MM_HINT_T0>(ahead as *const i8);
                 }
                 *v = W::load16(wk.add(p * k * PANEL));
             }
@@ -655,7 +670,9 @@ mod tests {
     }
 
     fn product_on(isa: Isa, x: &[f32], w: &[f32], n: usize, k: usize, out: usize) -> Vec<f32> {
-        matmul_on(isa, x, &pack(w, out, k), n, k, out)
+        assert!(isas().contains(&isa));
+        // SAFETY: `isas()` lists only what this CPU has.
+        unsafe { matmul_on(isa, x, &pack(w, out, k), n, k, out) }
     }
 
     fn data(len: usize, a: usize, b: usize) -> Vec<f32> {
@@ -724,10 +741,12 @@ mod tests {
         );
         for isa in isas() {
             let one: Vec<Vec<f32>> = (0..rows)
-                .map(|j| matmul_on(isa, &x[j * k..(j + 1) * k], &wb, 1, k, out))
+                // SAFETY: `isas()` lists only what this CPU has.
+                .map(|j| unsafe { matmul_on(isa, &x[j * k..(j + 1) * k], &wb, 1, k, out) })
                 .collect();
             for n in 1..=rows {
-                let all = matmul_on(isa, &x[..n * k], &wb, n, k, out);
+                // SAFETY: as above.
+                let all = unsafe { matmul_on(isa, &x[..n * k], &wb, n, k, out) };
                 for (j, want) in one.iter().take(n).enumerate() {
                     assert_eq!(
                         &all[j * out..(j + 1) * out],

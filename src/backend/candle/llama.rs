@@ -11,6 +11,11 @@
 //! scores   (kv_heads, group * n, len)    group = heads / kv_heads
 //! logits   (n, vocab)
 //! ```
+//!
+//! On the CPU in f32 the projections, attention and SwiGLU run as our own
+//! ops (`cpu_matmul`, `cpu_attention`), which keep every row of a pass
+//! independent of the others; `scores` above is then never materialized.
+//! Other devices and dtypes take candle's matmul, mask and softmax.
 
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{DType, Device, Module, Tensor};
