@@ -14,7 +14,9 @@ DIR holds py-m-f32.gguf, py-m-bf16.gguf, py-s-f32.gguf and py-xs-f32.gguf
 (convert_hf_to_gguf.py --outtype f32 / bf16 of ../shared/models/*).
 
 ms/token is end to end: (prompt pass + decoding) / generated tokens, as our
-examples/speedup and hf_peer.py count it. llama.cpp's BF16 path rounds the
+examples/speedup and hf_peer.py count it. llama-speculative-simple stops at
+the end of a window past -n, so its runs may generate a few tokens more than
+the plain runs' n; each is divided by its own count. llama.cpp's BF16 path rounds the
 activations to bf16 before each product (its vec_dot_type for BF16), so only
 the F32 model computes what transformers and specdec compute.
 """
