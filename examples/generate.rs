@@ -20,9 +20,10 @@ use std::time::Instant;
 
 use clap::Parser;
 use specdec::{
-    CandleModel, Eos, Error, GenerateConfig, Generator, LoadOptions, Output, Quantization,
-    SamplingParams,
+    CandleModel, Eos, Error, GenerateConfig, Generator, LoadOptions, Output, SamplingParams,
 };
+
+mod common;
 
 #[derive(Parser, Debug)]
 #[command(about = "Exact speculative decoding: a draft proposes, the target verifies.")]
@@ -66,16 +67,8 @@ struct Args {
     /// Never stop at EOS (the EOS token gets probability 0).
     #[arg(long)]
     ignore_eos: bool,
-    /// Store the draft's weights as Q8_0 (faster on CPU; only acceptance can change).
-    #[arg(long)]
-    quantize_draft: bool,
-    /// Compute threads (default: all cores).
-    #[arg(long)]
-    threads: Option<usize>,
-    /// Run both models on this CUDA device (bf16) instead of the CPU (f32).
-    /// Needs a build with `--features cuda`.
-    #[arg(long, value_name = "ORDINAL", num_args = 0..=1, default_missing_value = "0")]
-    cuda: Option<usize>,
+    #[command(flatten)]
+    device: common::Device,
     /// Print only the generated text.
     #[arg(long)]
     quiet: bool,
@@ -99,15 +92,7 @@ fn exit_code(e: &anyhow::Error) -> u8 {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    if let Some(n) = args.threads {
-        if n == 0 {
-            eprintln!("error: --threads must be at least 1");
-            return ExitCode::from(2);
-        }
-        // candle and rayon read this when their thread pools start.
-        std::env::set_var("RAYON_NUM_THREADS", n.to_string());
-    }
-    match run(&args) {
+    match args.device.apply_threads().and_then(|()| run(&args)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             let _ = std::io::stdout().flush();
@@ -173,16 +158,13 @@ fn run(args: &Args) -> anyhow::Result<()> {
     let verbose = !args.quiet && !args.json;
     let target_dir = args.target.clone().unwrap_or_else(|| embedded("py-s"));
     let draft_dir = args.draft.clone().unwrap_or_else(|| embedded("py-xs"));
-    let target = load("target", &target_dir, &LoadOptions::default(), verbose)?;
-    let draft_options = LoadOptions {
-        quantization: if args.quantize_draft {
-            Quantization::Q8_0
-        } else {
-            Quantization::None
-        },
-        ..LoadOptions::default()
-    };
-    let draft = load("draft", &draft_dir, &draft_options, verbose)?;
+    let target = load(
+        "target",
+        &target_dir,
+        &args.device.target_options()?,
+        verbose,
+    )?;
+    let draft = load("draft", &draft_dir, &args.device.draft_options()?, verbose)?;
     let mut generator = Generator::new(target, draft)?;
     let ids = generator.encode(&prompt)?;
 

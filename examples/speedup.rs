@@ -37,9 +37,9 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use clap::Parser;
-use specdec::{
-    CandleModel, Eos, GenerateConfig, Generator, LoadOptions, Output, Quantization, SamplingParams,
-};
+use specdec::{CandleModel, Eos, GenerateConfig, Generator, Output, SamplingParams};
+
+mod common;
 
 #[derive(Parser, Debug)]
 #[command(about = "Speculative vs plain decoding, measured and predicted.")]
@@ -65,16 +65,8 @@ struct Args {
     /// Times to repeat every prompt (after the warm-up).
     #[arg(long, default_value_t = 1)]
     rounds: usize,
-    /// Store the draft's weights as Q8_0.
-    #[arg(long)]
-    quantize_draft: bool,
-    /// Compute threads (default: all cores).
-    #[arg(long)]
-    threads: Option<usize>,
-    /// Run both models on this CUDA device (bf16) instead of the CPU (f32).
-    /// Needs a build with `--features cuda`.
-    #[arg(long, value_name = "ORDINAL", num_args = 0..=1, default_missing_value = "0")]
-    cuda: Option<usize>,
+    #[command(flatten)]
+    device: common::Device,
     /// Write an SVG plot of measured and predicted speedup against k here.
     #[arg(long)]
     svg: Option<PathBuf>,
@@ -171,10 +163,7 @@ fn predicted(alpha: f64, k: usize, c: f64, r_k: f64) -> f64 {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    if let Some(n) = args.threads {
-        anyhow::ensure!(n > 0, "--threads must be at least 1");
-        std::env::set_var("RAYON_NUM_THREADS", n.to_string());
-    }
+    args.device.apply_threads()?;
     anyhow::ensure!(
         !args.k.is_empty() && args.k.iter().all(|&k| k >= 2),
         "--k takes windows >= 2"
@@ -193,16 +182,8 @@ fn main() -> anyhow::Result<()> {
         args.prompts.display()
     );
 
-    let target = CandleModel::load(&args.target)?;
-    let draft_options = LoadOptions {
-        quantization: if args.quantize_draft {
-            Quantization::Q8_0
-        } else {
-            Quantization::None
-        },
-        ..LoadOptions::default()
-    };
-    let draft = CandleModel::load_with(&args.draft, &draft_options)?;
+    let target = CandleModel::load_with(&args.target, &args.device.target_options()?)?;
+    let draft = CandleModel::load_with(&args.draft, &args.device.draft_options()?)?;
     let mut generator = Generator::new(target, draft)?;
     let config = |k| GenerateConfig {
         max_new_tokens: args.max_new_tokens,
@@ -346,10 +327,10 @@ fn main() -> anyhow::Result<()> {
             "{}",
             serde_json::json!({
                 "target": name(&args.target), "draft": name(&args.draft),
-                "quantized_draft": args.quantize_draft, "temperature": args.temperature,
+                "quantized_draft": args.device.quantize_draft, "temperature": args.temperature,
                 "max_new_tokens": args.max_new_tokens, "prompts": ids.len() - 1, "rounds": args.rounds,
                 "threads": std::env::var("RAYON_NUM_THREADS").ok(),
-                "device": if args.cuda.is_some() { "cuda" } else { "cpu" },
+                "device": if args.device.cuda.is_some() { "cuda" } else { "cpu" },
                 "plain_ms_per_token": plain_ms, "plain_decode_ms_per_token": plain_decode_ms,
                 "target_pass_ms": one_pass_ms,
                 "draft_pass_ms": draft_pass_ms, "cost_ratio": c, "runs": runs,
@@ -361,7 +342,11 @@ fn main() -> anyhow::Result<()> {
         "target {} | draft {}{} | {} prompts x {} rounds, {} tokens, temperature {}",
         name(&args.target),
         name(&args.draft),
-        if args.quantize_draft { " (Q8_0)" } else { "" },
+        if args.device.quantize_draft {
+            " (Q8_0)"
+        } else {
+            ""
+        },
         ids.len() - 1,
         args.rounds,
         args.max_new_tokens,
