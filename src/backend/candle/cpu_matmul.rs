@@ -376,18 +376,23 @@ mod avx2 {
     use super::{row_tiles, Elem, PANEL, TILE_ROWS};
     use std::arch::x86_64::*;
 
-    /// `R` rows of `x` (row stride `k`) times `P` adjacent panels (each
-    /// `k * 16` elements) over all `k`: `R * P * 2` accumulators.
+    /// Rows `r..r+R` of `x` (row stride `k`) times panels `p..p+P` of `wp`
+    /// (each `k * 16` elements) over all `k`, written into `y (n, out)`:
+    /// `R * P * 2` accumulators.
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
+    #[allow(clippy::too_many_arguments)]
     unsafe fn tile<W: Elem, const R: usize, const P: usize>(
         x: *const f32,
-        w: *const W,
+        wp: *const W,
         k: usize,
-        y: *mut f32,
         out: usize,
-        col: usize,
+        r: usize,
+        p: usize,
+        y: *mut f32,
     ) {
+        let (x, w, col) = (x.add(r * k), wp.add(p * k * PANEL), p * PANEL);
+        let y = y.add(r * out);
         let mut acc = [[[_mm256_setzero_ps(); 2]; P]; R];
         let mut wk = w;
         for kk in 0..k {
@@ -424,29 +429,6 @@ mod avx2 {
         }
     }
 
-    /// One tile at rows `r..r+R`, panels `p..p+P`, written into `y`.
-    #[inline]
-    #[target_feature(enable = "avx2,fma,f16c")]
-    #[allow(clippy::too_many_arguments)]
-    unsafe fn run<W: Elem, const R: usize, const P: usize>(
-        x: *const f32,
-        wp: *const W,
-        k: usize,
-        out: usize,
-        r: usize,
-        p: usize,
-        y: *mut f32,
-    ) {
-        tile::<W, R, P>(
-            x.add(r * k),
-            wp.add(p * k * PANEL),
-            k,
-            y.add(r * out),
-            out,
-            p * PANEL,
-        );
-    }
-
     /// See [`super::panels_times_x`].
     #[target_feature(enable = "avx2,fma,f16c")]
     #[allow(clippy::too_many_arguments)]
@@ -465,12 +447,12 @@ mod avx2 {
         // chains hide the FMA latency.
         if n == 1 {
             while p + 4 <= p1 {
-                run::<W, 1, 4>(x, wp, k, out, 0, p, y);
+                tile::<W, 1, 4>(x, wp, k, out, 0, p, y);
                 p += 4;
             }
         } else if n == 2 {
             while p + 2 <= p1 {
-                run::<W, 2, 2>(x, wp, k, out, 0, p, y);
+                tile::<W, 2, 2>(x, wp, k, out, 0, p, y);
                 p += 2;
             }
         }
@@ -478,12 +460,12 @@ mod avx2 {
         while p < p1 {
             for (r, rows) in row_tiles(n, TILE_ROWS) {
                 match rows {
-                    1 => run::<W, 1, 1>(x, wp, k, out, r, p, y),
-                    2 => run::<W, 2, 1>(x, wp, k, out, r, p, y),
-                    3 => run::<W, 3, 1>(x, wp, k, out, r, p, y),
-                    4 => run::<W, 4, 1>(x, wp, k, out, r, p, y),
-                    5 => run::<W, 5, 1>(x, wp, k, out, r, p, y),
-                    _ => run::<W, 6, 1>(x, wp, k, out, r, p, y),
+                    1 => tile::<W, 1, 1>(x, wp, k, out, r, p, y),
+                    2 => tile::<W, 2, 1>(x, wp, k, out, r, p, y),
+                    3 => tile::<W, 3, 1>(x, wp, k, out, r, p, y),
+                    4 => tile::<W, 4, 1>(x, wp, k, out, r, p, y),
+                    5 => tile::<W, 5, 1>(x, wp, k, out, r, p, y),
+                    _ => tile::<W, 6, 1>(x, wp, k, out, r, p, y),
                 }
             }
             p += 1;
@@ -508,14 +490,18 @@ mod avx512 {
     /// chain of FMAs per output, so the same bits.
     #[inline]
     #[target_feature(enable = "avx512f")]
+    #[allow(clippy::too_many_arguments)]
     unsafe fn tile<W: Elem, const R: usize, const P: usize>(
         x: *const f32,
-        w: *const W,
+        wp: *const W,
         k: usize,
-        y: *mut f32,
         out: usize,
-        col: usize,
+        r: usize,
+        p: usize,
+        y: *mut f32,
     ) {
+        let (x, w, col) = (x.add(r * k), wp.add(p * k * PANEL), p * PANEL);
+        let y = y.add(r * out);
         let mut acc = [[_mm512_setzero_ps(); P]; R];
         let mut wk = w;
         for kk in 0..k {
@@ -554,29 +540,6 @@ mod avx512 {
         }
     }
 
-    /// One tile at rows `r..r+R`, panels `p..p+P`, written into `y`.
-    #[inline]
-    #[target_feature(enable = "avx512f")]
-    #[allow(clippy::too_many_arguments)]
-    unsafe fn run<W: Elem, const R: usize, const P: usize>(
-        x: *const f32,
-        wp: *const W,
-        k: usize,
-        out: usize,
-        r: usize,
-        p: usize,
-        y: *mut f32,
-    ) {
-        tile::<W, R, P>(
-            x.add(r * k),
-            wp.add(p * k * PANEL),
-            k,
-            y.add(r * out),
-            out,
-            p * PANEL,
-        );
-    }
-
     /// Every row tile against panels `p..p+P`.
     #[inline]
     #[target_feature(enable = "avx512f")]
@@ -592,14 +555,14 @@ mod avx512 {
     ) {
         for (r, rows) in row_tiles(n, TILE_ROWS) {
             match rows {
-                1 => run::<W, 1, P>(x, wp, k, out, r, p, y),
-                2 => run::<W, 2, P>(x, wp, k, out, r, p, y),
-                3 => run::<W, 3, P>(x, wp, k, out, r, p, y),
-                4 => run::<W, 4, P>(x, wp, k, out, r, p, y),
-                5 => run::<W, 5, P>(x, wp, k, out, r, p, y),
-                6 => run::<W, 6, P>(x, wp, k, out, r, p, y),
-                7 => run::<W, 7, P>(x, wp, k, out, r, p, y),
-                _ => run::<W, 8, P>(x, wp, k, out, r, p, y),
+                1 => tile::<W, 1, P>(x, wp, k, out, r, p, y),
+                2 => tile::<W, 2, P>(x, wp, k, out, r, p, y),
+                3 => tile::<W, 3, P>(x, wp, k, out, r, p, y),
+                4 => tile::<W, 4, P>(x, wp, k, out, r, p, y),
+                5 => tile::<W, 5, P>(x, wp, k, out, r, p, y),
+                6 => tile::<W, 6, P>(x, wp, k, out, r, p, y),
+                7 => tile::<W, 7, P>(x, wp, k, out, r, p, y),
+                _ => tile::<W, 8, P>(x, wp, k, out, r, p, y),
             }
         }
     }
@@ -623,9 +586,9 @@ mod avx512 {
         if n <= 2 {
             while p + 4 <= p1 {
                 if n == 1 {
-                    run::<W, 1, 4>(x, wp, k, out, 0, p, y);
+                    tile::<W, 1, 4>(x, wp, k, out, 0, p, y);
                 } else {
-                    run::<W, 2, 4>(x, wp, k, out, 0, p, y);
+                    tile::<W, 2, 4>(x, wp, k, out, 0, p, y);
                 }
                 p += 4;
             }
