@@ -36,17 +36,21 @@ fn embedded_candle_models_conform() {
     }
 }
 
+/// The shared checkpoints: trained py-m, and random-weight ones with q/k/v
+/// biases (qwen2), another config form (mistral) and llama3 RoPE scaling.
+const SHARED: [&str; 4] = [
+    "py-m",
+    "arch/qwen2-tiny",
+    "arch/mistral-tiny",
+    "arch/llama3-tiny",
+];
+
 #[test]
 fn shared_candle_models_conform() {
     let Some(dir) = common::shared_models() else {
         return;
     };
-    for path in [
-        "py-m",
-        "arch/qwen2-tiny",
-        "arch/mistral-tiny",
-        "arch/llama3-tiny",
-    ] {
+    for path in SHARED {
         let mut m = common::load(dir.join(path), 40);
         check_all(&mut m, &tokens(), &Tolerance::exact()).unwrap_or_else(|f| panic!("{path}: {f}"));
     }
@@ -195,13 +199,7 @@ fn cpu_prompt_passes_and_windows_are_bit_identical_to_one_token_at_a_time() {
     let Some(dir) = common::shared_models() else {
         return;
     };
-    // Biases (qwen2), llama3 RoPE scaling, mistral.
-    for path in [
-        "py-m",
-        "arch/qwen2-tiny",
-        "arch/mistral-tiny",
-        "arch/llama3-tiny",
-    ] {
+    for path in SHARED {
         let mut m = common::load(dir.join(path), 64);
         assert_prompt_passes_are_exact(&mut m, &tokens, path);
     }
