@@ -46,6 +46,11 @@ struct Args {
     /// Window: the target verifies k positions per pass (k - 1 drafted). 1 = plain decoding.
     #[arg(long, default_value_t = 4)]
     k: usize,
+    /// Adaptive windows: the draft stops proposing when its next token's
+    /// probability is below this (0 = always draft k - 1). The output does
+    /// not change.
+    #[arg(long, default_value_t = GenerateConfig::default().min_draft_confidence)]
+    min_confidence: f32,
     /// Sampling temperature; 0 = greedy.
     #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
     temperature: f32,
@@ -145,6 +150,7 @@ fn run(args: &Args) -> anyhow::Result<()> {
             min_p: args.min_p,
         },
         seed: args.seed,
+        min_draft_confidence: args.min_confidence,
         stop_strings: args.stop.clone(),
         eos: if args.ignore_eos {
             Eos::Ignore
@@ -214,6 +220,7 @@ fn to_json(out: &Output, prompt_tokens: usize) -> serde_json::Value {
             "recovered": s.recovered,
             "bonus": s.bonus,
             "accepted_at": s.accepted_at,
+            "windows": s.windows,
             "acceptance_rate": s.acceptance_rate(),
             "tokens_per_target_call": s.tokens_per_target_call(),
             "ms_per_token": s.ms_per_token(),

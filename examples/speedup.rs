@@ -59,6 +59,13 @@ struct Args {
     /// Windows to measure, comma-separated.
     #[arg(long, value_delimiter = ',', default_value = "2,3,4,5,6,8")]
     k: Vec<usize>,
+    /// Adaptive windows to measure too, comma-separated largest windows: the
+    /// draft stops proposing below `--min-confidence`.
+    #[arg(long, value_delimiter = ',')]
+    adaptive_k: Vec<usize>,
+    /// The draft confidence below which adaptive windows stop drafting.
+    #[arg(long, default_value_t = 0.35)]
+    min_confidence: f32,
     /// Sampling temperature (0 = greedy, where outputs must be identical).
     #[arg(long, default_value_t = 0.0)]
     temperature: f32,
@@ -92,6 +99,11 @@ struct Series {
     draft_per_call: Vec<f64>,
     /// Per prompt: acceptance per draft token, accepted / (accepted + rejections).
     alpha: Vec<f64>,
+    /// Per prompt: tokens generated, draft passes, and target passes by
+    /// window size (`windows[w - 1]`).
+    generated: Vec<f64>,
+    draft_calls: Vec<f64>,
+    windows: Vec<Vec<usize>>,
     identical: bool,
 }
 
@@ -112,6 +124,9 @@ impl Series {
             .push(s.draft_ms() / s.draft_calls.max(1) as f64);
         self.alpha
             .push(s.accepted as f64 / (s.accepted + s.recovered).max(1) as f64);
+        self.generated.push(s.generated_tokens as f64);
+        self.draft_calls.push(s.draft_calls as f64);
+        self.windows.push(s.windows.clone());
     }
     /// Element-wise `mine / base`: one ratio per (round, prompt).
     fn ratio_to(mine: &[f64], base: &[f64]) -> Vec<f64> {
@@ -138,6 +153,9 @@ fn median(values: &[f64]) -> f64 {
 
 struct Row {
     k: usize,
+    /// The adaptive runs' confidence threshold; 0 for fixed windows.
+    min_confidence: f32,
+    mean_window: f64,
     ms_per_token: f64,
     speedup: f64,
     decode_ms_per_token: f64,
@@ -161,12 +179,30 @@ fn predicted(alpha: f64, k: usize, c: f64, r_k: f64) -> f64 {
     tokens / (gamma * c + r_k)
 }
 
+/// The cost of a `w`-token verify pass in 1-token passes, interpolated
+/// linearly between measured windows (`(k, r_k)` sorted by `k`, with
+/// `(1, 1)` first) and extended along the last segment past the largest.
+fn verify_cost(points: &[(f64, f64)], w: f64) -> f64 {
+    let i = points
+        .windows(2)
+        .position(|p| w <= p[1].0)
+        .unwrap_or(points.len().saturating_sub(2));
+    match points.get(i..i + 2) {
+        Some([(k0, r0), (k1, r1)]) => r0 + (w - k0) / (k1 - k0) * (r1 - r0),
+        _ => w, // one point only: no data, assume linear cost
+    }
+}
+
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     args.device.apply_threads()?;
     anyhow::ensure!(
-        !args.k.is_empty() && args.k.iter().all(|&k| k >= 2),
-        "--k takes windows >= 2"
+        !args.k.is_empty() && args.k.iter().chain(&args.adaptive_k).all(|&k| k >= 2),
+        "--k and --adaptive-k take windows >= 2"
+    );
+    anyhow::ensure!(
+        args.min_confidence > 0.0 && args.min_confidence <= 1.0,
+        "--min-confidence takes a probability in (0, 1]"
     );
     let text = std::fs::read_to_string(&args.prompts)
         .with_context(|| format!("--prompts {}", args.prompts.display()))?;
@@ -185,9 +221,10 @@ fn main() -> anyhow::Result<()> {
     let target = CandleModel::load_with(&args.target, &args.device.target_options()?)?;
     let draft = CandleModel::load_with(&args.draft, &args.device.draft_options()?)?;
     let mut generator = Generator::new(target, draft)?;
-    let config = |k| GenerateConfig {
+    let config = |k, min_draft_confidence| GenerateConfig {
         max_new_tokens: args.max_new_tokens,
         k,
+        min_draft_confidence,
         sampling: SamplingParams::with_temperature(args.temperature),
         seed: 7,
         eos: Eos::Ignore,
@@ -199,8 +236,14 @@ fn main() -> anyhow::Result<()> {
         .collect::<Result<_, _>>()?;
 
     let mut plain = Series::default();
-    let mut spec: Vec<Series> = args
+    // Fixed windows first, then the adaptive ones.
+    let settings: Vec<(usize, f32)> = args
         .k
+        .iter()
+        .map(|&k| (k, 0.0))
+        .chain(args.adaptive_k.iter().map(|&k| (k, args.min_confidence)))
+        .collect();
+    let mut spec: Vec<Series> = settings
         .iter()
         .map(|_| Series {
             identical: true,
@@ -213,9 +256,9 @@ fn main() -> anyhow::Result<()> {
             if warmup && round > 0 {
                 continue;
             }
-            let base = generator.generate(prompt, &config(1))?;
-            for (series, &k) in spec.iter_mut().zip(&args.k) {
-                let out = generator.generate(prompt, &config(k))?;
+            let base = generator.generate(prompt, &config(1, 0.0))?;
+            for (series, &(k, confidence)) in spec.iter_mut().zip(&settings) {
+                let out = generator.generate(prompt, &config(k, confidence))?;
                 if !warmup {
                     series.identical &= out.tokens == base.tokens;
                     series.add(&out);
@@ -255,10 +298,11 @@ fn main() -> anyhow::Result<()> {
             .collect::<Vec<_>>(),
     );
     let greedy = args.temperature == 0.0;
+    let fixed = args.k.len();
     let rows: Vec<Row> = spec
         .iter()
-        .zip(&args.k)
-        .map(|(s, &k)| {
+        .zip(&settings)
+        .map(|(s, &(k, min_confidence))| {
             let alpha = s.accepted as f64 / (s.accepted + s.rejections).max(1) as f64;
             let r_k = median(&Series::ratio_to(
                 &s.verify_per_call,
@@ -279,13 +323,41 @@ fn main() -> anyhow::Result<()> {
                 &(0..s.alpha.len())
                     .map(|i| {
                         let c_i = s.draft_per_call[i] / base[i];
-                        let r_i = s.verify_per_call[i] / base[i];
-                        predicted(s.alpha[i], k, c_i, r_i)
+                        if min_confidence == 0.0 {
+                            let r_i = s.verify_per_call[i] / base[i];
+                            return predicted(s.alpha[i], k, c_i, r_i);
+                        }
+                        // Adaptive windows vary, so the closed form does not
+                        // apply: the measured tokens over the cost model's
+                        // time (draft passes, and each window's verify cost
+                        // from this prompt's fixed-window runs).
+                        let mut points = vec![(1.0, 1.0)];
+                        let mut measured: Vec<(f64, f64)> = spec[..fixed]
+                            .iter()
+                            .zip(&args.k)
+                            .map(|(f, &kf)| (kf as f64, f.verify_per_call[i] / base[i]))
+                            .collect();
+                        measured.sort_by(|a, b| a.0.total_cmp(&b.0));
+                        points.extend(measured);
+                        let verify: f64 = s.windows[i]
+                            .iter()
+                            .enumerate()
+                            .map(|(w, &n)| n as f64 * verify_cost(&points, (w + 1) as f64))
+                            .sum();
+                        s.generated[i] / (s.draft_calls[i] * c_i + verify)
                     })
                     .collect::<Vec<_>>(),
             );
+            let passes: usize = s.windows.iter().flatten().sum();
+            let positions: usize = s
+                .windows
+                .iter()
+                .flat_map(|w| w.iter().enumerate().map(|(i, n)| (i + 1) * n))
+                .sum();
             Row {
                 k,
+                min_confidence,
+                mean_window: positions as f64 / passes.max(1) as f64,
                 ms_per_token: ms,
                 speedup: median(&Series::ratio_to(&plain.ms_per_token, &s.ms_per_token)),
                 decode_ms_per_token: decode_ms,
@@ -314,7 +386,8 @@ fn main() -> anyhow::Result<()> {
             .iter()
             .map(|r| {
                 serde_json::json!({
-                    "k": r.k, "ms_per_token": r.ms_per_token, "speedup": r.speedup,
+                    "k": r.k, "min_draft_confidence": r.min_confidence, "mean_window": r.mean_window,
+                    "ms_per_token": r.ms_per_token, "speedup": r.speedup,
                     "decode_ms_per_token": r.decode_ms_per_token, "decode_speedup": r.decode_speedup,
                     "acceptance_rate": r.acceptance_rate, "alpha": r.alpha,
                     "tokens_per_target_call": r.tokens_per_target_call,
@@ -355,12 +428,23 @@ fn main() -> anyhow::Result<()> {
     println!(
         "plain: {plain_ms:.2} ms/token end to end, {plain_decode_ms:.2} decoding (medians); one target pass {one_pass_ms:.2} ms, one draft pass {draft_pass_ms:.2} ms, c = {c:.3}"
     );
-    println!("|  k | ms/token | speedup | decode ms/token | decode speedup | predicted | acceptance | alpha | tokens/pass | verify cost r_k | identical |");
-    println!("|---:|---------:|--------:|----------------:|---------------:|----------:|-----------:|------:|------------:|----------------:|:---------:|");
-    for r in &rows {
+    if !args.adaptive_k.is_empty() {
         println!(
-            "| {:>2} | {:>8.2} | {:>6.2}x | {:>15.2} | {:>13.2}x | {:>8.2}x | {:>10.3} | {:>5.3} | {:>11.2} | {:>15.2} | {:^9} |",
-            r.k,
+            "adaptive rows (k <= K): the draft stops below confidence {}; their prediction takes the measured tokens per pass and the fixed rows' r_k",
+            args.min_confidence
+        );
+    }
+    println!("|     k | ms/token | speedup | decode ms/token | decode speedup | predicted | acceptance | alpha | tokens/pass | mean window | verify cost r_k | identical |");
+    println!("|------:|---------:|--------:|----------------:|---------------:|----------:|-----------:|------:|------------:|------------:|----------------:|:---------:|");
+    for r in &rows {
+        let k = if r.min_confidence > 0.0 {
+            format!("<= {}", r.k)
+        } else {
+            r.k.to_string()
+        };
+        println!(
+            "| {:>5} | {:>8.2} | {:>6.2}x | {:>15.2} | {:>13.2}x | {:>8.2}x | {:>10.3} | {:>5.3} | {:>11.2} | {:>11.2} | {:>15.2} | {:^9} |",
+            k,
             r.ms_per_token,
             r.speedup,
             r.decode_ms_per_token,
@@ -369,6 +453,7 @@ fn main() -> anyhow::Result<()> {
             r.acceptance_rate,
             r.alpha,
             r.tokens_per_target_call,
+            r.mean_window,
             r.verify_cost_ratio,
             match r.identical {
                 Some(true) => "yes",
@@ -380,12 +465,16 @@ fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A small line plot: measured (solid) and predicted (dashed) speedup vs k.
-fn svg(rows: &[Row], args: &Args) -> String {
+/// A small line plot: measured (solid) and predicted (dashed) speedup vs k
+/// for fixed windows; adaptive windows as dots (measured filled, predicted
+/// hollow) at their largest window.
+fn svg(all: &[Row], args: &Args) -> String {
+    let rows: Vec<&Row> = all.iter().filter(|r| r.min_confidence == 0.0).collect();
+    let adaptive: Vec<&Row> = all.iter().filter(|r| r.min_confidence > 0.0).collect();
     let (w, h, left, right, top, bottom) = (560.0, 340.0, 60.0, 20.0, 40.0, 50.0);
-    let kmin = rows.iter().map(|r| r.k).min().unwrap_or(2) as f64;
-    let kmax = (rows.iter().map(|r| r.k).max().unwrap_or(8) as f64).max(kmin + 1.0);
-    let ymax = rows
+    let kmin = all.iter().map(|r| r.k).min().unwrap_or(2) as f64;
+    let kmax = (all.iter().map(|r| r.k).max().unwrap_or(8) as f64).max(kmin + 1.0);
+    let ymax = all
         .iter()
         .flat_map(|r| [r.decode_speedup, r.predicted_speedup])
         .fold(1.5f64, f64::max)
@@ -426,13 +515,31 @@ fn svg(rows: &[Row], args: &Args) -> String {
         r##"<line x1="{left}" x2="{x2}" y1="{y1:.1}" y2="{y1:.1}" stroke="#888" stroke-dasharray="2,3"/>
 "##
     );
-    for r in rows {
+    let mut ticks: Vec<usize> = all.iter().map(|r| r.k).collect();
+    ticks.sort_unstable();
+    ticks.dedup();
+    for k in ticks {
         out += &format!(
-            r#"<text x="{:.1}" y="{}" text-anchor="middle">{}</text>
+            r#"<text x="{:.1}" y="{}" text-anchor="middle">{k}</text>
 "#,
-            x(r.k as f64),
+            x(k as f64),
             h - bottom + 18.0,
-            r.k
+        );
+    }
+    for r in &adaptive {
+        let (cx, m, p) = (x(r.k as f64), y(r.decode_speedup), y(r.predicted_speedup));
+        out += &format!(
+            r##"<circle cx="{cx:.1}" cy="{m:.1}" r="5" fill="#2ca02c"/><circle cx="{cx:.1}" cy="{p:.1}" r="5" fill="none" stroke="#2ca02c" stroke-width="1.5"/>
+"##
+        );
+    }
+    if let Some(r) = adaptive.first() {
+        out += &format!(
+            r##"<text x="{}" y="{}" fill="#2ca02c">adaptive, k &lt;= K (draft confidence &gt;= {}): measured (dot), predicted (ring)</text>
+"##,
+            left + 10.0,
+            top + 20.0,
+            r.min_confidence
         );
     }
     out += &format!(

@@ -5,7 +5,9 @@ use std::time::Instant;
 
 use crate::error::{Error, Result, Role};
 use crate::model::{LanguageModel, Logits, Shapes};
-use crate::sampling::{argmax, warp, Distribution, RandomSource, SamplingParams, SeededRandom};
+use crate::sampling::{
+    argmax, greedy_confidence, warp, Distribution, RandomSource, SamplingParams, SeededRandom,
+};
 use crate::stats::Stats;
 use crate::tokenizer::{Detokenizer, Tokenizer};
 use crate::verify::{verify_greedy, verify_sampled, NextKind};
@@ -44,6 +46,18 @@ pub struct GenerateConfig {
     pub stop_strings: Vec<String>,
     /// Which tokens end the sequence.
     pub eos: Eos,
+    /// Adaptive windows: the draft stops proposing when it is less sure of
+    /// its next token than this, in `[0, 1]`. Sureness is the probability
+    /// the draft gives its pick (greedy) or its most likely token
+    /// (sampling), under its own distribution. `k` is then the largest
+    /// window, and the target skips positions the draft would likely have
+    /// got wrong. `0` always drafts `k - 1` tokens.
+    ///
+    /// It never changes the output: greedy output is still the target's,
+    /// and sampled output keeps the target's distribution, because whether
+    /// a position is drafted is decided from the draft's distribution for
+    /// it, before its token is drawn (a function of the committed prefix).
+    pub min_draft_confidence: f32,
 }
 
 impl Default for GenerateConfig {
@@ -56,6 +70,7 @@ impl Default for GenerateConfig {
             seed: 0,
             stop_strings: Vec::new(),
             eos: Eos::Model,
+            min_draft_confidence: 0.0,
         }
     }
 }
@@ -261,6 +276,7 @@ impl<T: LanguageModel, D: LanguageModel> Generator<T, D> {
                 k,
                 prompt_tokens: prompt.len(),
                 accepted_at: vec![0; k - 1],
+                windows: vec![0; k],
                 ..Stats::default()
             },
             committed: prompt.to_vec(),
@@ -303,6 +319,14 @@ impl<T: LanguageModel, D: LanguageModel> Generator<T, D> {
             return Err(Error::setting("k", config.k, format!("1..={MAX_WINDOW}")));
         }
         config.sampling.validate()?;
+        let confidence = config.min_draft_confidence;
+        if !(0.0..=1.0).contains(&confidence) {
+            return Err(Error::setting(
+                "min_draft_confidence",
+                confidence,
+                "a probability in [0, 1]",
+            ));
+        }
         if config.stop_strings.iter().any(String::is_empty) {
             return Err(Error::setting("stop_strings", "\"\"", "non-empty strings"));
         }
@@ -371,12 +395,14 @@ impl<T: LanguageModel, D: LanguageModel> Generator<T, D> {
             if remaining == 0 {
                 return Ok(StopReason::MaxNewTokens);
             }
-            // 1. Propose: m = window - 1 draft tokens, each with its q.
+            // 1. Propose up to `window - 1` draft tokens, each with its q
+            // (fewer when the draft loses confidence).
             let window = allowed_at_most(&target_shapes, run.k.min(remaining));
             let m = window - 1;
             let started = Instant::now();
             let mut drafts = Vec::with_capacity(m);
             let mut qs = Vec::with_capacity(if greedy { 0 } else { m });
+            let min_confidence = run.config.min_draft_confidence;
             for j in 0..m {
                 let logits = if j == 0 {
                     let seen = self.draft.cached_len();
@@ -388,16 +414,29 @@ impl<T: LanguageModel, D: LanguageModel> Generator<T, D> {
                 };
                 expect_shape(&logits, 1, &self.draft)?;
                 let row = logits.row(0);
-                let token = if greedy {
-                    argmax(row, &run.suppress, Role::Draft, 0)?
+                // Whether to draft position j is settled before its token is
+                // drawn, from the draft's distribution for it alone, and only
+                // where stopping leaves a window the target runs (j + 1
+                // positions). Dropping drafts already drawn instead would
+                // make keeping x_j depend on x_j, and bias the output.
+                let may_stop = min_confidence > 0.0 && allows(&target_shapes, j + 1);
+                if greedy {
+                    let token = argmax(row, &run.suppress, Role::Draft, 0)?;
+                    if may_stop && greedy_confidence(row, token, &run.suppress) < min_confidence {
+                        break;
+                    }
+                    drafts.push(token);
                 } else {
                     let q = warp(row, &run.config.sampling, &run.suppress, Role::Draft, 0)?;
-                    let token = rng.categorical(q.probs()) as u32;
+                    let sure = q.probs().iter().copied().fold(0.0, f64::max);
+                    if may_stop && sure < min_confidence as f64 {
+                        break;
+                    }
+                    drafts.push(rng.categorical(q.probs()) as u32);
                     qs.push(q);
-                    token
-                };
-                drafts.push(token);
+                }
             }
+            let (m, window) = (drafts.len(), drafts.len() + 1);
             run.stats.draft_time += started.elapsed();
 
             // 2. Verify: one target pass over the last committed token + drafts.
@@ -497,6 +536,11 @@ fn expect_shape(logits: &Logits, rows: usize, model: &impl LanguageModel) -> Res
     Ok(())
 }
 
+/// Whether the shapes run a forward of `n` tokens.
+fn allows(shapes: &Shapes, n: usize) -> bool {
+    allowed_at_most(shapes, n) == n
+}
+
 /// The largest token count `<= n` the shapes allow (1 is always allowed).
 fn allowed_at_most(shapes: &Shapes, n: usize) -> usize {
     match shapes {
@@ -526,6 +570,7 @@ impl Run<'_> {
     fn record(&mut self, verdict: &crate::verify::Verdict, drafted: usize) {
         let s = &mut self.stats;
         s.target_calls += 1;
+        s.windows[drafted] += 1;
         s.drafted += drafted;
         s.accepted += verdict.accepted;
         for hits in &mut s.accepted_at[..verdict.accepted] {

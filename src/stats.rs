@@ -30,6 +30,13 @@ pub struct Stats {
     /// `accepted_at[i]`: windows whose draft token `i + 1` was accepted.
     /// `accepted_at[0] / windows that drafted` is the first-position acceptance.
     pub accepted_at: Vec<usize>,
+    /// `windows[w - 1]`: target passes that scored `w` positions (`w - 1`
+    /// drafts), for `w` in `1..=k`. All at `k` but the last few, unless the
+    /// draft stopped early ([`GenerateConfig::min_draft_confidence`]) or the
+    /// token budget ran out. Sums to `target_calls`.
+    ///
+    /// [`GenerateConfig::min_draft_confidence`]: crate::GenerateConfig::min_draft_confidence
+    pub windows: Vec<usize>,
     /// Time to feed the prompt to both models.
     pub prefill: Duration,
     /// Decode time in the draft (forward passes and sampling).
@@ -101,6 +108,17 @@ impl Stats {
         } else {
             (self.prefill_ms() + self.decode_ms()) / self.generated_tokens as f64
         }
+    }
+
+    /// Mean window: positions the target scored per pass, in `[1, k]`.
+    pub fn mean_window(&self) -> f64 {
+        let positions: usize = self
+            .windows
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (i + 1) * n)
+            .sum();
+        ratio(positions, self.target_calls)
     }
 
     /// One line for humans: tokens, ms/token, acceptance, tokens per target pass.

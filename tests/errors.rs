@@ -387,6 +387,27 @@ fn bad_generation_settings_are_named() {
         ),
         (
             GenerateConfig {
+                min_draft_confidence: -0.1,
+                ..ok.clone()
+            },
+            "min_draft_confidence",
+        ),
+        (
+            GenerateConfig {
+                min_draft_confidence: f32::NAN,
+                ..ok.clone()
+            },
+            "min_draft_confidence",
+        ),
+        (
+            GenerateConfig {
+                min_draft_confidence: 1.5,
+                ..ok.clone()
+            },
+            "min_draft_confidence",
+        ),
+        (
+            GenerateConfig {
                 stop_strings: vec![String::new()],
                 ..ok.clone()
             },

@@ -82,6 +82,60 @@ fn speculative_output_distribution_is_the_targets_exactly() {
 }
 
 #[test]
+fn adaptive_windows_keep_the_targets_distribution_exactly() {
+    // Thresholds around the toy draft's top probabilities, so that some
+    // windows stop early and some run full.
+    let target = Toy::new(4, 0.3).with_eos(3);
+    let draft = Toy::new(4, 1.7).with_eos(3);
+    let prompt = [1, 2];
+    let mut shortened = 0;
+    let mut full = 0;
+    for params in [
+        sampling(1.0, None, None, None),
+        sampling(0.7, Some(3), Some(0.9), None),
+        SamplingParams::greedy(),
+    ] {
+        for k in [2, 3, 5] {
+            for min_draft_confidence in [0.3, 0.4, 0.5, 1.0] {
+                let config = GenerateConfig {
+                    max_new_tokens: 3,
+                    k,
+                    sampling: params.clone(),
+                    min_draft_confidence,
+                    ..GenerateConfig::default()
+                };
+                let what = format!("{params:?} k={k} confidence {min_draft_confidence}");
+                assert_same(
+                    &speculative(&target, &draft, &prompt, &config),
+                    &reference(&target, &prompt, &config),
+                    &what,
+                );
+                for seed in 0..8 {
+                    let out = Generator::new(target.clone(), draft.clone())
+                        .unwrap()
+                        .generate(
+                            &prompt,
+                            &GenerateConfig {
+                                seed,
+                                ..config.clone()
+                            },
+                        )
+                        .unwrap();
+                    let s = &out.stats;
+                    assert_eq!(s.windows.iter().sum::<usize>(), s.target_calls, "{what}");
+                    shortened += s.windows[..k - 1].iter().sum::<usize>();
+                    full += s.windows[k - 1];
+                }
+            }
+        }
+    }
+    assert!(
+        shortened > 0 && full > 0,
+        "{shortened} short, {full} full windows"
+    );
+}
+
+#[test]
 fn four_tokens_five_symbols_and_a_draft_that_is_often_wrong() {
     let target = Toy::new(5, 2.2).with_eos(0);
     let mut draft = Toy::new(5, -0.4).with_eos(0);

@@ -1,6 +1,7 @@
 //! Greedy speculative output is token-for-token the target's own greedy
 //! output, on the shared trained checkpoints: py-m target with py-s and
-//! py-xs drafts, windows k = 1..=8, every reference and benchmark prompt.
+//! py-xs drafts, windows k = 1..=8 and two adaptive ones, every reference
+//! and benchmark prompt.
 
 mod common;
 
@@ -37,6 +38,7 @@ fn speculative_greedy_equals_plain_greedy_for_every_k_and_draft() {
     };
     let prompts = prompts(&dir);
     let mut checked = 0;
+    let mut shortened = 0;
     let mut generator: Option<Generator<CandleModel, CandleModel>> = None;
     for draft_name in ["py-s", "py-xs"] {
         let draft = common::load(dir.join(draft_name), 512);
@@ -58,11 +60,26 @@ fn speculative_greedy_equals_plain_greedy_for_every_k_and_draft() {
                 plain.stats.target_calls,
                 plain.tokens.len() + usize::from(matches!(plain.stop_reason, StopReason::Eos(_)))
             );
-            for k in 2..=8 {
-                let out = g.generate(&ids, &config(k)).unwrap();
+            // Fixed windows 2..=8, then adaptive ones (the draft stops
+            // below the confidence), which only change the windows.
+            let adaptive = [(8, 0.4), (12, 0.2)];
+            let runs = (2..=8).map(|k| (k, 0.0)).chain(adaptive);
+            for (k, min_draft_confidence) in runs {
+                let out = g
+                    .generate(
+                        &ids,
+                        &GenerateConfig {
+                            min_draft_confidence,
+                            ..config(k)
+                        },
+                    )
+                    .unwrap();
+                if min_draft_confidence > 0.0 {
+                    shortened += out.stats.windows[..k - 1].iter().sum::<usize>();
+                }
                 assert_eq!(
                     out.tokens, plain.tokens,
-                    "{draft_name} k={k} prompt {prompt:?}"
+                    "{draft_name} k={k} confidence {min_draft_confidence} prompt {prompt:?}"
                 );
                 assert_eq!(out.text, plain.text);
                 assert_eq!(out.stop_reason, plain.stop_reason);
@@ -72,7 +89,8 @@ fn speculative_greedy_equals_plain_greedy_for_every_k_and_draft() {
         }
         generator = Some(g);
     }
-    assert_eq!(checked, 2 * 7 * prompts.len());
+    assert_eq!(checked, 2 * 9 * prompts.len());
+    assert!(shortened > 0, "no adaptive window stopped early");
 }
 
 #[test]

@@ -4,7 +4,7 @@
 //! bounds and only ever emit tokens the target gives mass to.
 
 use proptest::prelude::*;
-use specdec::sampling::{argmax, residual, warp};
+use specdec::sampling::{argmax, greedy_confidence, residual, warp};
 use specdec::verify::{verify_greedy, verify_sampled, NextKind};
 use specdec::{Distribution, RandomSource, Role, SamplingParams, SeededRandom};
 
@@ -67,6 +67,35 @@ proptest! {
                 prop_assert!(row.iter().enumerate().all(|(i, x)| *x == f32::NEG_INFINITY || suppress.contains(&(i as u32))));
             }
             Err(e) => prop_assert!(false, "unexpected error {}", e),
+        }
+    }
+
+    #[test]
+    fn argmax_is_the_first_largest_allowed_logit(
+        row in proptest::collection::vec(prop_oneof![
+            6 => (-4i32..4).prop_map(|x| x as f32), // ties
+            2 => -30.0f32..30.0,
+            1 => Just(f32::NEG_INFINITY),
+        ], 1..80),
+        suppress in proptest::collection::vec(0u32..80, 0..4),
+    ) {
+        let naive = row
+            .iter()
+            .enumerate()
+            .filter(|&(i, &x)| x != f32::NEG_INFINITY && !suppress.contains(&(i as u32)))
+            .fold(None, |best: Option<(usize, f32)>, (i, &x)| match best {
+                Some((_, b)) if b >= x => best,
+                _ => Some((i, x)),
+            })
+            .map(|(i, _)| i as u32);
+        match (argmax(&row, &suppress, Role::Draft, 1), naive) {
+            (Ok(got), Some(want)) => {
+                prop_assert_eq!(got, want);
+                let sure = greedy_confidence(&row, got, &suppress);
+                prop_assert!((0.0..=1.0).contains(&sure));
+            }
+            (Err(specdec::Error::EmptyDistribution { .. }), None) => {}
+            (got, want) => prop_assert!(false, "{:?} vs {:?}", got, want),
         }
     }
 

@@ -99,30 +99,37 @@ fn an_uncompiled_window_falls_back_to_the_largest_compiled_one() {
 #[test]
 fn sampled_output_is_distributed_exactly_as_the_target_through_compiled_shapes() {
     let target = Toy::new(4, 0.3).with_eos(3);
-    let draft = Toy::new(4, 1.1).with_eos(3);
-    for (windows, k) in [(&[1, 3][..], 3), (&[1, 2, 4][..], 4), (&[1, 4][..], 3)] {
-        let config = GenerateConfig {
-            max_new_tokens: 3,
-            k,
-            sampling: SamplingParams {
-                temperature: 0.9,
-                top_k: Some(3),
-                top_p: None,
-                min_p: None,
-            },
-            ..GenerateConfig::default()
-        };
-        let mut g = Generator::new(
-            wrap(target.clone(), windows, &[2, 4], 16),
-            wrap(draft.clone(), &[1, 2], &[2, 4], 16),
-        )
-        .unwrap();
-        let got = speculative(&mut g, &[1, 2], &config);
-        assert_same(
-            &got,
-            &reference(&target, &[1, 2], &config),
-            &format!("windows {windows:?} k={k}"),
-        );
+    let cases = [(&[1, 3][..], 3), (&[1, 2, 4][..], 4), (&[1, 4][..], 3)];
+    // With adaptive windows the draft may stop only where the window it
+    // leaves is compiled; several drafts and thresholds, so that stops fall
+    // at every position.
+    for (draft_seed, min_draft_confidence) in [(1.1, 0.0), (1.1, 0.55), (0.2, 0.65), (2.5, 0.8)] {
+        let draft = Toy::new(4, draft_seed).with_eos(3);
+        for (windows, k) in cases {
+            let config = GenerateConfig {
+                min_draft_confidence,
+                max_new_tokens: 3,
+                k,
+                sampling: SamplingParams {
+                    temperature: 0.9,
+                    top_k: Some(3),
+                    top_p: None,
+                    min_p: None,
+                },
+                ..GenerateConfig::default()
+            };
+            let mut g = Generator::new(
+                wrap(target.clone(), windows, &[2, 4], 16),
+                wrap(draft.clone(), &[1, 2], &[2, 4], 16),
+            )
+            .unwrap();
+            let got = speculative(&mut g, &[1, 2], &config);
+            assert_same(
+                &got,
+                &reference(&target, &[1, 2], &config),
+                &format!("windows {windows:?} k={k} draft {draft_seed} confidence {min_draft_confidence}"),
+            );
+        }
     }
 }
 
