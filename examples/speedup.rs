@@ -64,7 +64,7 @@ struct Args {
     #[arg(long, value_delimiter = ',')]
     adaptive_k: Vec<usize>,
     /// The draft confidence below which adaptive windows stop drafting.
-    #[arg(long, default_value_t = 0.35)]
+    #[arg(long, default_value_t = GenerateConfig::default().min_draft_confidence)]
     min_confidence: f32,
     /// Sampling temperature (0 = greedy, where outputs must be identical).
     #[arg(long, default_value_t = 0.0)]
@@ -204,6 +204,12 @@ fn main() -> anyhow::Result<()> {
         args.min_confidence > 0.0 && args.min_confidence <= 1.0,
         "--min-confidence takes a probability in (0, 1]"
     );
+    let largest_fixed = args.k.iter().copied().max().unwrap_or(0);
+    if let Some(&k) = args.adaptive_k.iter().find(|&&k| k > largest_fixed) {
+        anyhow::bail!(
+            "--adaptive-k {k} needs a fixed window >= {k} in --k: adaptive rows are predicted from the fixed rows' verify costs"
+        );
+    }
     let text = std::fs::read_to_string(&args.prompts)
         .with_context(|| format!("--prompts {}", args.prompts.display()))?;
     let prompts: Vec<String> = serde_json::from_str(&text).with_context(|| {

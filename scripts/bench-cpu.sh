@@ -42,7 +42,7 @@ run() { # name target draft [extra args]
   local name=$1 target=$2 draft=$3; shift 3
   echo "== ours: $name"
   "$speedup" --target "$target" --draft "$draft" --prompts "$prompts" --max-new-tokens "$tokens" \
-    --threads "$threads" --rounds "$rounds" --k 2,3,4,5,6,8 --svg "$out/cpu-$name.svg" "$@" 2>/dev/null | tee "$out/cpu-$name.txt"
+    --threads "$threads" --rounds "$rounds" --k 2,3,4,5,6,8,12 --adaptive-k 4,8,12 --svg "$out/cpu-$name.svg" "$@" 2>/dev/null | tee "$out/cpu-$name.txt"
 }
 peer() { # name target draft
   local name=$1 target=$2 draft=$3

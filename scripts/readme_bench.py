@@ -30,11 +30,16 @@ def ours(name):
     rows = []
     for line in text:
         cells = [c.strip() for c in line.strip().strip("|").split("|")]
-        if cells and cells[0].isdigit():
-            rows.append(dict(k=int(cells[0]), ms=float(cells[1]), speedup=cells[2],
-                             decode_speedup=cells[4], predicted=cells[5], identical=cells[-1]))
+        # Fixed windows print "8", adaptive ones "<= 8".
+        k = cells[0].removeprefix("<=").strip() if cells else ""
+        if line.startswith("|") and k.isdigit():
+            rows.append(dict(k=int(k), adaptive=cells[0].startswith("<="), ms=float(cells[1]),
+                             speedup=cells[2], decode_speedup=cells[4], predicted=cells[5],
+                             identical=cells[-1]))
+    confidence = re.search(r"stops below confidence ([\d.]+)", "\n".join(text))
     return dict(title=text[0], plain_line=text[1], table=text[2:], plain=float(plain.group(1)),
-                plain_decode=float(plain.group(2)), rows=rows)
+                plain_decode=float(plain.group(2)), rows=rows,
+                confidence=confidence.group(1) if confidence else None)
 
 
 def main():
@@ -56,9 +61,10 @@ def main():
         "widened to an 8192-wide MLP (105M parameters, 210 MB, identical logits, `widen.py`)."
     )
     out.append("")
-    out.append("| target + draft | ours plain | ours speculative (best k) | speedup (decode) "
-               "| transformers plain | transformers assisted | ours vs transformers assisted |")
-    out.append("|---|---:|---:|---:|---:|---:|---:|")
+    out.append("| target + draft | ours plain | ours, best fixed k | ours, best adaptive k "
+               "| speedup of our best (decode) | transformers plain | transformers assisted "
+               "| our best vs transformers assisted |")
+    out.append("|---|---:|---:|---:|---:|---:|---:|---:|")
     results = {}
     for name, label, peer in PAIRS:
         path = os.path.join(bench, f"cpu-{name}.txt")
@@ -67,9 +73,18 @@ def main():
         r = ours(name)
         results[name] = r
         best = min(r["rows"], key=lambda x: x["ms"])
+        cell = {}
+        for adaptive in (False, True):
+            rows = [x for x in r["rows"] if x["adaptive"] == adaptive]
+            if rows:
+                b = min(rows, key=lambda x: x["ms"])
+                k = f"k<={b['k']}" if adaptive else f"k={b['k']}"
+                cell[adaptive] = f"{b['ms']:.2f} ms ({k}, {b['speedup']})"
+            else:
+                cell[adaptive] = "not run"
         hf = json.loads(open(os.path.join(bench, f"cpu-{peer}-hf.json")).read())
         out.append(
-            f"| {label} | {r['plain']:.2f} ms | {best['ms']:.2f} ms (k={best['k']}) "
+            f"| {label} | {r['plain']:.2f} ms | {cell[False]} | {cell[True]} "
             f"| {best['speedup']} ({best['decode_speedup']}) | {hf['plain_ms_per_token']:.2f} ms "
             f"| {hf['assisted_ms_per_token']:.2f} ms ({hf['speedup']:.2f}x) "
             f"| {hf['assisted_ms_per_token'] / best['ms']:.2f}x |"
@@ -82,8 +97,11 @@ def main():
     peers = {peer for name, _, peer in PAIRS if name in results}
     hf_identical = all(json.loads(open(os.path.join(bench, f"cpu-{p}-hf.json")).read())["identical"]
                        for p in peers)
+    confidences = sorted({r["confidence"] for r in results.values() if r["confidence"]})
     out.append("\"speedup\" is over our own plain decoding in the same run, end to end, with "
-               "decoding alone in parentheses. Every speculative output of ours was "
+               "decoding alone in parentheses. Adaptive rows (`k<=K`) let the draft stop below "
+               f"confidence {' / '.join(confidences) or '(none run)'} (`min_draft_confidence`); "
+               "fixed rows always draft k - 1. Every speculative output of ours was "
                f"{verdict} to plain decoding; "
                "transformers' assisted output "
                f"{'was identical to its plain output' if hf_identical else 'was NOT always identical to its plain output'} "
@@ -114,8 +132,9 @@ def main():
         out.append(f"- Plain py-m: ours {ours_plain:.2f} ms/token vs llama.cpp F32 GGUF {f32:.2f} "
                    f"(ours **{f32 / ours_plain:.2f}x** its speed) and BF16 GGUF {bf16:.2f} "
                    f"({bf16 / ours_plain:.2f}x; its BF16 path also rounds activations to bf16).")
+        kind = "<=" if best_ours[0]["adaptive"] else "="
         out.append(f"- Speculative: our best on py-m, {best_ours[0]['ms']:.2f} ms/token "
-                   f"({best_ours[1]}, k={best_ours[0]['k']}), vs llama.cpp's best, "
+                   f"({best_ours[1]}, k{kind}{best_ours[0]['k']}), vs llama.cpp's best, "
                    f"{spec[best_name]['ms_per_token']:.2f} ms/token ({best_name}): "
                    f"**{spec[best_name]['ms_per_token'] / best_ours[0]['ms']:.2f}x**.")
         out.append("")
@@ -130,7 +149,8 @@ def main():
         out.append("</details>")
     out.append("")
     out.append("Per window, each table as `examples/speedup` printed it (plot: decode speedup, "
-               "measured and predicted):")
+               "measured and predicted; adaptive rows are predicted from their measured tokens "
+               "per pass and the fixed rows' verify costs, since their windows vary):")
     for name, _, _ in PAIRS:
         if name not in results:
             continue

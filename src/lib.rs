@@ -14,8 +14,14 @@
 //! With a window `k`, each iteration of [`Generator`]:
 //!
 //! 1. **Propose.** The draft catches up on committed tokens it has not seen,
-//!    then samples `k - 1` *draft tokens* `d_1..d_{k-1}`, each from its warped
-//!    distribution `q_i` (temperature, top-k, top-p, min-p), keeping each `q_i`.
+//!    then samples up to `k - 1` *draft tokens* `d_1..d_{k-1}`, each from its
+//!    warped distribution `q_i` (temperature, top-k, top-p, min-p), keeping
+//!    each `q_i`. With *adaptive windows*
+//!    ([`GenerateConfig::min_draft_confidence`], 0.3 by default) it stops
+//!    early, before drawing `d_i`, when `q_i`'s most likely token has less
+//!    than that probability: the target then spends no work on positions
+//!    the draft would probably get wrong. The decision depends only on the
+//!    committed prefix, so step 3's guarantee is untouched.
 //! 2. **Verify.** The target runs **one** forward pass over the last committed
 //!    token and the draft tokens: `k` positions, `k` rows of logits, warped the
 //!    same way into `p_1..p_k`.
@@ -23,8 +29,8 @@
 //!    `min(1, p_i(d_i) / q_i(d_i))` (greedy: iff it is the target's argmax).
 //!    At the first rejection a *recovered* token is drawn from
 //!    `norm(max(0, p_i - q_i))` (greedy: the target's argmax); if all are
-//!    accepted a *bonus* token is drawn from `p_k`. Output tokens =
-//!    accepted + 1, between 1 and `k` per target pass.
+//!    accepted a *bonus* token is drawn from `p_k` (the last row). Output
+//!    tokens = accepted + 1, between 1 and `k` per target pass.
 //! 4. **Commit.** Both KV caches roll back to the committed length (no
 //!    re-prefill), and output stops at EOS, a stop string or the budget, even
 //!    when a window ran past it: nothing after an EOS is emitted, and the

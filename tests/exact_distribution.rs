@@ -66,6 +66,7 @@ fn speculative_output_distribution_is_the_targets_exactly() {
                     k,
                     sampling: params.clone(),
                     eos: eos.clone(),
+                    min_draft_confidence: 0.0,
                     ..GenerateConfig::default()
                 };
                 let what = format!("{params:?} k={k} {eos:?}");

@@ -105,6 +105,7 @@ fn config() -> GenerateConfig {
         k: 3,
         sampling: SamplingParams::with_temperature(0.6),
         seed: 0,
+        min_draft_confidence: 0.0,
         ..GenerateConfig::default()
     }
 }
@@ -119,32 +120,38 @@ fn chi_square_machinery_is_right() {
 
 #[test]
 fn generator_samples_pass_a_g_test_against_the_exact_target() {
-    let (target, draft) = models();
-    let config = config();
-    let exact = reference(&target, &[1], &config);
-    let mut generator = Generator::new(target, draft).unwrap();
-    let mut rng = SeededRandom::new(20261127);
-    let mut counts = BTreeMap::new();
-    let (mut accepted, mut drafted) = (0, 0);
-    for _ in 0..N {
-        let out = generator
-            .generate_with(&[1], &config, &mut rng, &mut |_| ControlFlow::Continue(()))
-            .unwrap();
-        accepted += out.stats.accepted;
-        drafted += out.stats.drafted;
-        *counts.entry((out.tokens, false)).or_insert(0) += 1;
+    // Fixed windows, and adaptive ones (the draft stops below 0.85).
+    for min_draft_confidence in [0.0, 0.85] {
+        let (target, draft) = models();
+        let config = GenerateConfig {
+            min_draft_confidence,
+            ..config()
+        };
+        let exact = reference(&target, &[1], &config);
+        let mut generator = Generator::new(target, draft).unwrap();
+        let mut rng = SeededRandom::new(20261127);
+        let mut counts = BTreeMap::new();
+        let (mut accepted, mut drafted) = (0, 0);
+        for _ in 0..N {
+            let out = generator
+                .generate_with(&[1], &config, &mut rng, &mut |_| ControlFlow::Continue(()))
+                .unwrap();
+            accepted += out.stats.accepted;
+            drafted += out.stats.drafted;
+            *counts.entry((out.tokens, false)).or_insert(0) += 1;
+        }
+        let rate = accepted as f64 / drafted as f64;
+        assert!(
+            rate > 0.2 && rate < 0.95,
+            "the draft should be neither useless nor perfect: {rate}"
+        );
+        let p = g_test(&counts, &exact);
+        eprintln!(
+            "speculative sampler, confidence {min_draft_confidence}: G-test p = {p:.4}, acceptance {rate:.3}, {drafted} drafted, {} outcomes",
+            exact.len()
+        );
+        assert!(p > 1e-3, "G-test p = {p}");
     }
-    let rate = accepted as f64 / drafted as f64;
-    assert!(
-        rate > 0.2 && rate < 0.95,
-        "the draft should be neither useless nor perfect: {rate}"
-    );
-    let p = g_test(&counts, &exact);
-    eprintln!(
-        "speculative sampler: G-test p = {p:.4}, acceptance {rate:.3}, {} outcomes",
-        exact.len()
-    );
-    assert!(p > 1e-3, "G-test p = {p}");
 }
 
 /// The bug of transformers #47932: the ratio's `q` is the draft's
