@@ -28,6 +28,15 @@
 //! Both speedup columns are medians of per-prompt ratios (plain over
 //! speculative on the same prompt), not ratios of the median times.
 //!
+//! `--adaptive-k 4,8` adds rows for adaptive windows: the draft stops
+//! proposing when its next token's probability is below `--min-confidence`
+//! (the library default, 0.3), so windows vary from 1 to `k`. The closed
+//! form assumes a fixed window, so these rows are predicted from the cost
+//! model alone: the tokens they produced over (draft passes x `c` + the sum
+//! over their verify passes of `r_w`, with `r_w` interpolated between this
+//! prompt's fixed-window rows). That is why `--adaptive-k` may not exceed
+//! the largest `--k`: nothing is extrapolated.
+//!
 //! Two speedups are printed: end to end ((prefill + decode) / tokens, as
 //! `hf_peer.py` times `generate()`), and decoding alone, which is what the
 //! closed form models (speculation does not touch the prompt pass, and the
