@@ -44,7 +44,7 @@ struct Args {
     #[arg(long, default_value_t = 128)]
     max_new_tokens: usize,
     /// Window: the target verifies k positions per pass (k - 1 drafted). 1 = plain decoding.
-    #[arg(long, default_value_t = 4)]
+    #[arg(long, default_value_t = GenerateConfig::default().k)]
     k: usize,
     /// Adaptive windows: the draft stops proposing when its next token's
     /// probability is below this (0 = always draft k - 1). The output does

@@ -124,11 +124,12 @@ impl Stats {
     /// One line for humans: tokens, ms/token, acceptance, tokens per target pass.
     pub fn summary(&self) -> String {
         format!(
-            "{} tokens, {:.2} ms/token (prefill {:.1} ms), k={}, acceptance {:.1}% ({}/{}), {:.2} tokens/target pass",
+            "{} tokens, {:.2} ms/token (prefill {:.1} ms), k={} (mean window {:.2}), acceptance {:.1}% ({}/{}), {:.2} tokens/target pass",
             self.generated_tokens,
             self.ms_per_token(),
             self.prefill_ms(),
             self.k,
+            self.mean_window(),
             100.0 * self.acceptance_rate(),
             self.accepted,
             self.drafted,
