@@ -118,17 +118,20 @@ fn end_to_end(c: &mut Criterion) {
         .unwrap();
     let mut group = c.benchmark_group(format!("generate 64 tokens ({name})"));
     group.sample_size(10);
-    for k in [1usize, 3, 4, 5] {
+    // Plain, fixed windows, and the default adaptive windows.
+    let runs = [(1usize, 0.0f32), (4, 0.0), (8, 0.0), (8, 0.3), (12, 0.3)];
+    for (k, min_draft_confidence) in runs {
         let config = GenerateConfig {
             max_new_tokens: 64,
             k,
             eos: Eos::Ignore,
+            min_draft_confidence,
             ..GenerateConfig::default()
         };
-        let label = if k == 1 {
-            "plain".to_string()
-        } else {
-            format!("speculative k={k}")
+        let label = match (k, min_draft_confidence > 0.0) {
+            (1, _) => "plain".to_string(),
+            (_, false) => format!("speculative k={k}"),
+            (_, true) => format!("speculative adaptive k<={k}"),
         };
         group.bench_function(label, |b| b.iter(|| g.generate(&prompt, &config).unwrap()));
     }
