@@ -261,18 +261,32 @@ fn max_and_bad(row: &[f32]) -> (f32, bool) {
 /// in `[0, 1]`.
 pub fn greedy_confidence(row: &[f32], token: u32, suppress: &[u32]) -> f32 {
     let (max, _) = max_and_bad(row);
+    let own = row[token as usize];
+    let mut seen = Vec::with_capacity(suppress.len());
+    let mut unique = suppress.iter().filter(|&&s| {
+        let first = (s as usize) < row.len() && !seen.contains(&s);
+        seen.push(s);
+        first
+    });
+    if own < max {
+        // A suppressed id holds the largest logit: subtracting its share
+        // from the f32 sum would cancel catastrophically, so take the rare
+        // path in f64.
+        let excluded: Vec<u32> = unique.copied().collect();
+        let total: f64 = row
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| !excluded.contains(&(*i as u32)))
+            .map(|(_, &x)| ((x - own) as f64).exp())
+            .sum();
+        return (1.0 / total) as f32;
+    }
     let term = |x: f32| fast_exp(x - max);
     let mut sum = exp_sum(row, max);
-    let mut seen = Vec::with_capacity(suppress.len());
-    for &s in suppress {
-        if let Some(&x) = row.get(s as usize) {
-            if !seen.contains(&s) {
-                seen.push(s);
-                sum -= term(x);
-            }
-        }
+    for &s in &mut unique {
+        sum -= term(row[s as usize]);
     }
-    let own = term(row[token as usize]);
+    let own = term(own);
     if sum <= own {
         1.0
     } else {
@@ -495,6 +509,11 @@ mod tests {
             exp_sum(&row, 0.5).to_bits(),
             exp_sum_lanes(&row, 0.5).to_bits()
         );
+        // The largest logit suppressed, far above the rest: still the
+        // renormalized probability, not a cancellation artefact.
+        let row = [40.0, 1.0, 0.0, -1.0];
+        let want = 1.0 / (1.0 + (-1.0f64).exp() + (-2.0f64).exp());
+        assert!((greedy_confidence(&row, 1, &[0, 0]) as f64 - want).abs() < 1e-6);
         // One certain token among masked ones.
         let row = [f32::NEG_INFINITY, 3.0, f32::NEG_INFINITY];
         assert_eq!(greedy_confidence(&row, 1, &[]), 1.0);
