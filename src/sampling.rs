@@ -99,15 +99,12 @@ impl Distribution {
     /// Normalizes nonnegative finite `weights`; `None` if they sum to 0 or are
     /// not all finite and nonnegative.
     pub fn from_weights(mut weights: Vec<f64>) -> Option<Self> {
-        if weights.iter().any(|w| !w.is_finite() || *w < 0.0) {
-            return None;
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx2") {
+            // SAFETY: the CPU has AVX2, checked just above.
+            return unsafe { normalize_avx2(&mut weights) }.then_some(Self { probs: weights });
         }
-        let total: f64 = weights.iter().sum();
-        if !(total > 0.0 && total.is_finite()) {
-            return None;
-        }
-        weights.iter_mut().for_each(|w| *w /= total);
-        Some(Self { probs: weights })
+        normalize(&mut weights).then_some(Self { probs: weights })
     }
 
     /// All-mass-on-`token` distribution over `vocab` ids.
@@ -353,6 +350,148 @@ fn fast_exp(x: f32) -> f32 {
     p * f32::from_bits(n_bits.wrapping_add(127) << 23)
 }
 
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn normalize_avx2(weights: &mut [f64]) -> bool {
+    normalize(weights)
+}
+
+/// Divides nonnegative finite `weights` by their sum; `false` (and
+/// untouched) if one is not, or the sum is not positive and finite. No
+/// early exits, so every loop vectorizes.
+#[inline(always)]
+fn normalize(weights: &mut [f64]) -> bool {
+    let bad = weights
+        .iter()
+        .fold(false, |bad, &w| bad | w.is_nan() | (w < 0.0) | (w == f64::INFINITY));
+    let total = sum_f64(weights);
+    if bad || !(total > 0.0 && total.is_finite()) {
+        return false;
+    }
+    weights.iter_mut().for_each(|w| *w /= total);
+    true
+}
+
+/// The largest of `xs` (`-inf` if empty; NaN-free input), in eight
+/// independent lanes so the loop vectorizes.
+#[inline(always)]
+fn max_f64(xs: &[f64]) -> f64 {
+    let mut lanes = [f64::NEG_INFINITY; 8];
+    let mut chunks = xs.chunks_exact(8);
+    for chunk in &mut chunks {
+        for (m, &x) in lanes.iter_mut().zip(chunk) {
+            *m = if x > *m { x } else { *m };
+        }
+    }
+    lanes
+        .iter()
+        .chain(chunks.remainder())
+        .fold(f64::NEG_INFINITY, |m, &x| if x > m { x } else { m })
+}
+
+/// The sum of `xs` in eight independent lanes (a fixed order, so the same
+/// bits on every run), which vectorizes where a running sum cannot.
+#[inline(always)]
+fn sum_f64(xs: &[f64]) -> f64 {
+    let mut lanes = [0.0f64; 8];
+    let mut chunks = xs.chunks_exact(8);
+    for chunk in &mut chunks {
+        for (s, &x) in lanes.iter_mut().zip(chunk) {
+            *s += x;
+        }
+    }
+    let tail: f64 = chunks.remainder().iter().sum();
+    ((lanes[0] + lanes[4]) + (lanes[2] + lanes[6]))
+        + ((lanes[1] + lanes[5]) + (lanes[3] + lanes[7]))
+        + tail
+}
+
+/// Unnormalized softmax weights of `row / temperature` with `suppress`ed
+/// ids at 0: `e^(x - max)`, so the largest is exactly 1. `None` when every
+/// id is suppressed or `-inf`. Vectorized, with AVX2 where the CPU has it
+/// (else SSE2): the same operations in the same order either way, so the
+/// same bits.
+fn softmax_weights(row: &[f32], temperature: f64, suppress: &[u32]) -> Option<Vec<f64>> {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU has AVX2, checked just above.
+        return unsafe { softmax_weights_avx2(row, temperature, suppress) };
+    }
+    softmax_weights_any(row, temperature, suppress)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn softmax_weights_avx2(
+    row: &[f32],
+    temperature: f64,
+    suppress: &[u32],
+) -> Option<Vec<f64>> {
+    softmax_weights_any(row, temperature, suppress)
+}
+
+#[inline(always)]
+fn softmax_weights_any(row: &[f32], temperature: f64, suppress: &[u32]) -> Option<Vec<f64>> {
+    let mut w: Vec<f64> = row.iter().map(|&x| x as f64 / temperature).collect();
+    for &s in suppress {
+        if let Some(x) = w.get_mut(s as usize) {
+            *x = f64::NEG_INFINITY;
+        }
+    }
+    let max = max_f64(&w);
+    if max == f64::NEG_INFINITY {
+        return None;
+    }
+    for x in &mut w {
+        *x = exp_f64(*x - max);
+    }
+    Some(w)
+}
+
+/// `e^x` for `x <= 0` in f64 to about 1e-15 relative, in straight-line
+/// arithmetic that vectorizes (libm's `exp` is a call per element, and was
+/// most of the time of [`warp`]). Below -708 (where `e^x` leaves the normal
+/// range, under 1e-307) it is 0; `e^0` is exactly 1.
+#[inline(always)]
+fn exp_f64(x: f64) -> f64 {
+    const ROUND: f64 = 6_755_399_441_055_744.0; // 1.5 * 2^52: adding it rounds to an integer
+    const LN2_HI: f64 = 0.693_147_180_369_123_8; // ln 2 with trailing zeros: n * LN2_HI is exact
+    const LN2_LO: f64 = 1.908_214_929_270_587_7e-10;
+    let tiny = x < -708.0;
+    let x = if tiny { 0.0 } else { x };
+    // e^x = 2^n e^r, n = round(x / ln 2), |r| <= ln 2 / 2 (Cody and Waite).
+    let shifted = x * std::f64::consts::LOG2_E + ROUND;
+    let n = shifted - ROUND;
+    let r = (x - n * LN2_HI) - n * LN2_LO;
+    // Taylor series of e^r to degree 12: the remainder is below 3e-17.
+    let mut p = 1.0 / 479_001_600.0;
+    for c in [
+        1.0 / 39_916_800.0,
+        1.0 / 3_628_800.0,
+        1.0 / 362_880.0,
+        1.0 / 40_320.0,
+        1.0 / 5_040.0,
+        1.0 / 720.0,
+        1.0 / 120.0,
+        1.0 / 24.0,
+        1.0 / 6.0,
+        0.5,
+        1.0,
+        1.0,
+    ] {
+        p = p * r + c;
+    }
+    // n sits in the low mantissa bits of `shifted`; 2^n is n + 1023 placed
+    // in the exponent field.
+    let n_bits = shifted.to_bits().wrapping_sub(ROUND.to_bits());
+    let e = p * f64::from_bits(n_bits.wrapping_add(1023) << 52);
+    if tiny {
+        0.0
+    } else {
+        e
+    }
+}
+
 /// Turns a logits row (`[vocab]`) into the distribution tokens are drawn
 /// from: `suppress`ed ids get probability 0, then temperature, top-k, top-p
 /// and min-p as in [`SamplingParams`]. Ties at a top-k / top-p cut are broken
@@ -367,20 +506,11 @@ pub fn warp(
     role: Role,
     position: usize,
 ) -> Result<Distribution> {
-    check_finite(row, role, position)?;
+    if max_and_bad(row).1 {
+        check_finite(row, role, position)?;
+    }
     let empty = || Error::EmptyDistribution { role, position };
-    let t = params.temperature as f64;
-    let mut logits: Vec<f64> = row.iter().map(|&x| x as f64 / t).collect();
-    for &s in suppress {
-        if let Some(x) = logits.get_mut(s as usize) {
-            *x = f64::NEG_INFINITY;
-        }
-    }
-    let max = logits.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-    if max == f64::NEG_INFINITY {
-        return Err(empty());
-    }
-    let mut probs: Vec<f64> = logits.iter().map(|&x| (x - max).exp()).collect();
+    let mut probs = softmax_weights(row, params.temperature as f64, suppress).ok_or_else(empty)?;
 
     if params.top_k.is_some() || params.top_p.is_some() {
         let kept = top_k_top_p(&probs, params);
@@ -411,45 +541,60 @@ pub fn warp(
 /// sorts after every id above it.
 fn top_k_top_p(weights: &[f64], params: &SamplingParams) -> Vec<u32> {
     let total_all: f64 = weights.iter().sum();
+    // A total order (ties broken by id), so unstable sorts and selections
+    // agree with a full sort.
+    let cmp = |a: &u32, b: &u32| {
+        weights[*b as usize]
+            .total_cmp(&weights[*a as usize])
+            .then(a.cmp(b))
+    };
     for floor in [1e-8, 0.0] {
         let complete = floor == 0.0;
         let mut order: Vec<u32> = (0..weights.len() as u32)
             .filter(|&i| weights[i as usize] > 0.0 && weights[i as usize] >= floor)
             .collect();
-        // A total order (ties broken by id), so an unstable sort suffices.
-        order.sort_unstable_by(|&a, &b| {
-            weights[b as usize]
-                .total_cmp(&weights[a as usize])
-                .then(a.cmp(&b))
-        });
-        let mut keep = order.len();
+        let len = order.len();
         if let Some(k) = params.top_k {
-            if keep < k && !complete {
+            if len < k && !complete {
                 continue; // the k-th id may lie below the floor
             }
-            keep = keep.min(k);
         }
-        if let Some(top_p) = params.top_p {
-            // Mass of what top-k kept (everything, without top-k).
-            let total = match params.top_k {
-                Some(_) => order[..keep].iter().map(|&i| weights[i as usize]).sum(),
-                None => total_all,
-            };
-            let target = top_p as f64 * total;
-            let mut acc = 0.0;
-            match order[..keep].iter().position(|&i| {
-                acc += weights[i as usize];
-                acc >= target
-            }) {
-                Some(n) => keep = n + 1,
-                None if !complete => continue, // the cut lies below the floor
-                None => {}                     // rounding: keep everything
+        // Only the best `m` ids are sorted: top-k's `k`, or for top-p alone
+        // a guess that grows until the cut falls inside it.
+        let mut m = params.top_k.unwrap_or(64).min(len);
+        loop {
+            if m < len {
+                order.select_nth_unstable_by(m, cmp); // order[..m]: the best m
             }
+            order[..m].sort_unstable_by(cmp);
+            let mut keep = m;
+            if let Some(top_p) = params.top_p {
+                // Mass of what top-k kept (everything, without top-k).
+                let total = match params.top_k {
+                    Some(_) => order[..keep].iter().map(|&i| weights[i as usize]).sum(),
+                    None => total_all,
+                };
+                let target = top_p as f64 * total;
+                let mut acc = 0.0;
+                match order[..keep].iter().position(|&i| {
+                    acc += weights[i as usize];
+                    acc >= target
+                }) {
+                    Some(n) => keep = n + 1,
+                    // Without top-k the cut may lie past the sorted part.
+                    None if params.top_k.is_none() && m < len => {
+                        m = (m * 4).min(len);
+                        continue;
+                    }
+                    None if !complete => break, // the cut lies below the floor
+                    None => {}                  // rounding: keep everything
+                }
+            }
+            order.truncate(keep);
+            return order;
         }
-        order.truncate(keep);
-        return order;
     }
-    unreachable!("the second pass sorts every id and always returns")
+    unreachable!("the second pass considers every id and always returns")
 }
 
 /// The residual distribution of a rejection: `norm(max(0, p - q))`. `None`
@@ -468,6 +613,26 @@ pub fn residual(p: &Distribution, q: &Distribution) -> Option<Distribution> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn exp_f64_is_close_to_libm_and_exact_at_zero() {
+        assert_eq!(exp_f64(0.0), 1.0);
+        assert_eq!(exp_f64(-0.0), 1.0);
+        assert_eq!(exp_f64(f64::NEG_INFINITY), 0.0);
+        assert_eq!(exp_f64(-709.0), 0.0);
+        let mut worst = 0.0f64;
+        for i in 0..707_990 {
+            let x = -(i as f64) / 1000.0 - (i % 7) as f64 * 1.3e-4;
+            let want = x.exp();
+            worst = worst.max((exp_f64(x) - want).abs() / want);
+        }
+        assert!(worst < 4e-15, "worst relative error {worst}");
+        // Same bits with AVX2 and without.
+        let row: Vec<f32> = (0..1001).map(|i| -(i as f32) * 0.731).collect();
+        let any = softmax_weights_any(&row, 0.7, &[3]).unwrap();
+        assert_eq!(softmax_weights(&row, 0.7, &[3]).unwrap(), any);
+        assert_eq!((any[0], any[3]), (1.0, 0.0));
+    }
 
     #[test]
     fn fast_exp_is_close_to_exp_on_its_whole_range() {
@@ -583,6 +748,8 @@ mod tests {
             for (top_k, top_p) in [
                 (None, Some(0.9)),
                 (None, Some(1.0)),
+                (None, Some(0.3)),
+                (None, Some(0.999)),
                 (Some(5), None),
                 (Some(2999), None),
                 (Some(40), Some(0.5)),
