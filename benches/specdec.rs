@@ -18,6 +18,9 @@ use specdec::{
 };
 
 fn pair() -> (PathBuf, PathBuf, &'static str) {
+    // Forward passes then run on this thread, as a pool thread, like the
+    // examples' (the second bench to ask finds the pool already running).
+    let _ = specdec::init_thread_pool(None);
     let shared = std::env::var_os("SPECDEC_SHARED_MODELS")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/models"));

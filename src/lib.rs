@@ -84,7 +84,7 @@ mod stats;
 mod tokenizer;
 pub mod verify;
 
-pub use backend::candle::{CandleModel, LoadOptions, ModelConfig, Quantization};
+pub use backend::candle::{init_thread_pool, CandleModel, LoadOptions, ModelConfig, Quantization};
 pub use error::{Error, Result, Role};
 pub use generator::{Chunk, Eos, GenerateConfig, Generator, Output, StopReason, MAX_WINDOW};
 pub use model::{LanguageModel, Logits, Shapes, StaticShapes};

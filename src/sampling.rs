@@ -361,9 +361,9 @@ unsafe fn normalize_avx2(weights: &mut [f64]) -> bool {
 /// early exits, so every loop vectorizes.
 #[inline(always)]
 fn normalize(weights: &mut [f64]) -> bool {
-    let bad = weights
-        .iter()
-        .fold(false, |bad, &w| bad | w.is_nan() | (w < 0.0) | (w == f64::INFINITY));
+    let bad = weights.iter().fold(false, |bad, &w| {
+        bad | w.is_nan() | (w < 0.0) | (w == f64::INFINITY)
+    });
     let total = sum_f64(weights);
     if bad || !(total > 0.0 && total.is_finite()) {
         return false;

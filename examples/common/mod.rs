@@ -21,13 +21,15 @@ pub struct Device {
 }
 
 impl Device {
-    /// Sets the thread count for candle and rayon; call before any model
-    /// work, as their pools read it when they start.
+    /// Sets the thread count for candle and rayon and makes this thread
+    /// one of the pool's ([`specdec::init_thread_pool`]); call before any
+    /// model work, as the pools read it when they start.
     pub fn apply_threads(&self) -> anyhow::Result<()> {
         if let Some(n) = self.threads {
             anyhow::ensure!(n > 0, "--threads must be at least 1");
             std::env::set_var("RAYON_NUM_THREADS", n.to_string());
         }
+        specdec::init_thread_pool(self.threads)?;
         Ok(())
     }
 
