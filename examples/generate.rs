@@ -43,12 +43,12 @@ struct Args {
     /// Most tokens to generate.
     #[arg(long, default_value_t = 128)]
     max_new_tokens: usize,
-    /// Window: the target verifies k positions per pass (k - 1 drafted). 1 = plain decoding.
+    /// Window: the target verifies up to k positions per pass (up to k - 1 drafted). 1 = plain decoding.
     #[arg(long, default_value_t = GenerateConfig::default().k)]
     k: usize,
     /// Adaptive windows: the draft stops proposing when its next token's
-    /// probability is below this (0 = always draft k - 1). The output does
-    /// not change.
+    /// probability is below this (0 = always draft k - 1). Greedy output
+    /// does not change, nor the distribution of sampled output.
     #[arg(long, default_value_t = GenerateConfig::default().min_draft_confidence)]
     min_confidence: f32,
     /// Sampling temperature; 0 = greedy.
@@ -221,6 +221,7 @@ fn to_json(out: &Output, prompt_tokens: usize) -> serde_json::Value {
             "bonus": s.bonus,
             "accepted_at": s.accepted_at,
             "windows": s.windows,
+            "stopped_early": s.stopped_early,
             "acceptance_rate": s.acceptance_rate(),
             "tokens_per_target_call": s.tokens_per_target_call(),
             "ms_per_token": s.ms_per_token(),

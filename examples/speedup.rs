@@ -31,11 +31,13 @@
 //! `--adaptive-k 4,8` adds rows for adaptive windows: the draft stops
 //! proposing when its next token's probability is below `--min-confidence`
 //! (the library default, 0.3), so windows vary from 1 to `k`. The closed
-//! form assumes a fixed window, so these rows are predicted from the cost
+//! form assumes a fixed window, so these rows are "predicted" from the cost
 //! model alone: the tokens they produced over (draft passes x `c` + the sum
 //! over their verify passes of `r_w`, with `r_w` interpolated between this
-//! prompt's fixed-window rows). That is why `--adaptive-k` may not exceed
-//! the largest `--k`: nothing is extrapolated.
+//! prompt's fixed-window rows). Tokens and draft passes are measured, so
+//! this checks for overhead the cost model leaves out (and the verify
+//! costs), not the acceptance model. `--adaptive-k` may not exceed the
+//! largest `--k`: nothing is extrapolated.
 //!
 //! Two speedups are printed: end to end ((prefill + decode) / tokens, as
 //! `hf_peer.py` times `generate()`), and decoding alone, which is what the
@@ -446,7 +448,7 @@ fn main() -> anyhow::Result<()> {
     );
     if !args.adaptive_k.is_empty() {
         println!(
-            "adaptive rows (k <= K): the draft stops below confidence {}; their prediction takes the measured tokens per pass and the fixed rows' r_k",
+            "adaptive rows (k <= K): the draft stops below confidence {}; their \"predicted\" is the cost model only (their measured tokens and draft passes, verify costs r_w from the fixed rows), a check for unexplained overhead",
             args.min_confidence
         );
     }

@@ -56,8 +56,10 @@ def main():
         "(`scripts/llamacpp_peer.py`, a local build) ran back to back in one run, "
         f"{machine['threads']} threads each. The machine is shared "
         "and its speed drifts by tens of percent within minutes, so compare ratios within "
-        "a row. The in-cache target is py-m (23.5M parameters, bf16 weights read as "
-        "stored, 47 MB); the memory-bound one is py-m "
+        "a row. The \"in-cache\" target (the issue's word) is py-m (23.5M parameters, bf16 "
+        "weights read as stored, 47 MB: more than the ~16 MB of L3 this VM effectively gets, "
+        "so it streams from memory too, but it is small enough that a k-token verify is "
+        "compute-bound); the memory-bound one is py-m "
         "widened to an 8192-wide MLP (105M parameters, 210 MB, identical logits, `widen.py`)."
     )
     out.append("")
@@ -149,8 +151,10 @@ def main():
         out.append("</details>")
     out.append("")
     out.append("Per window, each table as `examples/speedup` printed it (plot: decode speedup, "
-               "measured and predicted; adaptive rows are predicted from their measured tokens "
-               "per pass and the fixed rows' verify costs, since their windows vary):")
+               "measured and predicted; for adaptive rows \"predicted\" is the cost model only, "
+               "their measured tokens and draft passes with verify costs interpolated from the "
+               "fixed rows, since their windows vary: a check for unexplained overhead, not of "
+               "the acceptance model):")
     for name, _, _ in PAIRS:
         if name not in results:
             continue

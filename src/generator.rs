@@ -52,22 +52,27 @@ pub struct GenerateConfig {
     /// the draft gives its pick (greedy) or its most likely token
     /// (sampling), under its own distribution. `k` is then the largest
     /// window, and the target skips positions the draft would likely have
-    /// got wrong. `0` always drafts `k - 1` tokens. The default, 0.3, comes
-    /// from replaying the shared pairs' greedy outputs through the draft:
-    /// of 0.2-0.6 it was the best for py-m with py-s and for py-m-wide, and
-    /// within 4% of the best (0.4) for py-m with py-xs.
+    /// got wrong. `0` turns it off (windows are then cut only by the token
+    /// budget and a static-shape target's compiled sizes). The default,
+    /// 0.3, comes from a replay of py-m's greedy outputs through the drafts
+    /// made while building this (not kept): of 0.2-0.6 it was the best for
+    /// py-m with py-s and for py-m-wide, and within 4% of the best (0.4)
+    /// for py-m with py-xs.
     ///
-    /// It never changes the output: greedy output is still the target's,
-    /// and sampled output keeps the target's distribution, because whether
+    /// Greedy output stays the target's, and sampled output keeps the
+    /// target's distribution (for a fixed seed the sampled tokens may
+    /// differ, as the random draws are spent differently), because whether
     /// a position is drafted is decided from the draft's distribution for
-    /// it, before its token is drawn (a function of the committed prefix).
+    /// it before its token is drawn: a function of the prefix before that
+    /// position.
     pub min_draft_confidence: f32,
 }
 
 impl Default for GenerateConfig {
     /// 128 greedy tokens with adaptive windows of up to 12 (confidence 0.3):
-    /// on the CPU the fastest of adaptive k <= 4, 8, 12 and fixed k = 2..12
-    /// for every shared pair in README's benchmark.
+    /// in README's CPU benchmark the fastest of adaptive k <= 4, 8, 12 and
+    /// fixed k = 2..12 for four of the five pair settings, and within 2%
+    /// of the fastest (k <= 8) for the fifth.
     fn default() -> Self {
         Self {
             max_new_tokens: 128,
@@ -429,6 +434,7 @@ impl<T: LanguageModel, D: LanguageModel> Generator<T, D> {
                 if greedy {
                     let token = argmax(row, &run.suppress, Role::Draft, 0)?;
                     if may_stop && greedy_confidence(row, token, &run.suppress) < min_confidence {
+                        run.stats.stopped_early += 1;
                         break;
                     }
                     drafts.push(token);
@@ -436,6 +442,7 @@ impl<T: LanguageModel, D: LanguageModel> Generator<T, D> {
                     let q = warp(row, &run.config.sampling, &run.suppress, Role::Draft, 0)?;
                     let sure = q.probs().iter().copied().fold(0.0, f64::max);
                     if may_stop && sure < min_confidence as f64 {
+                        run.stats.stopped_early += 1;
                         break;
                     }
                     drafts.push(rng.categorical(q.probs()) as u32);

@@ -21,10 +21,10 @@
 //!    early, before drawing `d_i`, when `q_i`'s most likely token has less
 //!    than that probability: the target then spends no work on positions
 //!    the draft would probably get wrong. The decision depends only on the
-//!    committed prefix, so step 3's guarantee is untouched.
+//!    prefix before that position, so step 3's guarantee is untouched.
 //! 2. **Verify.** The target runs **one** forward pass over the last committed
-//!    token and the draft tokens: `k` positions, `k` rows of logits, warped the
-//!    same way into `p_1..p_k`.
+//!    token and the draft tokens: up to `k` positions, a row of logits for
+//!    each, warped the same way into `p_1, p_2, ...`.
 //! 3. **Accept.** Left to right, `d_i` is *accepted* with probability
 //!    `min(1, p_i(d_i) / q_i(d_i))` (greedy: iff it is the target's argmax).
 //!    At the first rejection a *recovered* token is drawn from
@@ -67,7 +67,9 @@
 //!
 //! Anything that implements [`LanguageModel`] can be a draft or a target.
 //! [`CandleModel`] runs Hugging Face Llama / Mistral / Qwen2 checkpoints on
-//! the CPU (and on CUDA with the `cuda` feature). [`StaticShapeModel`] wraps
+//! the CPU (and on CUDA with the `cuda` feature); on the CPU, call
+//! [`init_thread_pool`] once from the generating thread to save a thread
+//! hand-over per forward pass. [`StaticShapeModel`] wraps
 //! any model in the rules of a compiled, static-shape backend such as AWS
 //! Inferentia2, and [`conformance`] checks a backend against the contract.
 

@@ -37,6 +37,12 @@ pub struct Stats {
     ///
     /// [`GenerateConfig::min_draft_confidence`]: crate::GenerateConfig::min_draft_confidence
     pub windows: Vec<usize>,
+    /// Windows the draft ended early because it was less sure of its next
+    /// token than [`GenerateConfig::min_draft_confidence`] (not those cut
+    /// by the token budget or a compiled window size).
+    ///
+    /// [`GenerateConfig::min_draft_confidence`]: crate::GenerateConfig::min_draft_confidence
+    pub stopped_early: usize,
     /// Time to feed the prompt to both models.
     pub prefill: Duration,
     /// Decode time in the draft (forward passes and sampling).

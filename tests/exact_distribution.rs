@@ -97,7 +97,7 @@ fn adaptive_windows_keep_the_targets_distribution_exactly() {
         SamplingParams::greedy(),
     ] {
         for k in [2, 3, 5] {
-            for min_draft_confidence in [0.3, 0.4, 0.5, 1.0] {
+            for min_draft_confidence in [0.55, 0.7, 0.85, 1.0] {
                 let config = GenerateConfig {
                     max_new_tokens: 3,
                     k,
@@ -124,15 +124,17 @@ fn adaptive_windows_keep_the_targets_distribution_exactly() {
                         .unwrap();
                     let s = &out.stats;
                     assert_eq!(s.windows.iter().sum::<usize>(), s.target_calls, "{what}");
-                    shortened += s.windows[..k - 1].iter().sum::<usize>();
-                    full += s.windows[k - 1];
+                    if min_draft_confidence < 1.0 {
+                        shortened += s.stopped_early;
+                        full += s.target_calls - s.stopped_early;
+                    }
                 }
             }
         }
     }
     assert!(
         shortened > 0 && full > 0,
-        "{shortened} short, {full} full windows"
+        "{shortened} windows stopped by a confidence below 1, {full} not"
     );
 }
 
@@ -210,6 +212,7 @@ fn eos_inside_a_window_ends_the_output_there() {
     let config = GenerateConfig {
         max_new_tokens: 30,
         k: 8,
+        min_draft_confidence: 0.0, // whole windows
         ..GenerateConfig::default()
     };
     let mut generator = Generator::new(target.clone(), target.clone()).unwrap();

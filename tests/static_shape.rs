@@ -39,15 +39,20 @@ fn greedy_output_is_identical_through_compiled_shapes() {
         "class Stack:\n    def push(self, item):",
     ] {
         let ids = dynamic.encode(prompt).unwrap();
-        for k in [1, 2, 4] {
+        // Fixed windows, and adaptive ones (the default confidence).
+        for (k, min_draft_confidence) in [(1, 0.0), (2, 0.0), (4, 0.0), (4, 0.3)] {
             let config = GenerateConfig {
                 max_new_tokens: 40,
                 k,
+                min_draft_confidence,
                 ..GenerateConfig::default()
             };
             let want = dynamic.generate(&ids, &config).unwrap();
             let got = fixed.generate(&ids, &config).unwrap();
-            assert_eq!(got.tokens, want.tokens, "k={k} {prompt:?}");
+            assert_eq!(
+                got.tokens, want.tokens,
+                "k={k} {min_draft_confidence} {prompt:?}"
+            );
         }
     }
     let calls = fixed.target().graph_calls().clone();
@@ -103,6 +108,7 @@ fn sampled_output_is_distributed_exactly_as_the_target_through_compiled_shapes()
     // With adaptive windows the draft may stop only where the window it
     // leaves is compiled; several drafts and thresholds, so that stops fall
     // at every position.
+    let mut stops = 0;
     for (draft_seed, min_draft_confidence) in [(1.1, 0.0), (1.1, 0.55), (0.2, 0.65), (2.5, 0.8)] {
         let draft = Toy::new(4, draft_seed).with_eos(3);
         for (windows, k) in cases {
@@ -124,6 +130,24 @@ fn sampled_output_is_distributed_exactly_as_the_target_through_compiled_shapes()
             )
             .unwrap();
             let got = speculative(&mut g, &[1, 2], &config);
+            if min_draft_confidence > 0.0 {
+                // The enumeration must have taken early stops, or this case
+                // tests nothing adaptive.
+                stops += (0..8)
+                    .map(|seed| {
+                        g.generate(
+                            &[1, 2],
+                            &GenerateConfig {
+                                seed,
+                                ..config.clone()
+                            },
+                        )
+                        .unwrap()
+                        .stats
+                        .stopped_early
+                    })
+                    .sum::<usize>();
+            }
             assert_same(
                 &got,
                 &reference(&target, &[1, 2], &config),
@@ -131,6 +155,7 @@ fn sampled_output_is_distributed_exactly_as_the_target_through_compiled_shapes()
             );
         }
     }
+    assert!(stops > 0, "no adaptive window stopped early");
 }
 
 #[test]

@@ -131,13 +131,14 @@ fn generator_samples_pass_a_g_test_against_the_exact_target() {
         let mut generator = Generator::new(target, draft).unwrap();
         let mut rng = SeededRandom::new(20261127);
         let mut counts = BTreeMap::new();
-        let (mut accepted, mut drafted) = (0, 0);
+        let (mut accepted, mut drafted, mut stopped_early) = (0, 0, 0);
         for _ in 0..N {
             let out = generator
                 .generate_with(&[1], &config, &mut rng, &mut |_| ControlFlow::Continue(()))
                 .unwrap();
             accepted += out.stats.accepted;
             drafted += out.stats.drafted;
+            stopped_early += out.stats.stopped_early;
             *counts.entry((out.tokens, false)).or_insert(0) += 1;
         }
         let rate = accepted as f64 / drafted as f64;
@@ -151,6 +152,12 @@ fn generator_samples_pass_a_g_test_against_the_exact_target() {
             exact.len()
         );
         assert!(p > 1e-3, "G-test p = {p}");
+        // The adaptive run must really have stopped early, often.
+        assert_eq!(
+            stopped_early > N / 10,
+            min_draft_confidence > 0.0,
+            "{stopped_early} stops"
+        );
     }
 }
 
