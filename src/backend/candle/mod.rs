@@ -35,7 +35,7 @@ use llama::{LayerCache, Llama};
 /// of the draft's time in a generation. The calling thread works for the pool only
 /// while it is inside one of its calls, so it stays free otherwise.
 ///
-/// Errors with [`Error::InvalidSetting`](crate::Error::InvalidSetting)
+/// Errors with [`Error::InvalidSetting`]
 /// (`threads`) if `threads` is 0 or the global pool is already running
 /// (started by an earlier call, or by any rayon use before this one).
 pub fn init_thread_pool(threads: Option<usize>) -> Result<()> {
