@@ -33,6 +33,7 @@ l3="$(lscpu | awk -F: '/^L3 cache/ {gsub(/^ +/, "", $2); print $2}')"
 hf_version="$("$python" -c 'import transformers; print(transformers.__version__)' 2>/dev/null || echo unknown)"
 { echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), L3 $l3, $(date -u +%F)"
   echo "command: scripts/bench-cpu.sh (TOKENS=$tokens THREADS=$threads ROUNDS=$rounds)"
+  echo "commit: $(git rev-parse --short HEAD)$(git diff --quiet HEAD -- src examples || echo ' (with uncommitted changes)')"
   echo "threads: $threads"
   echo "transformers: $hf_version"; } > "$out/cpu-machine.txt"
 # A llama.cpp table from an earlier run must not sit beside this run's.

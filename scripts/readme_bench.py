@@ -49,7 +49,7 @@ def main():
     out.append(f"### CPU: {machine['machine']}")
     out.append("")
     out.append(
-        f"Produced by `{machine['command']}`, then "
+        f"Produced by `{machine['command']}` at commit {machine.get('commit', 'unrecorded')}, then "
         "`python3 scripts/readme_bench.py` wrote this section from its output files "
         f"in `docs/bench/`. Ours, transformers {machine['transformers']} on PyTorch "
         "(`../shared/bench/hf_peer.py`, its default window) and, where present, llama.cpp "
