@@ -52,7 +52,7 @@
 //! let mut generator = Generator::new(target, draft)?;
 //! let config = GenerateConfig {
 //!     max_new_tokens: 64,
-//!     k: 12,
+//!     k: 8,
 //!     sampling: SamplingParams::greedy(),
 //!     ..GenerateConfig::default()
 //! };
