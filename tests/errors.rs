@@ -8,6 +8,7 @@ use std::fs;
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 
+use common::setting_name;
 use common::toy::Toy;
 use specdec::{
     CandleModel, Eos, Error, GenerateConfig, Generator, LanguageModel, Logits, Role, SamplingParams,
@@ -290,13 +291,6 @@ fn the_drafts_eos_ids_do_not_change_the_output() {
         .generate(&[1], &config)
         .unwrap();
     assert_eq!((a.tokens, a.stop_reason), (b.tokens, b.stop_reason));
-}
-
-fn setting_name(e: Error) -> &'static str {
-    match e {
-        Error::InvalidSetting { name, .. } => name,
-        other => panic!("expected InvalidSetting, got {other}"),
-    }
 }
 
 #[test]

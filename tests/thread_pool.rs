@@ -4,14 +4,8 @@
 
 mod common;
 
-use specdec::{init_thread_pool, CandleModel, Error, GenerateConfig, Generator};
-
-fn setting_name(e: Error) -> &'static str {
-    match e {
-        Error::InvalidSetting { name, .. } => name,
-        other => panic!("expected InvalidSetting, got {other}"),
-    }
-}
+use common::setting_name;
+use specdec::{init_thread_pool, CandleModel, GenerateConfig, Generator};
 
 #[test]
 fn the_pool_starts_once_with_this_thread_in_it_and_generation_is_unchanged() {

@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use specdec::{CandleModel, LoadOptions};
+use specdec::{CandleModel, Error, LoadOptions};
 
 /// `../shared/models` beside the checkout, or `SPECDEC_SHARED_MODELS`.
 /// Prints a visible SKIP line and returns `None` when absent (CI has it).
@@ -57,3 +57,11 @@ pub fn ids(v: &serde_json::Value) -> Vec<u32> {
 }
 pub mod exact;
 pub mod toy;
+
+/// The setting an [`Error::InvalidSetting`] names; panics on any other error.
+pub fn setting_name(e: Error) -> &'static str {
+    match e {
+        Error::InvalidSetting { name, .. } => name,
+        other => panic!("expected InvalidSetting, got {other}"),
+    }
+}
