@@ -103,6 +103,8 @@ struct Series {
     rejections: usize,
     tokens: usize,
     target_calls: usize,
+    /// Positions the target scored, summed over runs (see `Stats::scored_positions`).
+    scored_positions: usize,
     /// Per prompt: mean ms of one target pass / one draft pass. Ratios are
     /// taken prompt by prompt against plain decoding of the same prompt,
     /// run just before, so the machine's drift cancels; then the median.
@@ -129,6 +131,7 @@ impl Series {
         self.rejections += s.recovered;
         self.tokens += s.accepted + s.recovered + s.bonus;
         self.target_calls += s.target_calls;
+        self.scored_positions += s.scored_positions();
         self.verify_per_call
             .push(s.verify_ms() / s.target_calls.max(1) as f64);
         self.draft_per_call
@@ -366,16 +369,10 @@ fn main() -> anyhow::Result<()> {
                     })
                     .collect::<Vec<_>>(),
             );
-            let passes: usize = s.windows.iter().flatten().sum();
-            let positions: usize = s
-                .windows
-                .iter()
-                .flat_map(|w| w.iter().enumerate().map(|(i, n)| (i + 1) * n))
-                .sum();
             Row {
                 k,
                 min_confidence,
-                mean_window: positions as f64 / passes.max(1) as f64,
+                mean_window: s.scored_positions as f64 / s.target_calls.max(1) as f64,
                 ms_per_token: ms,
                 speedup: median(&Series::ratio_to(&plain.ms_per_token, &s.ms_per_token)),
                 decode_ms_per_token: decode_ms,

@@ -116,15 +116,18 @@ impl Stats {
         }
     }
 
-    /// Mean window: positions the target scored per pass, in `[1, k]`.
-    pub fn mean_window(&self) -> f64 {
-        let positions: usize = self
-            .windows
+    /// Positions the target scored while decoding: the sum of its windows.
+    pub fn scored_positions(&self) -> usize {
+        self.windows
             .iter()
             .enumerate()
             .map(|(i, n)| (i + 1) * n)
-            .sum();
-        ratio(positions, self.target_calls)
+            .sum()
+    }
+
+    /// Mean window: positions the target scored per pass, in `[1, k]`.
+    pub fn mean_window(&self) -> f64 {
+        ratio(self.scored_positions(), self.target_calls)
     }
 
     /// One line for humans: tokens, ms/token, acceptance, tokens per target pass.
