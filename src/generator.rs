@@ -72,7 +72,7 @@ impl Default for GenerateConfig {
     /// 128 greedy tokens with adaptive windows of up to 8 (confidence 0.3).
     /// In the two CPU runs behind README's benchmark, adaptive k <= 8 and
     /// k <= 12 were the fastest settings for nearly every pair, each ahead
-    /// of the other in one run (by up to 10%); k <= 8 is also the one
+    /// of the other in one run (by up to 13%); k <= 8 is also the one
     /// measured on the GPU, where it beat every fixed window.
     fn default() -> Self {
         Self {
