@@ -76,6 +76,7 @@
 #![warn(missing_docs)]
 
 pub mod backend;
+mod chat;
 pub mod conformance;
 mod error;
 mod generator;
@@ -87,6 +88,7 @@ mod tokenizer;
 pub mod verify;
 
 pub use backend::candle::{init_thread_pool, CandleModel, LoadOptions, ModelConfig, Quantization};
+pub use chat::{ChatMessage, ChatTemplate, GenerationPrompt};
 pub use error::{Error, Result, Role};
 pub use generator::{Chunk, Eos, GenerateConfig, Generator, Output, StopReason, MAX_WINDOW};
 pub use model::{LanguageModel, Logits, Shapes, StaticShapes};
