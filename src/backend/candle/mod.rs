@@ -176,7 +176,7 @@ impl CandleModel {
         if !dir.is_dir() {
             return Err(Error::ModelDir {
                 path: dir.to_path_buf(),
-                reason: "is neither a directory nor a file named *.gguf".into(),
+                reason: "is not a directory (nor a file named *.gguf)".into(),
             });
         }
         let config_path = dir.join("config.json");
