@@ -331,6 +331,10 @@ fn every_block_format_loads_and_computes_as_dequantized() {
         GgmlDType::Q4K,
         GgmlDType::Q5K,
         GgmlDType::Q6K,
+        // Dequantized to f32 on both paths.
+        GgmlDType::Q5_0,
+        GgmlDType::Q5_1,
+        GgmlDType::Q3K,
     ] {
         let path = temp("formats", &format!("tiny-{dtype:?}.gguf"));
         write(&path, &metadata(), &tensors(dtype));
@@ -346,6 +350,7 @@ fn every_block_format_loads_and_computes_as_dequantized() {
             .zip(b.as_slice())
             .map(|(x, y)| (x - y).abs())
             .fold(0f32, f32::max);
+        eprintln!("{dtype:?}: dequantized and block logits differ by at most {diff:.2e}");
         assert!(
             diff < 0.05,
             "{dtype:?}: dequantized and block logits differ by {diff}"

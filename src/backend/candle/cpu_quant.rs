@@ -113,7 +113,6 @@ impl QMatrix {
     }
 
     /// The block format.
-    #[allow(dead_code)] // part of the kernel interface; the loader reads `Blocks::qtype`
     pub(crate) fn qtype(&self) -> QType {
         self.qtype
     }

@@ -636,9 +636,13 @@ fn qtype(d: GgmlDType) -> Option<QType> {
     })
 }
 
-/// Formats the loader takes (others are refused by name).
+/// Formats the loader takes: dense ones, the block formats `cpu_quant`
+/// computes on, and the other ggml storage formats (Q5_0, Q5_1, Q2_K,
+/// Q3_K, which files fall back to for rows not a multiple of 256), which
+/// candle dequantizes to f32 on either path. Q8_1 and Q8_K are ggml's
+/// activation formats, never stored weights.
 fn supported(d: GgmlDType) -> bool {
-    matches!(d, GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16) || qtype(d).is_some()
+    !matches!(d, GgmlDType::Q8_1 | GgmlDType::Q8K)
 }
 
 impl GgufFile {
@@ -652,11 +656,10 @@ impl GgufFile {
     fn checked(&self, name: &str, shape: &[usize]) -> Result<(Extent, Vec<u8>)> {
         let (e, data) = self.read(name, shape)?;
         if !supported(e.dtype) {
-            return Err(Error::UnsupportedDtype {
-                path: self.path.clone(),
-                tensor: name.to_string(),
-                dtype: format!("{:?}", e.dtype),
-            });
+            return Err(self.err(format!(
+                "tensor `{name}` is stored as {:?}, an activation format, not a weight format",
+                e.dtype
+            )));
         }
         Ok((e, data))
     }

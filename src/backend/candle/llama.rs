@@ -268,7 +268,12 @@ impl candle_core::CustomOp1 for GgmlWeight {
         };
         let (n, k) = l.shape().dims2()?;
         if k != self.inp {
-            candle_core::bail!("{}: x is (_, {k}) but W is (_, {})", self.name(), self.inp);
+            let formats: Vec<_> = self.parts.iter().map(|p| p.qtype()).collect();
+            candle_core::bail!(
+                "{}: x is (_, {k}) but W ({formats:?}) is (_, {})",
+                self.name(),
+                self.inp
+            );
         }
         let x = &xs[a..b];
         let mut y = vec![0f32; n * self.out];

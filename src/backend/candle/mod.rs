@@ -8,11 +8,12 @@
 //!
 //! A GGUF file (the format of llama.cpp and Ollama) holds all of that in
 //! one: the configuration in `llama.*` metadata, the tensors in f32, f16,
-//! bf16 or ggml blocks (Q4_0, Q4_1, Q8_0, Q4_K, Q5_K, Q6_K), the tokenizer
-//! (byte-level BPE) and the chat template. Its blocks are dequantized to
-//! f32 at load ([`Quantization::None`], the exact reference path) or
-//! computed on as stored ([`Quantization::AsStored`], CPU only). A
-//! `tokenizer.json` beside the file replaces the one in its metadata.
+//! bf16 or ggml blocks (Q4_0, Q4_1, Q8_0, Q4_K, Q5_K, Q6_K; also Q5_0,
+//! Q5_1, Q2_K, Q3_K, always dequantized), the tokenizer (byte-level BPE)
+//! and the chat template. Its blocks are dequantized to f32 at load
+//! ([`Quantization::None`], the exact reference path) or computed on as
+//! stored ([`Quantization::AsStored`], CPU only). A `tokenizer.json`
+//! beside the file replaces the one in its metadata.
 
 mod config;
 mod cpu_attention;
