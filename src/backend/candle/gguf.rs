@@ -72,28 +72,20 @@ impl GgufFile {
             })?
             .len();
         // candle's reader checks counts and lengths against the file size,
-        // but divides by `general.alignment` unchecked: catch that (and any
-        // other arithmetic it leaves unchecked) instead of unwinding through
-        // the caller. The hook stays quiet for that one call.
-        let read = {
-            let hook = std::panic::take_hook();
-            std::panic::set_hook(Box::new(|_| {}));
-            let r =
-                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| Content::read(&mut file)));
-            std::panic::set_hook(hook);
-            r
-        };
-        let content = match read {
-            Ok(Ok(c)) => c,
-            Ok(Err(e)) => return Err(err(format!("not a readable GGUF file: {e}"))),
-            Err(_) => {
-                return Err(err(
-                    "not a readable GGUF file: a header value is out of range \
-                     (general.alignment = 0?)"
-                        .into(),
-                ))
+        // but divides by `general.alignment` unchecked: look at it first.
+        if let Some(a) = header_alignment(&mut file, file_size) {
+            if a <= 0 || !(a as u128).is_power_of_two() {
+                return Err(err(format!(
+                    "metadata `general.alignment`: {a} is not a power of two"
+                )));
             }
-        };
+        }
+        file.seek(SeekFrom::Start(0)).map_err(|source| Error::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let content =
+            Content::read(&mut file).map_err(|e| err(format!("not a readable GGUF file: {e}")))?;
         let this = Self {
             path: path.to_path_buf(),
             content,
@@ -106,7 +98,6 @@ impl GgufFile {
         for name in this.content.tensor_infos.keys() {
             this.extent(name)?;
         }
-        this.check_alignment()?;
         Ok(this)
     }
 
@@ -130,16 +121,6 @@ impl GgufFile {
 
     fn key_err(&self, key: &str, message: impl std::fmt::Display) -> Error {
         self.err(format!("metadata `{key}`: {message}"))
-    }
-
-    fn check_alignment(&self) -> Result<()> {
-        match self.content.metadata.get("general.alignment") {
-            None => Ok(()),
-            Some(v) => match int(v) {
-                Some(a) if a > 0 && a.is_power_of_two() => Ok(()),
-                _ => Err(self.key_err("general.alignment", format!("{v:?} is not a power of two"))),
-            },
-        }
     }
 
     // ---- metadata -------------------------------------------------------
@@ -551,6 +532,117 @@ impl GgufFile {
                  (unsupported: loading without it would compute a different model)"
             ))),
         }
+    }
+}
+
+/// The integer value of `general.alignment` in the header of `file`, found
+/// by skipping over the metadata (nothing is kept, every length is checked
+/// against the file size); `None` if it is absent or not an integer, or if
+/// the header does not parse (candle's reader then says why).
+fn header_alignment(file: &mut File, file_size: u64) -> Option<i128> {
+    let mut r = std::io::BufReader::new(file);
+    let u32_ = |r: &mut std::io::BufReader<&mut File>| -> Option<u32> {
+        let mut b = [0u8; 4];
+        r.read_exact(&mut b).ok()?;
+        Some(u32::from_le_bytes(b))
+    };
+    // candle's reader takes the magic in either byte order.
+    if !matches!(u32_(&mut r)?, 0x4655_4747 | 0x4747_5546) {
+        return None;
+    }
+    let wide = match u32_(&mut r)? {
+        1 => false,
+        2 | 3 => true,
+        _ => return None,
+    };
+    let _tensors = read_len(&mut r, wide)?;
+    let entries = read_len(&mut r, wide)?;
+    const KEY: &[u8] = b"general.alignment";
+    for _ in 0..entries {
+        let n = read_len(&mut r, wide)?;
+        if n > file_size {
+            return None;
+        }
+        let is_key = if n == KEY.len() as u64 {
+            let mut key = [0u8; KEY.len()];
+            r.read_exact(&mut key).ok()?;
+            key == KEY
+        } else {
+            r.seek_relative(n as i64).ok()?;
+            false
+        };
+        let ty = u32_(&mut r)?;
+        if is_key {
+            let mut b = [0u8; 8];
+            let width = match ty {
+                0 | 1 => 1,
+                2 | 3 => 2,
+                4 | 5 => 4,
+                10 | 11 => 8,
+                _ => return None,
+            };
+            r.read_exact(&mut b[..width]).ok()?;
+            let v = u64::from_le_bytes(b);
+            return Some(match ty {
+                1 => v as u8 as i8 as i128,
+                3 => v as u16 as i16 as i128,
+                5 => v as u32 as i32 as i128,
+                11 => v as i64 as i128,
+                _ => v as i128,
+            });
+        }
+        skip_value(&mut r, ty, wide, file_size, 0)?;
+    }
+    None
+}
+
+fn read_len(r: &mut impl Read, wide: bool) -> Option<u64> {
+    let mut b = [0u8; 8];
+    let n = if wide { 8 } else { 4 };
+    r.read_exact(&mut b[..n]).ok()?;
+    Some(u64::from_le_bytes(b))
+}
+
+/// Skips one metadata value of GGUF type `ty`.
+fn skip_value(
+    r: &mut std::io::BufReader<&mut File>,
+    ty: u32,
+    wide: bool,
+    file_size: u64,
+    depth: usize,
+) -> Option<()> {
+    let fixed = |ty: u32| match ty {
+        0 | 1 | 7 => Some(1u64),
+        2 | 3 => Some(2),
+        4..=6 => Some(4),
+        10..=12 => Some(8),
+        _ => None,
+    };
+    let skip = |r: &mut std::io::BufReader<&mut File>, n: u64| -> Option<()> {
+        if n > file_size {
+            return None;
+        }
+        r.seek_relative(n as i64).ok()
+    };
+    match ty {
+        8 => {
+            let n = read_len(r, wide)?;
+            skip(r, n)
+        }
+        9 if depth < 4 => {
+            let mut b = [0u8; 4];
+            r.read_exact(&mut b).ok()?;
+            let et = u32::from_le_bytes(b);
+            let n = read_len(r, wide)?;
+            if n > file_size {
+                return None;
+            }
+            match fixed(et) {
+                Some(size) => skip(r, n.checked_mul(size)?),
+                None => (0..n).try_for_each(|_| skip_value(r, et, wide, file_size, depth + 1)),
+            }
+        }
+        ty => skip(r, fixed(ty)?),
     }
 }
 
