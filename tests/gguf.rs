@@ -492,5 +492,8 @@ fn corrupted_headers_never_panic() {
         }
     }
     eprintln!("{header} header bytes corrupted: {loaded} loads, {refused} errors");
-    assert!(refused > 0 && loaded + refused > 2 * header);
+    assert!(
+        refused > header && loaded > 0,
+        "{loaded} loads, {refused} errors"
+    );
 }
