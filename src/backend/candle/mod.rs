@@ -20,6 +20,7 @@ mod cpu_attention;
 mod cpu_matmul;
 mod cpu_quant;
 mod gguf;
+mod gguf_header;
 mod gguf_tokenizer;
 mod llama;
 mod weights;
