@@ -20,7 +20,8 @@ use std::time::Instant;
 
 use clap::Parser;
 use specdec::{
-    CandleModel, Eos, Error, GenerateConfig, Generator, LoadOptions, Output, SamplingParams,
+    CandleModel, ChatMessage, Eos, Error, GenerateConfig, GenerationPrompt, Generator, LoadOptions,
+    Output, SamplingParams,
 };
 
 mod common;
@@ -28,10 +29,12 @@ mod common;
 #[derive(Parser, Debug)]
 #[command(about = "Exact speculative decoding: a draft proposes, the target verifies.")]
 struct Args {
-    /// Target model directory (Hugging Face Llama / Mistral / Qwen2). Default: embedded py-s.
+    /// Target model: a directory (Hugging Face Llama / Mistral / Qwen2) or a
+    /// llama GGUF file. Default: embedded py-s.
     #[arg(long)]
     target: Option<PathBuf>,
-    /// Draft model directory. Default: embedded py-xs.
+    /// Draft model directory or GGUF file (the target's own file works, with
+    /// --draft-as-stored). Default: embedded py-xs.
     #[arg(long)]
     draft: Option<PathBuf>,
     /// The prompt text.
@@ -40,6 +43,11 @@ struct Args {
     /// Read the prompt from this file.
     #[arg(long)]
     prompt_file: Option<PathBuf>,
+    /// Chat: send this user message through the target's chat template (GGUF
+    /// metadata, or chat_template.jinja / tokenizer_config.json beside a model
+    /// directory); the reply ends at the end-of-turn token.
+    #[arg(long, conflicts_with_all = ["prompt", "prompt_file"])]
+    chat: Option<String>,
     /// Most tokens to generate.
     #[arg(long, default_value_t = 128)]
     max_new_tokens: usize,
@@ -138,7 +146,9 @@ fn run(args: &Args) -> anyhow::Result<()> {
         (Some(p), _) => p.clone(),
         (None, Some(path)) => std::fs::read_to_string(path)
             .map_err(|e| anyhow::anyhow!("--prompt-file {}: {e}", path.display()))?,
-        (None, None) => anyhow::bail!("give --prompt TEXT or --prompt-file PATH"),
+        // Rendered once the target (and its template) is loaded.
+        (None, None) if args.chat.is_some() => String::new(),
+        (None, None) => anyhow::bail!("give --prompt TEXT, --prompt-file PATH or --chat MESSAGE"),
     };
     let config = GenerateConfig {
         max_new_tokens: args.max_new_tokens,
@@ -170,12 +180,16 @@ fn run(args: &Args) -> anyhow::Result<()> {
         &args.device.target_options()?,
         verbose,
     )?;
+    let prompt = match &args.chat {
+        Some(message) => chat_prompt(&target, message)?,
+        None => prompt,
+    };
     let draft = load("draft", &draft_dir, &args.device.draft_options()?, verbose)?;
     let mut generator = Generator::new(target, draft)?;
     let ids = generator.encode(&prompt)?;
 
     let mut stdout = std::io::stdout().lock();
-    if verbose {
+    if verbose && args.chat.is_none() {
         write!(stdout, "{prompt}")?;
     }
     let stream = !args.json;
@@ -201,6 +215,19 @@ fn run(args: &Args) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// `message` as a user turn in the target's chat template, with the
+/// assistant's turn opened.
+fn chat_prompt(target: &CandleModel, message: &str) -> anyhow::Result<String> {
+    let Some(template) = target.chat_template() else {
+        anyhow::bail!(
+            "--chat: {} has no chat template (GGUF tokenizer.chat_template, chat_template.jinja \
+             or tokenizer_config.json's chat_template)",
+            target.dir().display()
+        );
+    };
+    Ok(template.render(&[ChatMessage::user(message)], GenerationPrompt::Add)?)
 }
 
 fn to_json(out: &Output, prompt_tokens: usize) -> serde_json::Value {

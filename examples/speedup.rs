@@ -415,7 +415,8 @@ fn main() -> anyhow::Result<()> {
             "{}",
             serde_json::json!({
                 "target": name(&args.target), "draft": name(&args.draft),
-                "quantized_draft": args.device.quantize_draft, "temperature": args.temperature,
+                "quantized_draft": args.device.quantize_draft,
+                "draft_as_stored": args.device.draft_as_stored, "temperature": args.temperature,
                 "max_new_tokens": args.max_new_tokens, "prompts": ids.len() - 1, "rounds": args.rounds,
                 "threads": std::env::var("RAYON_NUM_THREADS").ok(),
                 "device": if args.device.cuda.is_some() { "cuda" } else { "cpu" },
@@ -432,6 +433,8 @@ fn main() -> anyhow::Result<()> {
         name(&args.draft),
         if args.device.quantize_draft {
             " (Q8_0)"
+        } else if args.device.draft_as_stored {
+            " (blocks as stored)"
         } else {
             ""
         },

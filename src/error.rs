@@ -217,6 +217,26 @@ pub enum Error {
         message: String,
     },
 
+    /// A GGUF file cannot be loaded: a bad header, a metadata key with an
+    /// unusable value, a tensor that runs past the end of the file, or a
+    /// tensor the architecture would not use.
+    #[error("{path}: GGUF: {message}")]
+    Gguf {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong, naming the metadata key or tensor.
+        message: String,
+    },
+
+    /// A chat template is missing, does not parse, or fails to render.
+    #[error("chat template from {origin}: {message}")]
+    ChatTemplate {
+        /// Where the template came from (a file, or a GGUF metadata key).
+        origin: String,
+        /// What the template engine said.
+        message: String,
+    },
+
     /// An error from candle (tensor math or device).
     #[error("candle: {0}")]
     Candle(#[from] candle_core::Error),

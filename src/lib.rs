@@ -66,8 +66,10 @@
 //! ## Backends
 //!
 //! Anything that implements [`LanguageModel`] can be a draft or a target.
-//! [`CandleModel`] runs Hugging Face Llama / Mistral / Qwen2 checkpoints on
-//! the CPU (and on CUDA with the `cuda` feature); on the CPU, call
+//! [`CandleModel`] runs Hugging Face Llama / Mistral / Qwen2 checkpoints and
+//! llama-architecture GGUF files (dequantized, or computed on their 4- to
+//! 8-bit blocks) on the CPU (and on CUDA with the `cuda` feature); a model's
+//! [`ChatTemplate`] turns [`ChatMessage`]s into its prompt. On the CPU, call
 //! [`init_thread_pool`] once from the generating thread to save a thread
 //! hand-over per forward pass. [`StaticShapeModel`] wraps
 //! any model in the rules of a compiled, static-shape backend such as AWS
@@ -76,6 +78,7 @@
 #![warn(missing_docs)]
 
 pub mod backend;
+mod chat;
 pub mod conformance;
 mod error;
 mod generator;
@@ -87,6 +90,7 @@ mod tokenizer;
 pub mod verify;
 
 pub use backend::candle::{init_thread_pool, CandleModel, LoadOptions, ModelConfig, Quantization};
+pub use chat::{ChatMessage, ChatTemplate, GenerationPrompt};
 pub use error::{Error, Result, Role};
 pub use generator::{Chunk, Eos, GenerateConfig, Generator, Output, StopReason, MAX_WINDOW};
 pub use model::{LanguageModel, Logits, Shapes, StaticShapes};

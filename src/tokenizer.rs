@@ -55,6 +55,20 @@ impl Tokenizer {
         })
     }
 
+    /// Wraps a tokenizer built in memory (from a GGUF file's metadata);
+    /// `origin` names it in errors.
+    pub(crate) fn from_inner(inner: tokenizers::Tokenizer, origin: &Path) -> Self {
+        Self {
+            inner: Arc::new(inner),
+            path: origin.to_path_buf(),
+        }
+    }
+
+    /// The id of a token string, added tokens included.
+    pub fn token_to_id(&self, token: &str) -> Option<u32> {
+        self.inner.token_to_id(token)
+    }
+
     /// The file this tokenizer was read from (`<memory>` if from bytes).
     pub fn path(&self) -> &Path {
         &self.path

@@ -3,7 +3,7 @@
 
 use specdec::{LoadOptions, Quantization};
 
-/// `--threads`, `--cuda` and `--quantize-draft`, and the load options they
+/// `--threads`, `--cuda`, `--quantize-draft` and `--draft-as-stored`, and the load options they
 /// give.
 #[derive(clap::Args, Debug)]
 pub struct Device {
@@ -16,8 +16,14 @@ pub struct Device {
     pub cuda: Option<usize>,
     /// Store the draft's weights as Q8_0 (CPU only; faster there, and only
     /// acceptance can change).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "draft_as_stored")]
     pub quantize_draft: bool,
+    /// Compute the draft on its weights as its file stores them: a GGUF
+    /// draft's Q4/Q5/Q6/Q8 blocks stay quantized (CPU only). With the same
+    /// GGUF file as --target and --draft, the target runs dequantized to f32
+    /// (exact) and the draft is its 4-bit copy.
+    #[arg(long)]
+    pub draft_as_stored: bool,
 }
 
 impl Device {
@@ -48,6 +54,8 @@ impl Device {
     pub fn draft_options(&self) -> anyhow::Result<LoadOptions> {
         let quantization = if self.quantize_draft {
             Quantization::Q8_0
+        } else if self.draft_as_stored {
+            Quantization::AsStored
         } else {
             Quantization::None
         };

@@ -17,12 +17,15 @@
 //! independent of the others; `scores` above is then never materialized.
 //! Other devices and dtypes take candle's matmul, mask and softmax.
 
+use std::sync::Arc;
+
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{DType, Device, Module, Tensor};
 
 use super::config::ModelConfig;
 use super::cpu_attention::CachedAttention;
 use super::cpu_matmul::PackedWeight;
+use super::cpu_quant::{QMatrix, QType};
 use super::weights::Checkpoint;
 use crate::error::Result;
 
@@ -36,6 +39,82 @@ pub enum Quantization {
     /// matrix-vector product on CPU, at a small cost in fidelity. Meant for
     /// drafts, whose errors only lower acceptance and never change the output.
     Q8_0,
+    /// Every matrix as the file stores it. For a GGUF file: Q4_0, Q4_1,
+    /// Q8_0, Q4_K, Q5_K and Q6_K matrices (the embedding and a tied output
+    /// head included) stay in their ggml blocks and are computed on as they
+    /// are (CPU, f32 compute only), reading a fraction of f32's bytes per
+    /// token; f32 / f16 / bf16 tensors stay dense. With
+    /// [`Quantization::None`] a GGUF file is instead dequantized to f32 at
+    /// load, the exact reference path. For a safetensors directory this is
+    /// the same as `None` (bf16 / f16 / f32 matrices are kept as stored).
+    AsStored,
+}
+
+/// A weight matrix as a [`WeightSource`] hands it over.
+pub(crate) enum Matrix {
+    /// A dense `(out, in)` tensor.
+    Dense(Tensor),
+    /// ggml blocks as stored.
+    Ggml(Blocks),
+}
+
+/// A `[rows, cols]` matrix's ggml blocks, row-major, as read from a file.
+pub(crate) struct Blocks {
+    pub(crate) qtype: QType,
+    pub(crate) rows: usize,
+    pub(crate) cols: usize,
+    pub(crate) data: Vec<u8>,
+}
+
+impl Blocks {
+    fn into_matrix(self) -> Result<QMatrix> {
+        QMatrix::new(self.qtype, self.rows, self.cols, self.data)
+    }
+}
+
+/// Where [`Llama::load`] gets its tensors, by Hugging Face name
+/// (`model.layers.0.self_attn.q_proj.weight`): a safetensors checkpoint or
+/// a GGUF file.
+pub(crate) trait WeightSource {
+    /// Whether the source has `name`.
+    fn contains(&self, name: &str) -> bool;
+
+    /// Loads `name`, checks its shape is `shape`, converts it to `dtype`
+    /// (`None`: keeps the stored dtype) on `device`.
+    fn tensor(
+        &self,
+        name: &str,
+        shape: &[usize],
+        dtype: Option<DType>,
+        device: &Device,
+    ) -> Result<Tensor>;
+
+    /// A weight matrix `(out, in)`; dense unless the source keeps blocks.
+    fn matrix(
+        &self,
+        name: &str,
+        shape: &[usize],
+        dtype: Option<DType>,
+        device: &Device,
+    ) -> Result<Matrix> {
+        Ok(Matrix::Dense(self.tensor(name, shape, dtype, device)?))
+    }
+}
+
+impl WeightSource for Checkpoint {
+    fn contains(&self, name: &str) -> bool {
+        Checkpoint::contains(self, name)
+    }
+
+    fn tensor(
+        &self,
+        name: &str,
+        shape: &[usize],
+        dtype: Option<DType>,
+        device: &Device,
+    ) -> Result<Tensor> {
+        Checkpoint::tensor(self, name, shape, dtype, device)
+    }
 }
 
 /// A projection `x @ W^T (+ b)`; `W` is `(out, in)` as stored in checkpoints.
@@ -50,9 +129,69 @@ enum Weight {
     /// Re-laid out for our CPU kernel, which takes f32 `x`.
     Packed(PackedWeight),
     Quantized(QMatMul),
+    /// ggml blocks as stored in a GGUF file (CPU, f32 `x`).
+    Ggml(GgmlWeight),
 }
 
 impl Linear {
+    /// Fuses `parts` (each `(out_i, in)`) along the output into one
+    /// projection. `cpu_f32`: the model computes in f32 on the CPU, where
+    /// our kernels take f32, bf16 and f16 weights and ggml blocks as they are.
+    fn fused(
+        parts: Vec<Matrix>,
+        bias: Option<Tensor>,
+        quant: Quantization,
+        cpu_f32: bool,
+    ) -> Result<Self> {
+        if parts.iter().all(|p| matches!(p, Matrix::Ggml(_))) {
+            // Adjacent parts in one format become one matrix (their rows
+            // are whole blocks, so the bytes just follow each other).
+            let mut merged: Vec<Blocks> = Vec::new();
+            let blocks = parts.into_iter().filter_map(|p| match p {
+                Matrix::Ggml(b) => Some(b),
+                Matrix::Dense(_) => None,
+            });
+            for b in blocks {
+                match merged.last_mut() {
+                    Some(last) if last.qtype == b.qtype && last.cols == b.cols => {
+                        last.rows += b.rows;
+                        last.data.extend_from_slice(&b.data);
+                    }
+                    _ => merged.push(b),
+                }
+            }
+            let q = merged
+                .into_iter()
+                .map(|b| Ok(Arc::new(b.into_matrix()?)))
+                .collect::<Result<Vec<_>>>()?;
+            return Ok(Self {
+                weight: Weight::Ggml(GgmlWeight::new(q)),
+                bias,
+            });
+        }
+        // Mixed (a GGUF file with, say, one f16 matrix among quantized
+        // ones): all dense, in f32.
+        let mixed = parts.iter().any(|p| matches!(p, Matrix::Ggml(_)));
+        let dense = parts
+            .into_iter()
+            .map(|p| match p {
+                Matrix::Dense(t) if mixed => Ok(t.to_dtype(DType::F32)?),
+                Matrix::Dense(t) => Ok(t),
+                Matrix::Ggml(b) => {
+                    let (r, c) = (b.rows, b.cols);
+                    let q = b.into_matrix()?;
+                    Ok(Tensor::from_vec(q.dequantize(), (r, c), &Device::Cpu)?)
+                }
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let weight = if dense.len() == 1 {
+            dense.into_iter().next().expect("one part")
+        } else {
+            Tensor::cat(&dense, 0)?
+        };
+        Self::new(weight, bias, quant, cpu_f32)
+    }
+
     /// `cpu_f32`: the model computes in f32 on the CPU, where our kernel
     /// takes f32, bf16 and f16 weights as they are.
     fn new(
@@ -62,11 +201,13 @@ impl Linear {
         cpu_f32: bool,
     ) -> Result<Self> {
         let weight = match quant {
-            Quantization::None if cpu_f32 => match PackedWeight::new(&weight)? {
-                Some(packed) => Weight::Packed(packed),
-                None => Weight::Dense(weight.contiguous()?),
-            },
-            Quantization::None => Weight::Dense(weight.contiguous()?),
+            Quantization::None | Quantization::AsStored if cpu_f32 => {
+                match PackedWeight::new(&weight)? {
+                    Some(packed) => Weight::Packed(packed),
+                    None => Weight::Dense(weight.contiguous()?),
+                }
+            }
+            Quantization::None | Quantization::AsStored => Weight::Dense(weight.contiguous()?),
             Quantization::Q8_0 => Weight::Quantized(QMatMul::from_qtensor(QTensor::quantize(
                 &weight.to_dtype(DType::F32)?,
                 GgmlDType::Q8_0,
@@ -81,11 +222,102 @@ impl Linear {
             Weight::Packed(w) => w.forward(x)?,
             Weight::Dense(w) => x.matmul(&w.t()?)?,
             Weight::Quantized(q) => q.forward(x)?,
+            Weight::Ggml(q) => x.contiguous()?.apply_op1_no_bwd(q)?,
         };
         Ok(match &self.bias {
             Some(b) => y.broadcast_add(b)?,
             None => y,
         })
+    }
+}
+
+/// `x @ W^T` with `W` in ggml blocks: `parts` stacked along the output
+/// (`out` rows in all, `inp` columns each), computed by `cpu_quant` on the
+/// CPU from f32 `x (n, inp)` into f32 `(n, out)`.
+pub(crate) struct GgmlWeight {
+    parts: Vec<Arc<QMatrix>>,
+    out: usize,
+    inp: usize,
+}
+
+impl GgmlWeight {
+    /// `parts`: non-empty, all with the same number of columns (the
+    /// loader's shape checks guarantee both).
+    fn new(parts: Vec<Arc<QMatrix>>) -> Self {
+        let out = parts.iter().map(|p| p.rows()).sum();
+        let inp = parts.first().map_or(0, |p| p.cols());
+        Self { parts, out, inp }
+    }
+}
+
+impl candle_core::CustomOp1 for GgmlWeight {
+    fn name(&self) -> &'static str {
+        "specdec-ggml-matmul"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s: &candle_core::CpuStorage,
+        l: &candle_core::Layout,
+    ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
+        let candle_core::CpuStorage::F32(xs) = s else {
+            candle_core::bail!("{}: x must be f32", self.name());
+        };
+        let Some((a, b)) = l.contiguous_offsets() else {
+            candle_core::bail!("{}: contiguous x only", self.name());
+        };
+        let (n, k) = l.shape().dims2()?;
+        if k != self.inp {
+            let formats: Vec<_> = self.parts.iter().map(|p| p.qtype()).collect();
+            candle_core::bail!(
+                "{}: x is (_, {k}) but W ({formats:?}) is (_, {})",
+                self.name(),
+                self.inp
+            );
+        }
+        let x = &xs[a..b];
+        let mut y = vec![0f32; n * self.out];
+        if let [one] = self.parts.as_slice() {
+            one.matmul(x, n, &mut y);
+        } else {
+            let mut col = 0;
+            for p in &self.parts {
+                let rows = p.rows();
+                let mut part = vec![0f32; n * rows];
+                p.matmul(x, n, &mut part);
+                for (dst, src) in y.chunks_exact_mut(self.out).zip(part.chunks_exact(rows)) {
+                    dst[col..col + rows].copy_from_slice(src);
+                }
+                col += rows;
+            }
+        }
+        Ok((candle_core::CpuStorage::F32(y), (n, self.out).into()))
+    }
+}
+
+/// The token embedding `(vocab, hidden)`.
+enum Embedding {
+    /// Dense, in the compute dtype.
+    Dense(Tensor),
+    /// ggml blocks; looked-up rows are dequantized to f32.
+    Ggml(Arc<QMatrix>),
+}
+
+impl Embedding {
+    /// Rows of `tokens` (ids checked against the vocabulary by the caller):
+    /// `(n, hidden)`.
+    fn forward(&self, tokens: &[u32], device: &Device) -> Result<Tensor> {
+        match self {
+            Embedding::Dense(t) => Ok(t.index_select(&Tensor::new(tokens, device)?, 0)?),
+            Embedding::Ggml(q) => {
+                let h = q.cols();
+                let mut x = vec![0f32; tokens.len() * h];
+                for (row, &t) in x.chunks_exact_mut(h.max(1)).zip(tokens) {
+                    q.dequantize_row(t as usize, row);
+                }
+                Ok(Tensor::from_vec(x, (tokens.len(), h), device)?)
+            }
+        }
     }
 }
 
@@ -111,7 +343,7 @@ struct Layer {
 /// Weights and rotary tables of one model.
 pub(crate) struct Llama {
     cfg: ModelConfig,
-    embed: Tensor,
+    embed: Embedding,
     layers: Vec<Layer>,
     norm: Tensor,
     lm_head: Linear,
@@ -127,7 +359,7 @@ impl Llama {
     /// Loads every tensor the config implies, checking names and shapes.
     pub(crate) fn load(
         cfg: &ModelConfig,
-        ckpt: &Checkpoint,
+        ckpt: &dyn WeightSource,
         n_positions: usize,
         dtype: DType,
         device: &Device,
@@ -140,16 +372,24 @@ impl Llama {
         // Our CPU kernel reads bf16 / f16 weight matrices as stored and widens
         // them exactly, so f32 compute need not double their bytes.
         let cpu_f32 = device.is_cpu() && dtype == DType::F32;
-        let as_stored = cpu_f32 && quant == Quantization::None;
+        let as_stored = cpu_f32 && matches!(quant, Quantization::None | Quantization::AsStored);
         let matrix = |name: &str, shape: &[usize]| {
-            ckpt.tensor(
+            ckpt.matrix(
                 name,
                 shape,
                 if as_stored { None } else { Some(dtype) },
                 device,
             )
         };
-        let embed = get("model.embed_tokens.weight", &[c.vocab_size, h])?;
+        let embed = match ckpt.matrix(
+            "model.embed_tokens.weight",
+            &[c.vocab_size, h],
+            Some(dtype),
+            device,
+        )? {
+            Matrix::Dense(t) => Embedding::Dense(t),
+            Matrix::Ggml(b) => Embedding::Ggml(Arc::new(b.into_matrix()?)),
+        };
         let mut layers = Vec::with_capacity(c.num_layers);
         for i in 0..c.num_layers {
             let p = format!("model.layers.{i}");
@@ -157,7 +397,7 @@ impl Llama {
                         out: usize,
                         inp: usize,
                         bias: bool|
-             -> Result<(Tensor, Option<Tensor>)> {
+             -> Result<(Matrix, Option<Tensor>)> {
                 let w = matrix(&format!("{p}.{name}.weight"), &[out, inp])?;
                 let b = if bias {
                     Some(get(&format!("{p}.{name}.bias"), &[out])?)
@@ -185,28 +425,34 @@ impl Llama {
             };
             layers.push(Layer {
                 input_norm: get(&format!("{p}.input_layernorm.weight"), &[h])?,
-                qkv: Linear::new(
-                    Tensor::cat(&[qw, kw, vw], 0)?,
-                    cat(qb, kb, vb)?,
-                    quant,
-                    cpu_f32,
-                )?,
-                o: Linear::new(ow, None, quant, cpu_f32)?,
+                qkv: Linear::fused(vec![qw, kw, vw], cat(qb, kb, vb)?, quant, cpu_f32)?,
+                o: Linear::fused(vec![ow], None, quant, cpu_f32)?,
                 post_norm: get(&format!("{p}.post_attention_layernorm.weight"), &[h])?,
-                gate_up: Linear::new(
-                    Tensor::cat(&[gw, uw], 0)?,
-                    cat(gb, ub, None)?,
-                    quant,
-                    cpu_f32,
-                )?,
-                down: Linear::new(dw, db, quant, cpu_f32)?,
+                gate_up: Linear::fused(vec![gw, uw], cat(gb, ub, None)?, quant, cpu_f32)?,
+                down: Linear::fused(vec![dw], db, quant, cpu_f32)?,
             });
         }
         let norm = get("model.norm.weight", &[h])?;
-        let head = if c.tie_word_embeddings && !ckpt.contains("lm_head.weight") {
-            matrix("model.embed_tokens.weight", &[c.vocab_size, h])?
-        } else {
-            matrix("lm_head.weight", &[c.vocab_size, h])?
+        let tied = c.tie_word_embeddings && !ckpt.contains("lm_head.weight");
+        let lm_head = match &embed {
+            // The head reads the embedding's blocks: one copy for both.
+            Embedding::Ggml(q) if tied => Linear {
+                weight: Weight::Ggml(GgmlWeight::new(vec![q.clone()])),
+                bias: None,
+            },
+            _ => {
+                let name = if tied {
+                    "model.embed_tokens.weight"
+                } else {
+                    "lm_head.weight"
+                };
+                Linear::fused(
+                    vec![matrix(name, &[c.vocab_size, h])?],
+                    None,
+                    quant,
+                    cpu_f32,
+                )?
+            }
         };
         let inv_freq = cfg.rope_inv_freq();
         let half = inv_freq.len();
@@ -230,7 +476,7 @@ impl Llama {
             embed,
             layers,
             norm,
-            lm_head: Linear::new(head, None, quant, cpu_f32)?,
+            lm_head,
             cos: table(cos)?,
             sin: table(sin)?,
             dtype,
@@ -262,8 +508,7 @@ impl Llama {
         last_only: bool,
     ) -> Result<Tensor> {
         let n = tokens.len();
-        let ids = Tensor::new(tokens, &self.device)?;
-        let mut x = self.embed.index_select(&ids, 0)?; // (n, hidden)
+        let mut x = self.embed.forward(tokens, &self.device)?; // (n, hidden)
         let cos = self.cos.narrow(0, pos, n)?;
         let sin = self.sin.narrow(0, pos, n)?;
         // Our CPU attention applies causality and the window itself.

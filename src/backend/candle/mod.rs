@@ -1,15 +1,31 @@
 //! The candle backend: loads a Hugging Face Llama / Mistral / Qwen2 directory
-//! and runs it on the CPU (f32) or, with the `cuda` feature, an NVIDIA GPU.
+//! or a llama-architecture GGUF file and runs it on the CPU (f32) or, with
+//! the `cuda` feature, an NVIDIA GPU.
 //!
 //! A model directory is what `save_pretrained` writes: `config.json`,
 //! `model.safetensors` (or `model.safetensors.index.json` + shards) in bf16,
 //! f16 or f32, `tokenizer.json`, and optionally `generation_config.json`.
+//!
+//! A GGUF file (the format of llama.cpp and Ollama) holds all of that in
+//! one: the configuration in `llama.*` metadata, the tensors in f32, f16,
+//! bf16 or ggml blocks (Q4_0, Q4_1, Q8_0, Q4_K, Q5_K, Q6_K; also Q5_0,
+//! Q5_1, Q2_K, Q3_K, always dequantized), the tokenizer (byte-level BPE)
+//! and the chat template. Its blocks are dequantized to f32 at load
+//! ([`Quantization::None`], the exact reference path) or computed on as
+//! stored ([`Quantization::AsStored`], CPU only). A `tokenizer.json`
+//! beside the file replaces the one in its metadata.
 
 mod config;
 mod cpu_attention;
 mod cpu_matmul;
+mod cpu_quant;
+mod gguf;
+mod gguf_header;
+mod gguf_tokenizer;
 mod llama;
 mod weights;
+
+pub(crate) use config::read_json_object;
 
 use std::path::{Path, PathBuf};
 
@@ -18,10 +34,11 @@ use candle_core::{DType, Device};
 pub use config::{ModelConfig, RopeScaling, SUPPORTED_MODEL_TYPES};
 pub use llama::Quantization;
 
+use crate::chat::ChatTemplate;
 use crate::error::{Error, Result};
 use crate::model::{LanguageModel, Logits};
 use crate::tokenizer::Tokenizer;
-use llama::{LayerCache, Llama};
+use llama::{LayerCache, Llama, WeightSource};
 
 /// Starts rayon's global thread pool, which the CPU backend computes on,
 /// with the calling thread as one of its `threads` (default: rayon's,
@@ -71,7 +88,7 @@ pub struct LoadOptions {
     /// KV-cache positions (`n_positions`). `None`: the smaller of
     /// `max_position_embeddings` and [`DEFAULT_MAX_POSITIONS`].
     pub n_positions: Option<usize>,
-    /// Weight storage for the matrix products (Q8_0: CPU only).
+    /// Weight storage for the matrix products (Q8_0 and AsStored: CPU only).
     pub quantization: Quantization,
 }
 
@@ -109,6 +126,7 @@ pub struct CandleModel {
     len: usize,
     n_positions: usize,
     tokenizer: Option<Tokenizer>,
+    chat_template: Option<ChatTemplate>,
     eos: Vec<u32>,
 }
 
@@ -124,24 +142,43 @@ impl std::fmt::Debug for CandleModel {
 }
 
 impl CandleModel {
-    /// Loads the model in `dir` with default options (CPU, f32).
-    pub fn load(dir: impl AsRef<Path>) -> Result<Self> {
-        Self::load_with(dir, &LoadOptions::default())
+    /// Loads the model in `path` (a model directory or a `.gguf` file)
+    /// with default options (CPU, f32).
+    pub fn load(path: impl AsRef<Path>) -> Result<Self> {
+        Self::load_with(path, &LoadOptions::default())
     }
 
-    /// Loads the model in `dir`.
-    pub fn load_with(dir: impl AsRef<Path>, options: &LoadOptions) -> Result<Self> {
-        let dir = dir.as_ref();
+    /// Loads the model in `path`: a model directory, or a file whose name
+    /// ends in `.gguf`.
+    pub fn load_with(path: impl AsRef<Path>, options: &LoadOptions) -> Result<Self> {
+        let dir = path.as_ref();
         if !dir.exists() {
             return Err(Error::ModelDir {
                 path: dir.to_path_buf(),
                 reason: "does not exist".into(),
             });
         }
+        if options.quantization != Quantization::None && !options.device.is_cpu() {
+            return Err(Error::setting(
+                "quantization",
+                format!("{:?}", options.quantization),
+                "None on a GPU (Q8_0 and AsStored weights are CPU-backend options)",
+            ));
+        }
+        if options.quantization == Quantization::AsStored && options.dtype != DType::F32 {
+            return Err(Error::setting(
+                "quantization",
+                format!("AsStored with dtype {:?}", options.dtype),
+                "dtype F32 (the block kernels compute in f32)",
+            ));
+        }
+        if dir.is_file() && is_gguf(dir) {
+            return Self::load_gguf(dir, options);
+        }
         if !dir.is_dir() {
             return Err(Error::ModelDir {
                 path: dir.to_path_buf(),
-                reason: "is not a directory".into(),
+                reason: "is not a directory (nor a file named *.gguf)".into(),
             });
         }
         let config_path = dir.join("config.json");
@@ -151,28 +188,8 @@ impl CandleModel {
                 reason: "has no config.json".into(),
             });
         }
-        if options.quantization != Quantization::None && !options.device.is_cpu() {
-            return Err(Error::setting(
-                "quantization",
-                format!("{:?}", options.quantization),
-                "None on a GPU (Q8_0 weights are a CPU-backend option)",
-            ));
-        }
         let config = ModelConfig::from_file(&config_path)?;
-        let n_positions = match options.n_positions {
-            Some(0) => return Err(Error::setting("n_positions", 0, "at least 1")),
-            Some(n) => n,
-            None => config.max_position_embeddings.min(DEFAULT_MAX_POSITIONS),
-        };
         let checkpoint = weights::Checkpoint::open(dir)?;
-        let llama = Llama::load(
-            &config,
-            &checkpoint,
-            n_positions,
-            options.dtype,
-            &options.device,
-            options.quantization,
-        )?;
         let tokenizer_path = dir.join("tokenizer.json");
         let tokenizer = if tokenizer_path.exists() {
             Some(Tokenizer::from_file(&tokenizer_path)?)
@@ -180,22 +197,99 @@ impl CandleModel {
             None
         };
         let eos = weights::generation_eos(dir)?.unwrap_or_else(|| config.eos_token_ids.clone());
+        let parts = Parts {
+            config,
+            tokenizer,
+            chat_template: ChatTemplate::from_model_dir(dir)?,
+            eos,
+        };
+        Self::assemble(dir, parts, &checkpoint, options, |_| Ok(()))
+    }
+
+    fn load_gguf(path: &Path, options: &LoadOptions) -> Result<Self> {
+        let mut file = gguf::GgufFile::open(path)?;
+        let config = file.config()?;
+        file.prepare(&config, options.quantization == Quantization::AsStored);
+        let beside = path.with_file_name("tokenizer.json");
+        let tokenizer = if beside.is_file() {
+            Some(Tokenizer::from_file(&beside)?)
+        } else {
+            gguf_tokenizer::from_gguf(&file)?
+        };
+        let chat_template = match file.str_opt("tokenizer.chat_template")? {
+            None => None,
+            Some(source) => {
+                let token = |key: &str| -> Result<String> {
+                    let id = file.token_id_opt(key, config.vocab_size)?;
+                    Ok(id
+                        .and_then(|id| tokenizer.as_ref()?.id_to_token(id))
+                        .unwrap_or_default())
+                };
+                Some(ChatTemplate::new(
+                    source,
+                    format!("{} (tokenizer.chat_template)", path.display()),
+                    token("tokenizer.ggml.bos_token_id")?,
+                    token("tokenizer.ggml.eos_token_id")?,
+                )?)
+            }
+        };
+        let eos = config.eos_token_ids.clone();
+        let parts = Parts {
+            config,
+            tokenizer,
+            chat_template,
+            eos,
+        };
+        Self::assemble(path, parts, &file, options, |f| f.check_all_used())
+    }
+
+    /// Builds the model from `source`; `after_load` checks the source once
+    /// every tensor has been read.
+    fn assemble<S: WeightSource>(
+        path: &Path,
+        parts: Parts,
+        source: &S,
+        options: &LoadOptions,
+        after_load: impl FnOnce(&S) -> Result<()>,
+    ) -> Result<Self> {
+        let config = parts.config;
+        let n_positions = match options.n_positions {
+            Some(0) => return Err(Error::setting("n_positions", 0, "at least 1")),
+            Some(n) => n,
+            None => config.max_position_embeddings.min(DEFAULT_MAX_POSITIONS),
+        };
+        let llama = Llama::load(
+            &config,
+            source,
+            n_positions,
+            options.dtype,
+            &options.device,
+            options.quantization,
+        )?;
+        after_load(source)?;
         let cache = llama.new_cache(n_positions)?;
-        let name = dir
+        let name = path
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_else(|| dir.display().to_string());
+            .unwrap_or_else(|| path.display().to_string());
         Ok(Self {
             name,
-            dir: dir.to_path_buf(),
+            dir: path.to_path_buf(),
             config,
             llama,
             cache,
             len: 0,
             n_positions,
-            tokenizer,
-            eos,
+            tokenizer: parts.tokenizer,
+            chat_template: parts.chat_template,
+            eos: parts.eos,
         })
+    }
+
+    /// The model's chat template (GGUF metadata, or `chat_template.jinja` /
+    /// `tokenizer_config.json` beside a model directory), if it has one.
+    pub fn chat_template(&self) -> Option<&ChatTemplate> {
+        self.chat_template.as_ref()
     }
 
     /// The resolved configuration.
@@ -203,7 +297,7 @@ impl CandleModel {
         &self.config
     }
 
-    /// The directory the model was loaded from.
+    /// The directory or GGUF file the model was loaded from.
     pub fn dir(&self) -> &Path {
         &self.dir
     }
@@ -259,6 +353,20 @@ impl CandleModel {
         self.len += tokens.len();
         Ok(Logits::new(data, self.config.vocab_size))
     }
+}
+
+/// What a loader found besides the weights.
+struct Parts {
+    config: ModelConfig,
+    tokenizer: Option<Tokenizer>,
+    chat_template: Option<ChatTemplate>,
+    eos: Vec<u32>,
+}
+
+/// Whether `path` names a GGUF file (by its extension, in any case).
+fn is_gguf(path: &Path) -> bool {
+    path.extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("gguf"))
 }
 
 impl LanguageModel for CandleModel {

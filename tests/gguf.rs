@@ -1,0 +1,529 @@
+//! GGUF: the SmolLM2-135M-Instruct Q4_1 file against transformers'
+//! reference (dequantized to f32), its quantized-compute path, its tokenizer
+//! and chat template, the conformance suite on it, and small synthetic GGUF
+//! files for every block format and for hostile inputs.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use candle_core::quantized::gguf_file::{self, Value};
+use candle_core::quantized::{GgmlDType, QTensor};
+use candle_core::{Device, Tensor};
+use serde_json::Value as Json;
+use specdec::conformance::{check_all, Tolerance};
+use specdec::{
+    CandleModel, ChatMessage, ChatTemplate, Error, GenerationPrompt, LanguageModel, LoadOptions,
+    Quantization, Tokenizer,
+};
+
+/// Largest `|logit - transformers' logit|` allowed on the quantized-compute
+/// path, at the reference's top-5 ids of every prompt position. The blocks
+/// are the file's own, so what moves the logits is the kernel's arithmetic:
+/// with activations quantized to 8 bits per block of 32 (as llama.cpp
+/// does), each product is off by up to `sum |w| * dx / 2`, and that
+/// compounds over 30 layers. Measured: 8.5e-5 with a kernel that multiplies
+/// in f32, 1.3-3.9 with one that quantizes activations (logits of 10-30).
+const QUANTIZED_TOLERANCE: f32 = 6.0;
+
+/// Fewest prompt positions, of all the reference's, whose argmax the
+/// quantized path must agree on (measured: all 76 with f32 products, 67 of
+/// 76 with 8-bit activations).
+const QUANTIZED_MIN_ARGMAX_AGREEMENT: f64 = 0.8;
+
+fn smollm_dir() -> Option<PathBuf> {
+    let dir = common::shared_models()?.join("smollm2-135m-instruct");
+    if dir.join("SmolLM2-135M-Instruct.Q4_1.gguf").is_file() {
+        Some(dir)
+    } else {
+        eprintln!("SKIP: {} not found", dir.display());
+        None
+    }
+}
+
+fn smollm_file(dir: &Path) -> PathBuf {
+    dir.join("SmolLM2-135M-Instruct.Q4_1.gguf")
+}
+
+fn load(path: &Path, quantization: Quantization, n_positions: usize) -> CandleModel {
+    let options = LoadOptions {
+        n_positions: Some(n_positions),
+        quantization,
+        ..LoadOptions::default()
+    };
+    CandleModel::load_with(path, &options).expect("GGUF loads")
+}
+
+/// Greedy decoding of the model alone, up to `n` tokens or its EOS.
+fn greedy(m: &mut CandleModel, prompt: &[u32], n: usize) -> Vec<u32> {
+    m.reset().unwrap();
+    let mut logits = m.forward_last(prompt).unwrap();
+    let mut out = Vec::new();
+    for _ in 0..n {
+        let t = argmax(logits.row(0));
+        out.push(t);
+        if m.eos_token_ids().contains(&t) {
+            break;
+        }
+        logits = m.forward_last(&[t]).unwrap();
+    }
+    out
+}
+
+fn argmax(row: &[f32]) -> u32 {
+    let mut best = 0;
+    for (i, &x) in row.iter().enumerate() {
+        if x > row[best] {
+            best = i;
+        }
+    }
+    best as u32
+}
+
+/// Largest difference from the reference's top-5 logits over all prompt
+/// positions of `case`, and at how many of those positions the argmax
+/// agrees with the reference's.
+fn logit_error(m: &mut CandleModel, case: &Json) -> (f32, usize) {
+    let prompt = common::ids(&case["prompt_ids"]);
+    m.reset().unwrap();
+    let logits = m.forward(&prompt).unwrap();
+    let (mut worst, mut argmax_agrees) = (0f32, 0);
+    for (pos, (ids, values)) in case["top5_ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .zip(case["top5_logits"].as_array().unwrap())
+        .enumerate()
+    {
+        let row = logits.row(pos);
+        for (id, v) in common::ids(ids).iter().zip(values.as_array().unwrap()) {
+            worst = worst.max((row[*id as usize] - v.as_f64().unwrap() as f32).abs());
+        }
+        argmax_agrees += usize::from(argmax(row) == common::ids(ids)[0]);
+    }
+    (worst, argmax_agrees)
+}
+
+fn reference(dir: &Path) -> Json {
+    common::json(dir.join("reference.json"))
+}
+
+#[test]
+fn dequantized_gguf_matches_transformers() {
+    let Some(dir) = smollm_dir() else { return };
+    let reference = reference(&dir);
+    let mut m = load(&smollm_file(&dir), Quantization::None, 128);
+    assert_eq!(m.config().num_layers, 30);
+    assert!(m.config().tie_word_embeddings);
+    for case in reference["cases"].as_array().unwrap() {
+        let (err, argmax_agrees) = logit_error(&mut m, case);
+        assert!(err < 1e-3, "{}: top-5 logits off by {err}", case["prompt"]);
+        let positions = case["prompt_ids"].as_array().unwrap().len();
+        assert_eq!(argmax_agrees, positions, "{}", case["prompt"]);
+        let want = common::ids(&case["greedy_48"]);
+        let got = greedy(&mut m, &common::ids(&case["prompt_ids"]), 48);
+        assert_eq!(got, want, "{}", case["prompt"]);
+    }
+}
+
+#[test]
+fn quantized_gguf_stays_close_to_transformers() {
+    let Some(dir) = smollm_dir() else { return };
+    let reference = reference(&dir);
+    let mut m = load(&smollm_file(&dir), Quantization::AsStored, 128);
+    let (mut agree, mut positions) = (0, 0);
+    for case in reference["cases"].as_array().unwrap() {
+        let (err, argmax_agrees) = logit_error(&mut m, case);
+        let n = case["prompt_ids"].as_array().unwrap().len();
+        (agree, positions) = (agree + argmax_agrees, positions + n);
+        let want = common::ids(&case["greedy_48"]);
+        let got = greedy(&mut m, &common::ids(&case["prompt_ids"]), 48);
+        let same = got.iter().zip(&want).take_while(|(a, b)| a == b).count();
+        eprintln!(
+            "quantized compute, {:?}: max |logit error| {err:.2e}, argmax agrees at \
+             {argmax_agrees} of {n} prompt positions, greedy matches the reference for {same} of {} tokens",
+            case["prompt"].as_str().unwrap(),
+            want.len()
+        );
+        assert!(err < QUANTIZED_TOLERANCE, "{}: {err}", case["prompt"]);
+        assert_eq!(got[0], want[0], "{}: first greedy token", case["prompt"]);
+    }
+    assert!(
+        agree as f64 >= QUANTIZED_MIN_ARGMAX_AGREEMENT * positions as f64,
+        "argmax agrees at {agree} of {positions} prompt positions"
+    );
+}
+
+#[test]
+fn gguf_tokenizer_matches_transformers() {
+    let Some(dir) = smollm_dir() else { return };
+    let m = CandleModel::load_with(
+        smollm_file(&dir),
+        &LoadOptions {
+            n_positions: Some(8),
+            quantization: Quantization::AsStored,
+            ..LoadOptions::default()
+        },
+    )
+    .unwrap();
+    let ours = m.tokenizer().expect("a tokenizer from the metadata");
+    for case in reference(&dir)["cases"].as_array().unwrap() {
+        let ids = ours.encode(case["prompt"].as_str().unwrap()).unwrap();
+        assert_eq!(ids, common::ids(&case["prompt_ids"]), "{}", case["prompt"]);
+    }
+    let theirs = Tokenizer::from_file(dir.join("tokenizer.reference.json")).unwrap();
+    ours.check_same_vocabulary(&theirs).unwrap();
+    for text in [
+        "Hello world!  It's 2024-01-02, 12:34:56.\n\n\tTabs\u{a0}and  1  2   345 ",
+        "def f(x):\n    return x ** 2  # square\n\n\n",
+        "Ünïcödé — 日本語のテキスト 🚀 <|im_start|>user\nhi<|im_end|>",
+        "   leading and trailing   ",
+    ] {
+        let ids = ours.encode(text).unwrap();
+        assert_eq!(ids, theirs.encode(text).unwrap(), "{text:?}");
+        assert_eq!(ours.decode(&ids).unwrap(), theirs.decode(&ids).unwrap());
+    }
+    // BOS / EOS from the metadata; <|im_end|> (id 2) ends a generation.
+    assert_eq!(ours.token_to_id("<|im_end|>"), Some(2));
+    assert_eq!(m.eos_token_ids(), &[2]);
+}
+
+#[test]
+fn chat_template_renders_like_transformers() {
+    let Some(dir) = smollm_dir() else { return };
+    let reference = reference(&dir);
+    let want = reference["chat_template_rendered"].as_str().unwrap();
+    let m = load(&smollm_file(&dir), Quantization::AsStored, 8);
+    let messages = [ChatMessage::user(
+        "Write a Python function that reverses a string.",
+    )];
+    let template = m.chat_template().expect("the file's template");
+    assert_eq!(
+        template.render(&messages, GenerationPrompt::Add).unwrap(),
+        want
+    );
+    // The same template from chat_template.jinja beside a model directory.
+    let beside = ChatTemplate::from_model_dir(&dir).unwrap().unwrap();
+    assert_eq!(
+        beside.render(&messages, GenerationPrompt::Add).unwrap(),
+        want
+    );
+    let no_prompt = template.render(&messages, GenerationPrompt::Omit).unwrap();
+    assert_eq!(format!("{no_prompt}<|im_start|>assistant\n"), want);
+    // The rendered text tokenizes to the reference's chat prompt.
+    let chat_case = &reference["cases"][3];
+    assert_eq!(
+        m.tokenizer().unwrap().encode(want).unwrap(),
+        common::ids(&chat_case["prompt_ids"])
+    );
+}
+
+/// The quantized-compute path conforms bit for bit: each output of the
+/// block kernel is computed from its own input row alone, whatever the
+/// number of rows in the pass, so batched passes equal sequential ones.
+#[test]
+fn quantized_gguf_conforms() {
+    let Some(dir) = smollm_dir() else { return };
+    let mut m = load(&smollm_file(&dir), Quantization::AsStored, 48);
+    let tokens = m
+        .tokenizer()
+        .unwrap()
+        .encode("import os\nimport sys\n\ndef main(argv):\n    for arg in argv[1:]:\n        print(os.path.abspath(arg))\n")
+        .unwrap();
+    assert!(tokens.len() >= 30, "{}", tokens.len());
+    check_all(&mut m, &tokens, &Tolerance::exact()).unwrap();
+}
+
+// ---- synthetic GGUF files ------------------------------------------------
+
+const H: usize = 256;
+const FFN: usize = 256;
+const VOCAB: usize = 64;
+const HEADS: usize = 4;
+const KV_HEADS: usize = 2;
+
+fn pseudo_random(n: usize, seed: usize, scale: f32) -> Vec<f32> {
+    (0..n)
+        .map(|i| {
+            let x = (i.wrapping_mul(2654435761).wrapping_add(seed * 40503)) % 10007;
+            (x as f32 / 10007.0 - 0.5) * scale
+        })
+        .collect()
+}
+
+fn metadata() -> Vec<(String, Value)> {
+    let u = |v: usize| Value::U32(v as u32);
+    vec![
+        ("general.architecture".into(), Value::String("llama".into())),
+        ("llama.block_count".into(), u(1)),
+        ("llama.context_length".into(), u(64)),
+        ("llama.embedding_length".into(), u(H)),
+        ("llama.feed_forward_length".into(), u(FFN)),
+        ("llama.attention.head_count".into(), u(HEADS)),
+        ("llama.attention.head_count_kv".into(), u(KV_HEADS)),
+        ("llama.rope.freq_base".into(), Value::F32(10000.0)),
+        (
+            "llama.attention.layer_norm_rms_epsilon".into(),
+            Value::F32(1e-5),
+        ),
+    ]
+}
+
+/// A 1-layer llama with every matrix in `matrices` format.
+fn tensors(matrices: GgmlDType) -> Vec<(String, QTensor)> {
+    let hd = H / HEADS;
+    let shapes: Vec<(&str, usize, usize)> = vec![
+        ("token_embd.weight", VOCAB, H),
+        ("blk.0.attn_q.weight", HEADS * hd, H),
+        ("blk.0.attn_k.weight", KV_HEADS * hd, H),
+        ("blk.0.attn_v.weight", KV_HEADS * hd, H),
+        ("blk.0.attn_output.weight", H, HEADS * hd),
+        ("blk.0.ffn_gate.weight", FFN, H),
+        ("blk.0.ffn_up.weight", FFN, H),
+        ("blk.0.ffn_down.weight", H, FFN),
+    ];
+    let mut out: Vec<(String, QTensor)> = shapes
+        .into_iter()
+        .enumerate()
+        .map(|(i, (name, r, c))| {
+            let t = Tensor::from_vec(pseudo_random(r * c, i, 0.4), (r, c), &Device::Cpu).unwrap();
+            (name.to_string(), QTensor::quantize(&t, matrices).unwrap())
+        })
+        .collect();
+    for (i, name) in [
+        "blk.0.attn_norm.weight",
+        "blk.0.ffn_norm.weight",
+        "output_norm.weight",
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let w: Vec<f32> = pseudo_random(H, 50 + i, 0.5)
+            .iter()
+            .map(|x| 1.0 + x)
+            .collect();
+        let t = Tensor::from_vec(w, H, &Device::Cpu).unwrap();
+        out.push((name.into(), QTensor::quantize(&t, GgmlDType::F32).unwrap()));
+    }
+    out
+}
+
+fn write(path: &Path, metadata: &[(String, Value)], tensors: &[(String, QTensor)]) {
+    let mut f = std::fs::File::create(path).unwrap();
+    let md: Vec<(&str, &Value)> = metadata.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    let ts: Vec<(&str, &QTensor)> = tensors.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    gguf_file::write(&mut f, &md, &ts).unwrap();
+}
+
+/// `name` in a directory of this process and `test`'s own.
+fn temp(test: &str, name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("specdec-gguf-{}-{test}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir.join(name)
+}
+
+fn try_load(path: &Path, quantization: Quantization) -> specdec::Result<CandleModel> {
+    CandleModel::load_with(
+        path,
+        &LoadOptions {
+            n_positions: Some(40),
+            quantization,
+            ..LoadOptions::default()
+        },
+    )
+}
+
+/// Every format loads both ways, and computing on the blocks gives the
+/// logits of their dequantized f32 copy.
+#[test]
+fn every_block_format_loads_and_computes_as_dequantized() {
+    let tokens: Vec<u32> = (0..20).map(|i| (i * 37 + 11) % VOCAB as u32).collect();
+    for dtype in [
+        GgmlDType::F32,
+        GgmlDType::F16,
+        GgmlDType::BF16,
+        GgmlDType::Q8_0,
+        GgmlDType::Q4_0,
+        GgmlDType::Q4_1,
+        GgmlDType::Q4K,
+        GgmlDType::Q5K,
+        GgmlDType::Q6K,
+        // Dequantized to f32 on both paths.
+        GgmlDType::Q5_0,
+        GgmlDType::Q5_1,
+        GgmlDType::Q3K,
+    ] {
+        let path = temp("formats", &format!("tiny-{dtype:?}.gguf"));
+        write(&path, &metadata(), &tensors(dtype));
+        let mut dense = try_load(&path, Quantization::None).unwrap();
+        let mut blocks = try_load(&path, Quantization::AsStored).unwrap();
+        assert!(dense.config().tie_word_embeddings);
+        assert!(dense.tokenizer().is_none());
+        let a = dense.forward(&tokens).unwrap();
+        let b = blocks.forward(&tokens).unwrap();
+        let diff = a
+            .as_slice()
+            .iter()
+            .zip(b.as_slice())
+            .map(|(x, y)| (x - y).abs())
+            .fold(0f32, f32::max);
+        eprintln!("{dtype:?}: dequantized and block logits differ by at most {diff:.2e}");
+        // Dense formats, and those always dequantized, take the same path
+        // both ways; block formats differ by the kernel's arithmetic
+        // (measured up to 0.37 with 8-bit activations, logits of a few units).
+        let limit = match dtype {
+            GgmlDType::Q8_0
+            | GgmlDType::Q4_0
+            | GgmlDType::Q4_1
+            | GgmlDType::Q4K
+            | GgmlDType::Q5K
+            | GgmlDType::Q6K => 1.0,
+            _ => 0.0,
+        };
+        assert!(
+            diff <= limit,
+            "{dtype:?}: dequantized and block logits differ by {diff}"
+        );
+        assert!(a.as_slice().iter().all(|x| x.is_finite()));
+        check_all(&mut blocks, &tokens, &Tolerance::exact()).unwrap();
+        std::fs::remove_file(&path).unwrap();
+    }
+}
+
+fn load_err(path: &Path) -> Error {
+    match try_load(path, Quantization::AsStored) {
+        Ok(_) => panic!("{} loaded", path.display()),
+        Err(e) => e,
+    }
+}
+
+#[test]
+fn hostile_gguf_files_give_errors_not_panics() {
+    let good = tensors(GgmlDType::Q8_0);
+    let path = temp("hostile", "base.gguf");
+    write(&path, &metadata(), &good);
+    let bytes = std::fs::read(&path).unwrap();
+
+    // Truncated: in the header, and in the tensor data.
+    for len in [3, 100, bytes.len() - 10] {
+        let p = temp("hostile", &format!("truncated-{len}.gguf"));
+        std::fs::write(&p, &bytes[..len]).unwrap();
+        let e = load_err(&p);
+        assert!(matches!(e, Error::Gguf { .. }), "{len}: {e}");
+    }
+    // Bad magic.
+    let mut bad = bytes.clone();
+    bad[..4].copy_from_slice(b"GGML");
+    let p = temp("hostile", "magic.gguf");
+    std::fs::write(&p, &bad).unwrap();
+    assert!(matches!(load_err(&p), Error::Gguf { .. }));
+
+    // A missing tensor.
+    let p = temp("hostile", "missing.gguf");
+    let fewer: Vec<_> = tensors(GgmlDType::Q8_0)
+        .into_iter()
+        .filter(|(n, _)| n != "blk.0.ffn_up.weight")
+        .collect();
+    write(&p, &metadata(), &fewer);
+    match load_err(&p) {
+        Error::MissingTensor { tensor, .. } => assert_eq!(tensor, "blk.0.ffn_up.weight"),
+        e => panic!("{e}"),
+    }
+
+    // A tensor of the wrong shape.
+    let p = temp("hostile", "shape.gguf");
+    let mut wrong = tensors(GgmlDType::Q8_0);
+    let t = Tensor::zeros((H, 2 * H), candle_core::DType::F32, &Device::Cpu).unwrap();
+    wrong[5].1 = QTensor::quantize(&t, GgmlDType::Q8_0).unwrap(); // ffn_gate
+    write(&p, &metadata(), &wrong);
+    match load_err(&p) {
+        Error::ShapeMismatch { tensor, got, .. } => {
+            assert_eq!(tensor, "blk.0.ffn_gate.weight");
+            assert_eq!(got, vec![H, 2 * H]);
+        }
+        e => panic!("{e}"),
+    }
+
+    // A tensor the architecture does not use.
+    let p = temp("hostile", "extra.gguf");
+    let mut extra = tensors(GgmlDType::Q8_0);
+    let t = Tensor::ones(32, candle_core::DType::F32, &Device::Cpu).unwrap();
+    extra.push((
+        "rope_freqs.weight".into(),
+        QTensor::quantize(&t, GgmlDType::F32).unwrap(),
+    ));
+    write(&p, &metadata(), &extra);
+    let e = load_err(&p);
+    assert!(
+        matches!(e, Error::Gguf { .. }) && e.to_string().contains("rope_freqs.weight"),
+        "{e}"
+    );
+
+    // Metadata out of range or of the wrong type: each error names its key.
+    let cases: Vec<(&str, Value)> = vec![
+        ("general.alignment", Value::U32(0)),
+        ("general.alignment", Value::I8(-32)),
+        ("general.alignment", Value::U16(48)),
+        ("llama.block_count", Value::U64(u64::MAX)),
+        ("llama.block_count", Value::U32(1 << 30)),
+        ("llama.embedding_length", Value::String("big".into())),
+        ("llama.attention.head_count", Value::U32(0)),
+        ("llama.attention.head_count_kv", Value::U32(3)),
+        ("llama.attention.key_length", Value::U64(1 << 39)),
+        ("llama.rope.scaling.type", Value::String("yarn".into())),
+        ("general.architecture", Value::String("gpt2".into())),
+    ];
+    for (key, value) in cases {
+        let mut md = metadata();
+        md.retain(|(k, _)| k != key);
+        md.push((key.into(), value));
+        let p = temp("hostile", "metadata.gguf");
+        write(&p, &md, &good);
+        let e = load_err(&p);
+        assert!(
+            matches!(e, Error::Gguf { .. }) && e.to_string().contains(key),
+            "{key}: {e}"
+        );
+    }
+    // Text in a file named .gguf.
+    let p = temp("hostile", "text.gguf");
+    std::fs::write(&p, "not a model").unwrap();
+    assert!(matches!(load_err(&p), Error::Gguf { .. }));
+    let _ = std::fs::remove_dir_all(path.parent().unwrap());
+}
+
+/// Every single-byte corruption of a small file's header (set to 0x00 or
+/// 0xFF) loads or fails with an error: none panics.
+#[test]
+fn corrupted_headers_never_panic() {
+    let path = temp("corrupt", "base.gguf");
+    write(&path, &metadata(), &tensors(GgmlDType::Q4_0));
+    let bytes = std::fs::read(&path).unwrap();
+    let header = bytes
+        .windows(4)
+        .position(|w| w == b"blk.")
+        .map_or(600, |p| p + 400)
+        .min(bytes.len());
+    let p = temp("corrupt", "mutated.gguf");
+    let (mut loaded, mut refused) = (0, 0);
+    for at in 0..header {
+        for value in [0x00, 0xFF] {
+            if bytes[at] == value {
+                continue;
+            }
+            let mut b = bytes.clone();
+            b[at] = value;
+            std::fs::write(&p, &b).unwrap();
+            match try_load(&p, Quantization::AsStored) {
+                Ok(_) => loaded += 1,
+                Err(_) => refused += 1,
+            }
+        }
+    }
+    eprintln!("{header} header bytes corrupted: {loaded} loads, {refused} errors");
+    let _ = std::fs::remove_dir_all(path.parent().unwrap());
+    assert!(
+        refused > header && loaded > 0,
+        "{loaded} loads, {refused} errors"
+    );
+}
