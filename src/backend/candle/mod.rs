@@ -8,6 +8,7 @@
 mod config;
 mod cpu_attention;
 mod cpu_matmul;
+mod cpu_quant;
 mod llama;
 mod weights;
 

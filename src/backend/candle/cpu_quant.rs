@@ -1,0 +1,1347 @@
+//! `y = x @ W^T` on the CPU with `W` in ggml's quantized block formats, as a
+//! GGUF file stores them (Q4_0, Q4_1, Q8_0, Q4_K, Q5_K, Q6_K).
+//!
+//! # How a product runs
+//!
+//! 1. **Weights, once, at load.** Every format is re-laid into one shape:
+//!    *sub-blocks* of `S` consecutive weights of a row (`S` = 32, or 16 for
+//!    Q6_K) with unsigned integer quants `q`, a scale and, for the formats
+//!    that have one, an offset, so that a weight is
+//!    `scale * (q - zero) + offset` with the same f32 operations ggml's
+//!    dequantization does (Q4_K's `d * sc` and `dmin * m` are multiplied out
+//!    once, as ggml does per block). Rows are grouped in *panels* of 16: the
+//!    quants of a panel's sub-block are stored so that one 64-byte vector
+//!    holds 4 consecutive quants of each of the 16 rows (4-bit formats keep
+//!    two such groups in the low and high nibbles, as ggml does), which is
+//!    the operand shape of AVX-512 VNNI's `vpdpbusd`: one instruction does 64
+//!    multiply-adds and leaves each row's sum in its own lane, so no
+//!    horizontal sums are needed. Q4_0, Q4_1 and Q8_0 keep their f16 scales
+//!    (so a 4-bit weight still costs 5 or 4.5 bits); Q5_K and Q6_K quants are
+//!    widened to a byte each, with f32 scales.
+//! 2. **Activations, per call.** Each row of `x` is quantized to 8 bits in
+//!    blocks of 32 (`dx = max|x| / 127`, `xq = round_ties_even(x / dx)`, as
+//!    llama.cpp's `q8_0`), and each block also keeps its exact f32 sum, which
+//!    the offsets multiply (so Q4_1's `m` term has no activation rounding).
+//! 3. **Dot products.** Per sub-block, the integer dot product
+//!    `sum q * xq - zero * sum xq` (exact in i32), then
+//!    `acc = fma(f32(isum), scale * dx, acc)` and, with offsets,
+//!    `acc_m = fma(offset, sum x, acc_m)`; the output is `acc + acc_m`.
+//!
+//! # Exactness
+//!
+//! Each output element is one fixed sequence of f32 operations over its
+//! sub-blocks in order, fed by exact integer dot products: the result for a
+//! row of `x` does not depend on `n`, on which rows share its tile, on which
+//! thread computes it, nor on the instruction set (AVX-512 VNNI, AVX2 and the
+//! portable code give the same bits). A window verified in one pass gets
+//! bit-identical projections to tokens fed one at a time.
+//!
+//! Against the f32 product with the dequantized weights, the only error is
+//! the activation rounding: `|x - dx * xq| <= dx / 2` per element, so an
+//! output is off by at most `sum_k |W[r, k]| * dx(k) / 2` plus f32 rounding
+//! (about 0.4% of `sum_k |W[r, k] x[k]|` for typical activations); the tests
+//! check that bound.
+
+// Until the GGUF loader (branch `gguf`) calls into this module.
+#![allow(dead_code)]
+
+use half::f16;
+use rayon::prelude::*;
+
+use crate::error::{Error, Result};
+
+/// ggml block formats we compute on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum QType {
+    Q4_0,
+    Q4_1,
+    Q8_0,
+    Q4K,
+    Q5K,
+    Q6K,
+}
+
+impl QType {
+    /// Elements per block: 32, or 256 for the k-quants.
+    pub(crate) fn block_elems(self) -> usize {
+        match self {
+            QType::Q4_0 | QType::Q4_1 | QType::Q8_0 => 32,
+            QType::Q4K | QType::Q5K | QType::Q6K => 256,
+        }
+    }
+
+    /// Bytes per block in the file.
+    pub(crate) fn block_bytes(self) -> usize {
+        match self {
+            QType::Q4_0 => 18,
+            QType::Q4_1 => 20,
+            QType::Q8_0 => 34,
+            QType::Q4K => 144,
+            QType::Q5K => 176,
+            QType::Q6K => 210,
+        }
+    }
+
+    /// How the repacked matrix stores it.
+    fn kind(self) -> Kind {
+        let (nibbles, sub, zero, offset) = match self {
+            QType::Q4_0 => (true, 32, 8, false),
+            QType::Q4_1 => (true, 32, 0, true),
+            QType::Q8_0 => (false, 32, 128, false),
+            QType::Q4K => (true, 32, 0, true),
+            QType::Q5K => (false, 32, 0, true),
+            QType::Q6K => (false, 16, 32, false),
+        };
+        Kind {
+            nibbles,
+            sub,
+            zero,
+            offset,
+            f16_scales: matches!(self, QType::Q4_0 | QType::Q4_1 | QType::Q8_0),
+        }
+    }
+}
+
+/// The repacked storage of a format: a weight is
+/// `scale * (q - zero) [+ offset]` per sub-block of `sub` elements.
+#[derive(Debug, Clone, Copy)]
+struct Kind {
+    /// Quants are 4-bit (two per byte) rather than a byte each.
+    nibbles: bool,
+    /// Elements per sub-block (one scale each): 32 or 16.
+    sub: usize,
+    /// The integer subtracted from every quant.
+    zero: i32,
+    /// Whether sub-blocks carry an additive offset.
+    offset: bool,
+    /// Scales and offsets are the file's f16 values (else computed f32).
+    f16_scales: bool,
+}
+
+impl Kind {
+    /// Bytes of quants of one panel's sub-block.
+    fn panel_bytes(self) -> usize {
+        PANEL * self.sub / if self.nibbles { 2 } else { 1 }
+    }
+}
+
+/// Output rows per panel: one AVX-512 vector of lanes.
+const PANEL: usize = 16;
+
+/// Activation block: one scale per 32 elements of `x`.
+const XBLOCK: usize = 32;
+
+/// Multiply-adds below which one thread does the whole product.
+const PARALLEL_MIN_MACS: usize = 1 << 16;
+
+/// Scales or offsets of a repacked matrix: `[panel][sub-block][16]`.
+enum Scales {
+    F16(Vec<f16>),
+    F32(Vec<f32>),
+}
+
+impl Scales {
+    fn get(&self, i: usize) -> f32 {
+        match self {
+            Scales::F16(v) => v[i].to_f32(),
+            Scales::F32(v) => v[i],
+        }
+    }
+}
+
+/// A weight matrix `[rows, cols]` in ggml blocks, repacked for the kernels
+/// (see the module docs): quants `[panel][sub-block][panel_bytes]`, scales
+/// and offsets `[panel][sub-block][16]`. Rows past `rows` in the last panel
+/// are zero.
+pub(crate) struct QMatrix {
+    qtype: QType,
+    rows: usize,
+    cols: usize,
+    panels: usize,
+    quants: Vec<u8>,
+    scales: Scales,
+    offsets: Option<Scales>,
+}
+
+impl std::fmt::Debug for QMatrix {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("QMatrix")
+            .field("qtype", &self.qtype)
+            .field("rows", &self.rows)
+            .field("cols", &self.cols)
+            .finish()
+    }
+}
+
+/// One block of a file decoded: `q` `[block_elems]` unsigned quants, and per
+/// sub-block a scale and an offset (0 where the format has none).
+fn decode_block(qtype: QType, b: &[u8], q: &mut [u8], scale: &mut [f32], offset: &mut [f32]) {
+    let half = |i: usize| f16::from_le_bytes([b[i], b[i + 1]]).to_f32();
+    match qtype {
+        QType::Q4_0 | QType::Q4_1 => {
+            let qs = if qtype == QType::Q4_0 {
+                &b[2..18]
+            } else {
+                &b[4..20]
+            };
+            for (j, &v) in qs.iter().enumerate() {
+                q[j] = v & 0xF;
+                q[j + 16] = v >> 4;
+            }
+            scale[0] = half(0);
+            offset[0] = if qtype == QType::Q4_1 { half(2) } else { 0.0 };
+        }
+        QType::Q8_0 => {
+            for (dst, &v) in q.iter_mut().zip(&b[2..34]) {
+                // i8 -> i8 + 128 as u8.
+                *dst = v ^ 0x80;
+            }
+            scale[0] = half(0);
+            offset[0] = 0.0;
+        }
+        QType::Q4K | QType::Q5K => {
+            let (d, dmin, sc) = (half(0), half(2), &b[4..16]);
+            let (qh, qs) = if qtype == QType::Q5K {
+                (Some(&b[16..48]), &b[48..176])
+            } else {
+                (None, &b[16..144])
+            };
+            for j in 0..4 {
+                let ql = &qs[32 * j..32 * j + 32];
+                for (s, shift) in [(2 * j, 0), (2 * j + 1, 4)] {
+                    let (scv, mv) = scale_min_k4(s, sc);
+                    scale[s] = d * scv as f32;
+                    offset[s] = -(dmin * mv as f32);
+                    for l in 0..32 {
+                        let high = qh.map_or(0, |h| ((h[l] >> s) & 1) << 4);
+                        q[32 * s + l] = ((ql[l] >> shift) & 0xF) | high;
+                    }
+                }
+            }
+        }
+        QType::Q6K => {
+            let (ql, qh, sc, d) = (&b[0..128], &b[128..192], &b[192..208], half(208));
+            for h in 0..2 {
+                let (ql, qh, y) = (&ql[64 * h..], &qh[32 * h..], &mut q[128 * h..]);
+                for l in 0..32 {
+                    y[l] = (ql[l] & 0xF) | ((qh[l] & 3) << 4);
+                    y[l + 32] = (ql[l + 32] & 0xF) | (((qh[l] >> 2) & 3) << 4);
+                    y[l + 64] = (ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4);
+                    y[l + 96] = (ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4);
+                }
+            }
+            for (s, &v) in sc.iter().enumerate() {
+                scale[s] = d * (v as i8) as f32;
+                offset[s] = 0.0;
+            }
+        }
+    }
+}
+
+/// ggml's `get_scale_min_k4`: the 6-bit scale and min of sub-block `j` of a
+/// Q4_K / Q5_K block's 12 packed bytes.
+fn scale_min_k4(j: usize, q: &[u8]) -> (u8, u8) {
+    if j < 4 {
+        (q[j] & 63, q[j + 4] & 63)
+    } else {
+        (
+            (q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4),
+            (q[j + 4] >> 4) | ((q[j] >> 6) << 4),
+        )
+    }
+}
+
+/// Byte offset, within a panel's sub-block, of quant `e` of panel row `j`,
+/// and whether it is the high nibble.
+#[inline(always)]
+fn quant_pos(kind: Kind, j: usize, e: usize) -> (usize, bool) {
+    let (e, high) = if kind.nibbles && e >= 16 {
+        (e - 16, true)
+    } else {
+        (e, false)
+    };
+    ((e / 4) * 64 + j * 4 + e % 4, high)
+}
+
+impl QMatrix {
+    /// Repacks `data`, `rows * cols / block_elems` blocks of `qtype` in the
+    /// file's byte layout, row-major. Errors with
+    /// [`Error::InvalidSetting`] when `cols` is not a multiple of the block
+    /// size, a dimension is 0, or `data` has the wrong length.
+    pub(crate) fn new(qtype: QType, rows: usize, cols: usize, data: Vec<u8>) -> Result<Self> {
+        let (be, bb) = (qtype.block_elems(), qtype.block_bytes());
+        if !cols.is_multiple_of(be) {
+            return Err(setting(
+                "quantized matrix columns",
+                cols,
+                format!("a multiple of {be}, the block size of {qtype:?}"),
+            ));
+        }
+        if rows == 0 || cols == 0 {
+            return Err(setting(
+                "quantized matrix shape",
+                format!("{rows} x {cols}"),
+                "at least one row and one block of columns".into(),
+            ));
+        }
+        let want = rows
+            .checked_mul(cols / be)
+            .and_then(|blocks| blocks.checked_mul(bb));
+        if want != Some(data.len()) {
+            return Err(setting(
+                "quantized matrix bytes",
+                data.len(),
+                match want {
+                    Some(w) => {
+                        format!("{w} for {rows} x {cols} in {qtype:?} ({bb} bytes per {be})")
+                    }
+                    None => format!("a size that fits memory: {rows} x {cols} overflows"),
+                },
+            ));
+        }
+        let kind = qtype.kind();
+        let (subs, pb) = (cols / kind.sub, kind.panel_bytes());
+        let panels = rows.div_ceil(PANEL);
+        let mut quants = vec![0u8; panels * subs * pb];
+        let mut scales = vec![0f32; panels * subs * PANEL];
+        let mut offsets = vec![0f32; panels * subs * PANEL];
+        let row_bytes = cols / be * bb;
+        let per_block = be / kind.sub;
+        quants
+            .par_chunks_mut((subs * pb).max(1))
+            .zip(scales.par_chunks_mut((subs * PANEL).max(1)))
+            .zip(offsets.par_chunks_mut((subs * PANEL).max(1)))
+            .enumerate()
+            .for_each(|(p, ((qp, sp), op))| {
+                let (mut q, mut s, mut o) =
+                    (vec![0u8; be], vec![0f32; per_block], vec![0f32; per_block]);
+                for j in 0..PANEL.min(rows.saturating_sub(p * PANEL)) {
+                    let row = &data[(p * PANEL + j) * row_bytes..][..row_bytes];
+                    for (blk, bytes) in row.chunks_exact(bb).enumerate() {
+                        decode_block(qtype, bytes, &mut q, &mut s, &mut o);
+                        for t in 0..per_block {
+                            let sb = blk * per_block + t;
+                            sp[sb * PANEL + j] = s[t];
+                            op[sb * PANEL + j] = o[t];
+                            let dst = &mut qp[sb * pb..(sb + 1) * pb];
+                            for (e, &v) in q[t * kind.sub..(t + 1) * kind.sub].iter().enumerate() {
+                                let (at, high) = quant_pos(kind, j, e);
+                                dst[at] |= if high { v << 4 } else { v };
+                            }
+                        }
+                    }
+                }
+            });
+        let store = |v: Vec<f32>| {
+            if kind.f16_scales {
+                // Exact: these were f16 in the file.
+                Scales::F16(v.into_iter().map(f16::from_f32).collect())
+            } else {
+                Scales::F32(v)
+            }
+        };
+        Ok(Self {
+            qtype,
+            rows,
+            cols,
+            panels,
+            quants,
+            scales: store(scales),
+            offsets: kind.offset.then(|| store(offsets)),
+        })
+    }
+
+    /// Output rows.
+    pub(crate) fn rows(&self) -> usize {
+        self.rows
+    }
+
+    /// Input columns.
+    pub(crate) fn cols(&self) -> usize {
+        self.cols
+    }
+
+    /// The block format.
+    pub(crate) fn qtype(&self) -> QType {
+        self.qtype
+    }
+
+    /// Row `r` dequantized to f32, `[cols]`, written into `out`: the values
+    /// ggml's `dequantize_row_*` gives, bit for bit.
+    ///
+    /// Panics if `r >= rows` or `out.len() != cols`.
+    pub(crate) fn dequantize_row(&self, r: usize, out: &mut [f32]) {
+        assert!(
+            r < self.rows && out.len() == self.cols,
+            "dequantize_row({r}) of {self:?} into {}",
+            out.len()
+        );
+        let kind = self.qtype.kind();
+        let (subs, pb) = (self.cols / kind.sub, kind.panel_bytes());
+        let (p, j) = (r / PANEL, r % PANEL);
+        for (sb, y) in out.chunks_exact_mut(kind.sub).enumerate() {
+            let at = (p * subs + sb) * PANEL + j;
+            let (scale, offset) = (
+                self.scales.get(at),
+                self.offsets.as_ref().map(|o| o.get(at)),
+            );
+            let bytes = &self.quants[(p * subs + sb) * pb..][..pb];
+            for (e, v) in y.iter_mut().enumerate() {
+                let (i, high) = quant_pos(kind, j, e);
+                let q = if high {
+                    bytes[i] >> 4
+                } else if kind.nibbles {
+                    bytes[i] & 0xF
+                } else {
+                    bytes[i]
+                };
+                let w = scale * (q as i32 - kind.zero) as f32;
+                *v = match offset {
+                    Some(m) => w + m,
+                    None => w,
+                };
+            }
+        }
+    }
+
+    /// The whole matrix `[rows, cols]` in f32.
+    pub(crate) fn dequantize(&self) -> Vec<f32> {
+        let mut out = vec![0f32; self.rows * self.cols];
+        if self.cols > 0 {
+            out.par_chunks_mut(self.cols)
+                .enumerate()
+                .for_each(|(r, row)| self.dequantize_row(r, row));
+        }
+        out
+    }
+
+    /// `out[i, r] = sum_c x[i, c] * W[r, c]` for `x` `[n, cols]` f32
+    /// row-major, `out` `[n, rows]`, with `x` quantized to 8 bits per block
+    /// of 32 (see the module docs for the error bound); parallel over panels
+    /// of 16 rows with rayon. Row `i` of `out` depends only on row `i` of
+    /// `x`, bit for bit, whatever `n` is.
+    ///
+    /// Panics if `x.len() != n * cols` or `out.len() != n * rows`.
+    pub(crate) fn matmul(&self, x: &[f32], n: usize, out: &mut [f32]) {
+        // SAFETY: detected on this CPU.
+        unsafe { self.matmul_on(Isa::detect(), x, n, out) }
+    }
+
+    /// [`Self::matmul`] with a chosen kernel.
+    ///
+    /// # Safety
+    /// The CPU must have `isa` (as [`Isa::detect`] or a lesser one reports).
+    unsafe fn matmul_on(&self, isa: Isa, x: &[f32], n: usize, out: &mut [f32]) {
+        assert!(
+            x.len() == n * self.cols && out.len() == n * self.rows,
+            "matmul of {self:?}: x has {} values for n = {n}, out {}",
+            x.len(),
+            out.len()
+        );
+        if n == 0 || self.rows == 0 {
+            return;
+        }
+        let kind = self.qtype.kind();
+        let acts = Acts::quantize(x, n, self.cols, kind);
+        let threads = rayon::current_num_threads();
+        let chunk = if n * self.rows * self.cols < PARALLEL_MIN_MACS || threads == 1 {
+            self.panels
+        } else {
+            self.panels.div_ceil(threads * 4).max(2)
+        };
+        let dst = Out(out.as_mut_ptr());
+        let task = |t: usize| {
+            let (p0, p1) = (t * chunk, ((t + 1) * chunk).min(self.panels));
+            // SAFETY: the lengths were checked above, task `t` writes only the
+            // columns of panels p0..p1, and the caller vouches for `isa`.
+            unsafe { self.panels_times_x(isa, &acts, n, p0, p1, dst.get()) };
+        };
+        let tasks = self.panels.div_ceil(chunk);
+        if tasks > 1 {
+            (0..tasks).into_par_iter().for_each(task);
+        } else {
+            task(0);
+        }
+    }
+
+    /// Panels `p0..p1` times every row of `acts`, into their columns of `y`.
+    ///
+    /// # Safety
+    /// `y` points at `n * rows` floats no other thread writes in these
+    /// columns; the CPU has `isa`.
+    unsafe fn panels_times_x(
+        &self,
+        isa: Isa,
+        acts: &Acts,
+        n: usize,
+        p0: usize,
+        p1: usize,
+        y: *mut f32,
+    ) {
+        let m = self.view();
+        match isa {
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512 => match self.qtype {
+                QType::Q4_0 => avx512::panels::<true, 32, false, f16>(&m, acts, n, p0, p1, y),
+                QType::Q4_1 => avx512::panels::<true, 32, true, f16>(&m, acts, n, p0, p1, y),
+                QType::Q8_0 => avx512::panels::<false, 32, false, f16>(&m, acts, n, p0, p1, y),
+                QType::Q4K => avx512::panels::<true, 32, true, f32>(&m, acts, n, p0, p1, y),
+                QType::Q5K => avx512::panels::<false, 32, true, f32>(&m, acts, n, p0, p1, y),
+                QType::Q6K => avx512::panels::<false, 16, false, f32>(&m, acts, n, p0, p1, y),
+            },
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => match self.qtype {
+                QType::Q4_0 => avx2::panels::<true, 32, false, false, f16>(&m, acts, n, p0, p1, y),
+                QType::Q4_1 => avx2::panels::<true, 32, true, false, f16>(&m, acts, n, p0, p1, y),
+                QType::Q8_0 => avx2::panels::<false, 32, false, true, f16>(&m, acts, n, p0, p1, y),
+                QType::Q4K => avx2::panels::<true, 32, true, false, f32>(&m, acts, n, p0, p1, y),
+                QType::Q5K => avx2::panels::<false, 32, true, false, f32>(&m, acts, n, p0, p1, y),
+                QType::Q6K => avx2::panels::<false, 16, false, false, f32>(&m, acts, n, p0, p1, y),
+            },
+            _ => portable(&m, acts, n, p0, p1, y),
+        }
+    }
+
+    /// Raw pointers for the kernels.
+    fn view(&self) -> View {
+        let ptr = |s: &Scales| match s {
+            Scales::F16(v) => v.as_ptr() as *const u8,
+            Scales::F32(v) => v.as_ptr() as *const u8,
+        };
+        View {
+            kind: self.qtype.kind(),
+            rows: self.rows,
+            cols: self.cols,
+            quants: self.quants.as_ptr(),
+            scales: ptr(&self.scales),
+            offsets: self.offsets.as_ref().map_or(std::ptr::null(), ptr),
+        }
+    }
+}
+
+fn setting(name: &'static str, value: impl std::fmt::Display, expected: String) -> Error {
+    Error::InvalidSetting {
+        name,
+        value: value.to_string(),
+        expected,
+    }
+}
+
+/// A [`QMatrix`] as the kernels read it.
+struct View {
+    kind: Kind,
+    rows: usize,
+    cols: usize,
+    /// `[panel][sub-block][panel_bytes]`.
+    quants: *const u8,
+    /// `[panel][sub-block][16]` of f16 or f32.
+    scales: *const u8,
+    /// As `scales`; null without offsets.
+    offsets: *const u8,
+}
+
+/// `x` `[n, cols]` quantized to 8 bits per block of 32.
+struct Acts {
+    cols: usize,
+    /// `[n, cols]`.
+    q: Vec<i8>,
+    /// Scale per block, `[n, cols / 32]`.
+    d: Vec<f32>,
+    /// Exact f32 sum of `x` per block (in order), `[n, cols / 32]`.
+    sum: Vec<f32>,
+    /// `zero * sum(q)` per sub-block of the matrix, `[n, cols / sub]`.
+    corr: Vec<i32>,
+}
+
+impl Acts {
+    fn quantize(x: &[f32], n: usize, cols: usize, kind: Kind) -> Self {
+        let blocks = n * cols / XBLOCK;
+        let mut a = Acts {
+            cols,
+            q: vec![0; n * cols],
+            d: vec![0.0; blocks],
+            sum: vec![0.0; blocks],
+            corr: vec![0; n * cols / kind.sub],
+        };
+        for (b, (xs, qs)) in x
+            .chunks_exact(XBLOCK)
+            .zip(a.q.chunks_exact_mut(XBLOCK))
+            .enumerate()
+        {
+            let amax = xs.iter().fold(0f32, |m, v| m.max(v.abs()));
+            let d = amax / 127.0;
+            let id = if d > 0.0 { 1.0 / d } else { 0.0 };
+            for (q, v) in qs.iter_mut().zip(xs) {
+                *q = (v * id).round_ties_even().clamp(-127.0, 127.0) as i8;
+            }
+            a.d[b] = d;
+            a.sum[b] = xs.iter().fold(0f32, |s, v| s + v);
+        }
+        for (c, qs) in a.corr.iter_mut().zip(a.q.chunks_exact(kind.sub)) {
+            *c = kind.zero * qs.iter().map(|&v| v as i32).sum::<i32>();
+        }
+        a
+    }
+}
+
+/// Where tasks write their columns of `y`.
+#[derive(Clone, Copy)]
+struct Out(*mut f32);
+// SAFETY: every task writes a disjoint set of columns of `y`, which outlives
+// the tasks (they are joined before `matmul` returns).
+unsafe impl Send for Out {}
+unsafe impl Sync for Out {}
+impl Out {
+    fn get(self) -> *mut f32 {
+        self.0
+    }
+}
+
+/// Which kernel runs; all give the same bits (see the module docs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Isa {
+    /// AVX-512 F + BW + VNNI.
+    Avx512,
+    /// AVX2 + FMA + F16C.
+    Avx2,
+    Portable,
+}
+
+impl Isa {
+    /// The best one this CPU has.
+    fn detect() -> Self {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::arch::is_x86_feature_detected!("avx512f")
+                && std::arch::is_x86_feature_detected!("avx512bw")
+                && std::arch::is_x86_feature_detected!("avx512vnni")
+                && std::arch::is_x86_feature_detected!("f16c")
+            {
+                return Isa::Avx512;
+            }
+            if std::arch::is_x86_feature_detected!("avx2")
+                && std::arch::is_x86_feature_detected!("fma")
+                && std::arch::is_x86_feature_detected!("f16c")
+            {
+                return Isa::Avx2;
+            }
+        }
+        Isa::Portable
+    }
+}
+
+/// Reference code for every CPU: per output, the integer dot product of each
+/// sub-block, then the same f32 operations (fused multiply-adds) as the
+/// vector kernels, in the same order.
+unsafe fn portable(m: &View, a: &Acts, n: usize, p0: usize, p1: usize, y: *mut f32) {
+    let kind = m.kind;
+    let (subs, pb) = (m.cols / kind.sub, kind.panel_bytes());
+    let scale = |i: usize, p: *const u8| -> f32 {
+        if kind.f16_scales {
+            (*(p as *const f16).add(i)).to_f32()
+        } else {
+            *(p as *const f32).add(i)
+        }
+    };
+    for p in p0..p1 {
+        for i in 0..n {
+            let mut acc = [0f32; PANEL];
+            let mut acc_m = [0f32; PANEL];
+            for sb in 0..subs {
+                let bytes = std::slice::from_raw_parts(m.quants.add((p * subs + sb) * pb), pb);
+                let xq = &a.q[i * m.cols + sb * kind.sub..][..kind.sub];
+                let b = i * m.cols / XBLOCK + sb * kind.sub / XBLOCK;
+                let corr = a.corr[i * subs + sb];
+                for j in 0..PANEL {
+                    let mut isum = 0i32;
+                    for (e, &xv) in xq.iter().enumerate() {
+                        let (at, high) = quant_pos(kind, j, e);
+                        let q = if high {
+                            bytes[at] >> 4
+                        } else if kind.nibbles {
+                            bytes[at] & 0xF
+                        } else {
+                            bytes[at]
+                        };
+                        isum += q as i32 * xv as i32;
+                    }
+                    let at = (p * subs + sb) * PANEL + j;
+                    let sd = scale(at, m.scales) * a.d[b];
+                    acc[j] = ((isum - corr) as f32).mul_add(sd, acc[j]);
+                    if kind.offset {
+                        acc_m[j] = scale(at, m.offsets).mul_add(a.sum[b], acc_m[j]);
+                    }
+                }
+            }
+            let rows = PANEL.min(m.rows - p * PANEL);
+            for j in 0..rows {
+                let v = if kind.offset {
+                    acc[j] + acc_m[j]
+                } else {
+                    acc[j]
+                };
+                *y.add(i * m.rows + p * PANEL + j) = v;
+            }
+        }
+    }
+}
+
+/// A scale type the vector kernels widen to f32 exactly.
+trait Scale: Copy {
+    /// Sixteen scales at `p` as f32 lanes.
+    ///
+    /// # Safety
+    /// `p..p+16` readable; AVX-512F available.
+    #[cfg(target_arch = "x86_64")]
+    unsafe fn load16(p: *const u8) -> std::arch::x86_64::__m512;
+    /// Eight scales at `p` as f32 lanes.
+    ///
+    /// # Safety
+    /// `p..p+8` readable; AVX and F16C available.
+    #[cfg(target_arch = "x86_64")]
+    unsafe fn load8(p: *const u8) -> std::arch::x86_64::__m256;
+}
+
+impl Scale for f16 {
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn load16(p: *const u8) -> std::arch::x86_64::__m512 {
+        use std::arch::x86_64::*;
+        _mm512_cvtph_ps(_mm256_loadu_si256(p as *const __m256i))
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn load8(p: *const u8) -> std::arch::x86_64::__m256 {
+        use std::arch::x86_64::*;
+        _mm256_cvtph_ps(_mm_loadu_si128(p as *const __m128i))
+    }
+}
+
+impl Scale for f32 {
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn load16(p: *const u8) -> std::arch::x86_64::__m512 {
+        std::arch::x86_64::_mm512_loadu_ps(p as *const f32)
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn load8(p: *const u8) -> std::arch::x86_64::__m256 {
+        std::arch::x86_64::_mm256_loadu_ps(p as *const f32)
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use super::{Acts, Scale, View, PANEL, XBLOCK};
+    use std::arch::x86_64::*;
+
+    /// Rows `i0..i0+R` of `x` times panels `p..p+P`: per row and panel, two
+    /// integer accumulators (even and odd groups of 4 columns, for two
+    /// dependency chains), an f32 accumulator and, with offsets, a second.
+    ///
+    /// `NIB`: 4-bit quants; `S`: sub-block size; `OFF`: offsets; `SC`: the
+    /// scale type.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni,f16c")]
+    unsafe fn tile<
+        const R: usize,
+        const P: usize,
+        const NIB: bool,
+        const S: usize,
+        const OFF: bool,
+        SC: Scale,
+    >(
+        m: &View,
+        a: &Acts,
+        i0: usize,
+        p: usize,
+        y: *mut f32,
+    ) {
+        let subs = m.cols / S;
+        let pb = PANEL * S / if NIB { 2 } else { 1 };
+        let sbytes = std::mem::size_of::<SC>();
+        let mut acc = [[_mm512_setzero_ps(); P]; R];
+        let mut acc_m = [[_mm512_setzero_ps(); P]; R];
+        let low = _mm512_set1_epi8(0x0F);
+        let xq = a.q.as_ptr();
+        for sb in 0..subs {
+            let mut isum = [[[_mm512_setzero_si512(); 2]; P]; R];
+            // 4 columns per group; a 4-bit vector holds groups v and v + 4.
+            for v in 0..S / 4 / if NIB { 2 } else { 1 } {
+                for pp in 0..P {
+                    let w = _mm512_loadu_si512(
+                        m.quants.add(((p + pp) * subs + sb) * pb + v * 64) as *const __m512i
+                    );
+                    let (w0, w1) = if NIB {
+                        (
+                            _mm512_and_si512(w, low),
+                            _mm512_and_si512(_mm512_srli_epi16::<4>(w), low),
+                        )
+                    } else {
+                        (w, w)
+                    };
+                    for (r, s) in isum.iter_mut().enumerate() {
+                        let x = xq.add((i0 + r) * m.cols + sb * S + v * 4);
+                        let x0 = _mm512_set1_epi32((x as *const i32).read_unaligned());
+                        if NIB {
+                            let x1 = _mm512_set1_epi32((x.add(16) as *const i32).read_unaligned());
+                            s[pp][0] = _mm512_dpbusd_epi32(s[pp][0], w0, x0);
+                            s[pp][1] = _mm512_dpbusd_epi32(s[pp][1], w1, x1);
+                        } else {
+                            s[pp][v % 2] = _mm512_dpbusd_epi32(s[pp][v % 2], w0, x0);
+                        }
+                    }
+                }
+            }
+            for r in 0..R {
+                let i = i0 + r;
+                let b = i * m.cols / XBLOCK + sb * S / XBLOCK;
+                let corr = _mm512_set1_epi32(a.corr[i * subs + sb]);
+                let dx = _mm512_set1_ps(a.d[b]);
+                for pp in 0..P {
+                    let at = ((p + pp) * subs + sb) * PANEL;
+                    let is =
+                        _mm512_sub_epi32(_mm512_add_epi32(isum[r][pp][0], isum[r][pp][1]), corr);
+                    let sd = _mm512_mul_ps(SC::load16(m.scales.add(at * sbytes)), dx);
+                    acc[r][pp] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(is), sd, acc[r][pp]);
+                    if OFF {
+                        let off = SC::load16(m.offsets.add(at * sbytes));
+                        acc_m[r][pp] = _mm512_fmadd_ps(off, _mm512_set1_ps(a.sum[b]), acc_m[r][pp]);
+                    }
+                }
+            }
+        }
+        for r in 0..R {
+            for pp in 0..P {
+                let v = if OFF {
+                    _mm512_add_ps(acc[r][pp], acc_m[r][pp])
+                } else {
+                    acc[r][pp]
+                };
+                let c = (p + pp) * PANEL;
+                let dst = y.add((i0 + r) * m.rows + c);
+                if c + PANEL <= m.rows {
+                    _mm512_storeu_ps(dst, v);
+                } else {
+                    _mm512_mask_storeu_ps(dst, ((1u32 << (m.rows - c)) - 1) as __mmask16, v);
+                }
+            }
+        }
+    }
+
+    /// See [`super::QMatrix::panels_times_x`].
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni,f16c")]
+    pub(super) unsafe fn panels<const NIB: bool, const S: usize, const OFF: bool, SC: Scale>(
+        m: &View,
+        a: &Acts,
+        n: usize,
+        p0: usize,
+        p1: usize,
+        y: *mut f32,
+    ) {
+        let mut p = p0;
+        if n == 1 {
+            // Several panels at once: more independent chains.
+            while p < p1 {
+                match p1 - p {
+                    1 => tile::<1, 1, NIB, S, OFF, SC>(m, a, 0, p, y),
+                    2 => tile::<1, 2, NIB, S, OFF, SC>(m, a, 0, p, y),
+                    3 => tile::<1, 3, NIB, S, OFF, SC>(m, a, 0, p, y),
+                    _ => tile::<1, 4, NIB, S, OFF, SC>(m, a, 0, p, y),
+                }
+                p += (p1 - p).min(4);
+            }
+            return;
+        }
+        while p < p1 {
+            let mut i = 0;
+            while i < n {
+                match n - i {
+                    1 => tile::<1, 1, NIB, S, OFF, SC>(m, a, i, p, y),
+                    2 => tile::<2, 1, NIB, S, OFF, SC>(m, a, i, p, y),
+                    3 => tile::<3, 1, NIB, S, OFF, SC>(m, a, i, p, y),
+                    _ => tile::<4, 1, NIB, S, OFF, SC>(m, a, i, p, y),
+                }
+                i += (n - i).min(4);
+            }
+            p += 1;
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use super::{Acts, Scale, View, PANEL, XBLOCK};
+    use std::arch::x86_64::*;
+
+    /// As the AVX-512 tile, on half a panel (8 rows of `W`) per register:
+    /// rows `i0..i0+R` of `x` times halves `h0..h0+H` (panel `h / 2`, half
+    /// `h % 2`). Without VNNI the 4-column dot products are `vpmaddubsw`
+    /// (pairs, in i16) then `vpmaddwd` by ones: exact, as no pair exceeds
+    /// i16 (2 * 63 * 127) except Q8_0's biased bytes, which `SIGNED` turns
+    /// back into i8 and multiplies with the sign trick (|w| * (x sign w),
+    /// at most 2 * 128 * 127), giving `sum q * xq - 128 * sum xq` directly.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn tile<
+        const R: usize,
+        const H: usize,
+        const NIB: bool,
+        const S: usize,
+        const OFF: bool,
+        const SIGNED: bool,
+        SC: Scale,
+    >(
+        m: &View,
+        a: &Acts,
+        i0: usize,
+        h0: usize,
+        y: *mut f32,
+    ) {
+        let subs = m.cols / S;
+        let pb = PANEL * S / if NIB { 2 } else { 1 };
+        let sbytes = std::mem::size_of::<SC>();
+        let mut acc = [[_mm256_setzero_ps(); H]; R];
+        let mut acc_m = [[_mm256_setzero_ps(); H]; R];
+        let low = _mm256_set1_epi8(0x0F);
+        let ones = _mm256_set1_epi16(1);
+        let flip = _mm256_set1_epi8(-128);
+        let xq = a.q.as_ptr();
+        let dot = |w: __m256i, x: __m256i| {
+            let p16 = if SIGNED {
+                let ws = _mm256_xor_si256(w, flip);
+                _mm256_maddubs_epi16(_mm256_sign_epi8(ws, ws), _mm256_sign_epi8(x, ws))
+            } else {
+                _mm256_maddubs_epi16(w, x)
+            };
+            _mm256_madd_epi16(p16, ones)
+        };
+        for sb in 0..subs {
+            let mut isum = [[[_mm256_setzero_si256(); 2]; H]; R];
+            for v in 0..S / 4 / if NIB { 2 } else { 1 } {
+                for hh in 0..H {
+                    let (p, half) = ((h0 + hh) / 2, (h0 + hh) % 2);
+                    let at = (p * subs + sb) * pb + v * 64 + half * 32;
+                    let w = _mm256_loadu_si256(m.quants.add(at) as *const __m256i);
+                    let (w0, w1) = if NIB {
+                        (
+                            _mm256_and_si256(w, low),
+                            _mm256_and_si256(_mm256_srli_epi16::<4>(w), low),
+                        )
+                    } else {
+                        (w, w)
+                    };
+                    for (r, s) in isum.iter_mut().enumerate() {
+                        let x = xq.add((i0 + r) * m.cols + sb * S + v * 4);
+                        let x0 = _mm256_set1_epi32((x as *const i32).read_unaligned());
+                        if NIB {
+                            let x1 = _mm256_set1_epi32((x.add(16) as *const i32).read_unaligned());
+                            s[hh][0] = _mm256_add_epi32(s[hh][0], dot(w0, x0));
+                            s[hh][1] = _mm256_add_epi32(s[hh][1], dot(w1, x1));
+                        } else {
+                            s[hh][v % 2] = _mm256_add_epi32(s[hh][v % 2], dot(w0, x0));
+                        }
+                    }
+                }
+            }
+            for r in 0..R {
+                let i = i0 + r;
+                let b = i * m.cols / XBLOCK + sb * S / XBLOCK;
+                let dx = _mm256_set1_ps(a.d[b]);
+                for hh in 0..H {
+                    let (p, half) = ((h0 + hh) / 2, (h0 + hh) % 2);
+                    let at = ((p * subs + sb) * PANEL + half * 8) * sbytes;
+                    let mut is = _mm256_add_epi32(isum[r][hh][0], isum[r][hh][1]);
+                    if !SIGNED {
+                        is = _mm256_sub_epi32(is, _mm256_set1_epi32(a.corr[i * subs + sb]));
+                    }
+                    let sd = _mm256_mul_ps(SC::load8(m.scales.add(at)), dx);
+                    acc[r][hh] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(is), sd, acc[r][hh]);
+                    if OFF {
+                        let off = SC::load8(m.offsets.add(at));
+                        acc_m[r][hh] = _mm256_fmadd_ps(off, _mm256_set1_ps(a.sum[b]), acc_m[r][hh]);
+                    }
+                }
+            }
+        }
+        for r in 0..R {
+            for hh in 0..H {
+                let v = if OFF {
+                    _mm256_add_ps(acc[r][hh], acc_m[r][hh])
+                } else {
+                    acc[r][hh]
+                };
+                let c = (h0 + hh) * 8;
+                if c >= m.rows {
+                    continue;
+                }
+                let dst = y.add((i0 + r) * m.rows + c);
+                if c + 8 <= m.rows {
+                    _mm256_storeu_ps(dst, v);
+                } else {
+                    let mut tmp = [0f32; 8];
+                    _mm256_storeu_ps(tmp.as_mut_ptr(), v);
+                    std::ptr::copy_nonoverlapping(tmp.as_ptr(), dst, m.rows - c);
+                }
+            }
+        }
+    }
+
+    /// See [`super::QMatrix::panels_times_x`].
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) unsafe fn panels<
+        const NIB: bool,
+        const S: usize,
+        const OFF: bool,
+        const SIGNED: bool,
+        SC: Scale,
+    >(
+        m: &View,
+        a: &Acts,
+        n: usize,
+        p0: usize,
+        p1: usize,
+        y: *mut f32,
+    ) {
+        for p in p0..p1 {
+            if n == 1 {
+                tile::<1, 2, NIB, S, OFF, SIGNED, SC>(m, a, 0, 2 * p, y);
+                continue;
+            }
+            for h in [2 * p, 2 * p + 1] {
+                let mut i = 0;
+                while i < n {
+                    match n - i {
+                        1 => tile::<1, 1, NIB, S, OFF, SIGNED, SC>(m, a, i, h, y),
+                        2 => tile::<2, 1, NIB, S, OFF, SIGNED, SC>(m, a, i, h, y),
+                        _ => tile::<3, 1, NIB, S, OFF, SIGNED, SC>(m, a, i, h, y),
+                    }
+                    i += (n - i).min(3);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ALL: [QType; 6] = [
+        QType::Q4_0,
+        QType::Q4_1,
+        QType::Q8_0,
+        QType::Q4K,
+        QType::Q5K,
+        QType::Q6K,
+    ];
+
+    /// The ISAs this CPU can run, best first.
+    fn isas() -> Vec<Isa> {
+        let all = [Isa::Avx512, Isa::Avx2, Isa::Portable];
+        let best = all.iter().position(|&i| i == Isa::detect()).unwrap();
+        all[best..].to_vec()
+    }
+
+    /// xorshift64*: deterministic test data without a dependency.
+    struct Rng(u64);
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 >> 12;
+            self.0 ^= self.0 << 25;
+            self.0 ^= self.0 >> 27;
+            self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+        }
+        /// Uniform in [-1, 1).
+        fn f32(&mut self) -> f32 {
+            (self.next() >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+        }
+    }
+
+    fn put_f16(b: &mut [u8], at: usize, v: f32) {
+        b[at..at + 2].copy_from_slice(&f16::from_f32(v).to_le_bytes());
+    }
+
+    /// `rows * cols / block_elems` random blocks with finite f16 fields.
+    fn random_blocks(qtype: QType, rows: usize, cols: usize, seed: u64) -> Vec<u8> {
+        let mut rng = Rng(seed * 0x9E37_79B9_7F4A_7C15 + 1);
+        let bb = qtype.block_bytes();
+        let mut data: Vec<u8> = (0..rows * cols / qtype.block_elems() * bb)
+            .map(|_| rng.next() as u8)
+            .collect();
+        for b in data.chunks_exact_mut(bb) {
+            match qtype {
+                QType::Q4_0 | QType::Q8_0 => put_f16(b, 0, 0.05 * rng.f32()),
+                QType::Q4_1 => {
+                    put_f16(b, 0, 0.01 * rng.f32());
+                    put_f16(b, 2, 0.1 * rng.f32());
+                }
+                QType::Q4K | QType::Q5K => {
+                    put_f16(b, 0, 0.002 * rng.f32());
+                    put_f16(b, 2, 0.004 * rng.f32());
+                }
+                QType::Q6K => put_f16(b, 208, 0.001 * rng.f32()),
+            }
+        }
+        data
+    }
+
+    fn candle_dequantize(qtype: QType, rows: usize, cols: usize, data: &[u8]) -> Vec<f32> {
+        use candle_core::quantized::{GgmlDType, QStorage, QTensor};
+        use candle_core::Device;
+        let dtype = match qtype {
+            QType::Q4_0 => GgmlDType::Q4_0,
+            QType::Q4_1 => GgmlDType::Q4_1,
+            QType::Q8_0 => GgmlDType::Q8_0,
+            QType::Q4K => GgmlDType::Q4K,
+            QType::Q5K => GgmlDType::Q5K,
+            QType::Q6K => GgmlDType::Q6K,
+        };
+        let storage =
+            QStorage::from_data(std::borrow::Cow::Borrowed(data), &Device::Cpu, dtype).unwrap();
+        let t = QTensor::new(storage, (rows, cols)).unwrap();
+        t.dequantize(&Device::Cpu)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap()
+    }
+
+    #[test]
+    fn new_checks_the_shape_and_the_byte_count() {
+        for q in ALL {
+            let be = q.block_elems();
+            let err = QMatrix::new(q, 2, be + 16, vec![0; 1000])
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains("columns") && err.contains(&format!("multiple of {be}")),
+                "{err}"
+            );
+            let err = QMatrix::new(q, 3, be, vec![0; 2 * q.block_bytes()])
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(&format!("{}", 3 * q.block_bytes())), "{err}");
+            let err = QMatrix::new(q, usize::MAX, 2 * be, vec![])
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("overflows"), "{err}");
+            let err = QMatrix::new(q, 0, be, vec![]).unwrap_err().to_string();
+            assert!(err.contains("0 x"), "{err}");
+            let m = QMatrix::new(q, 3, be, vec![0; 3 * q.block_bytes()]).unwrap();
+            assert_eq!((m.rows(), m.cols(), m.qtype()), (3, be, q));
+        }
+        assert_eq!(ALL.map(|q| q.block_bytes()), [18, 20, 34, 144, 176, 210]);
+    }
+
+    #[test]
+    fn dequantize_hand_built_blocks() {
+        // Q4_0: d = 0.5, qs[j] = j | (15 - j) << 4: element j is (j - 8) / 2,
+        // element 16 + j is (7 - j) / 2.
+        let mut b = vec![0u8; 18];
+        put_f16(&mut b, 0, 0.5);
+        for j in 0..16 {
+            b[2 + j] = j as u8 | ((15 - j as u8) << 4);
+        }
+        let want: Vec<f32> = (0..16)
+            .map(|j| (j as f32 - 8.0) / 2.0)
+            .chain((0..16).map(|j| (7.0 - j as f32) / 2.0))
+            .collect();
+        assert_eq!(
+            QMatrix::new(QType::Q4_0, 1, 32, b.clone())
+                .unwrap()
+                .dequantize(),
+            want
+        );
+
+        // Q4_1: d = 0.25, m = -1, same nibbles: q * 0.25 - 1.
+        let mut b1 = vec![0u8; 20];
+        put_f16(&mut b1, 0, 0.25);
+        put_f16(&mut b1, 2, -1.0);
+        b1[4..].copy_from_slice(&b[2..]);
+        let want: Vec<f32> = (0..16)
+            .map(|j| j as f32 * 0.25 - 1.0)
+            .chain((0..16).map(|j| (15 - j) as f32 * 0.25 - 1.0))
+            .collect();
+        assert_eq!(
+            QMatrix::new(QType::Q4_1, 1, 32, b1).unwrap().dequantize(),
+            want
+        );
+
+        // Q8_0: d = 2, qs = -128, -127, ..., -97.
+        let mut b8 = vec![0u8; 34];
+        put_f16(&mut b8, 0, 2.0);
+        for j in 0..32 {
+            b8[2 + j] = (j as i32 - 128) as i8 as u8;
+        }
+        let want: Vec<f32> = (0..32).map(|j| 2.0 * (j as f32 - 128.0)).collect();
+        assert_eq!(
+            QMatrix::new(QType::Q8_0, 1, 32, b8).unwrap().dequantize(),
+            want
+        );
+
+        // Q4_K: d = 1, dmin = 0.5. Sub-block 0 (ggml's j < 4 rule): scale 3
+        // in byte 0, min 2 in byte 4. Sub-block 5 (j >= 4): scale 0x25 and
+        // min 0x13, their low 4 bits in byte 9 and high 2 bits in the top
+        // bits of bytes 1 and 5. Quants 0 but byte 64 of qs: 9 in the low
+        // nibble (element 128, sub-block 4: scale 0, min 0) and 7 in the
+        // high one (element 160, sub-block 5).
+        let mut bk = vec![0u8; 144];
+        put_f16(&mut bk, 0, 1.0);
+        put_f16(&mut bk, 2, 0.5);
+        bk[4] = 3;
+        bk[4 + 4] = 2;
+        bk[4 + 9] = 0x5 | (0x3 << 4);
+        bk[4 + 1] = 0b10 << 6;
+        bk[4 + 5] = 0b01 << 6;
+        bk[16 + 64] = 0x9 | (0x7 << 4);
+        assert_eq!(scale_min_k4(5, &bk[4..16]), (0x25, 0x13));
+        let got = QMatrix::new(QType::Q4K, 1, 256, bk).unwrap().dequantize();
+        assert!(got[..32].iter().all(|&v| v == -1.0)); // 3 * 0 - 0.5 * 2
+        assert_eq!((got[128], got[129]), (0.0, 0.0));
+        assert_eq!((got[160], got[161]), (37.0 * 7.0 - 9.5, -9.5));
+
+        // Q5_K: as Q4_K with the fifth bit from qh: element l of sub-block
+        // s gets 16 when bit s of qh[l] is set.
+        let mut b5 = vec![0u8; 176];
+        put_f16(&mut b5, 0, 1.0);
+        put_f16(&mut b5, 2, 0.0);
+        b5[4] = 1; // sub-block 0: scale 1
+        b5[5] = 1; // sub-block 1: scale 1
+        b5[16] = 0b11; // qh[0]: element 0 of sub-blocks 0 and 1
+        b5[48] = 0x2 | (0x4 << 4);
+        let got = QMatrix::new(QType::Q5K, 1, 256, b5).unwrap().dequantize();
+        assert_eq!((got[0], got[32], got[1]), (18.0, 20.0, 0.0));
+
+        // Q6_K: d = 0.5, scale of 16-element sub-block s = s - 8; quant 63 at
+        // element 0 (ql low nibble 0xF, qh bits 0-1 = 3) and 0 elsewhere (so
+        // -32 once the zero is subtracted).
+        let mut b6 = vec![0u8; 210];
+        put_f16(&mut b6, 208, 0.5);
+        for s in 0..16 {
+            b6[192 + s] = (s as i8 - 8) as u8;
+        }
+        b6[0] = 0xF;
+        b6[128] = 0b11;
+        let got = QMatrix::new(QType::Q6K, 1, 256, b6).unwrap().dequantize();
+        assert_eq!(got[0], 0.5 * -8.0 * 31.0);
+        for (e, v) in got.iter().enumerate().skip(1) {
+            assert_eq!(*v, 0.5 * ((e / 16) as f32 - 8.0) * -32.0, "element {e}");
+        }
+    }
+
+    #[test]
+    fn dequantize_equals_candle_for_random_blocks() {
+        for (s, q) in ALL.into_iter().enumerate() {
+            let (rows, cols) = (19, 512);
+            let data = random_blocks(q, rows, cols, s as u64);
+            let m = QMatrix::new(q, rows, cols, data.clone()).unwrap();
+            let want = candle_dequantize(q, rows, cols, &data);
+            let got = m.dequantize();
+            assert_eq!(got.len(), want.len());
+            for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+                assert_eq!(g.to_bits(), w.to_bits(), "{q:?} element {i}: {g} vs {w}");
+            }
+            let mut row = vec![0f32; cols];
+            m.dequantize_row(17, &mut row);
+            assert_eq!(row, want[17 * cols..18 * cols]);
+        }
+    }
+
+    fn acts(rng: &mut Rng, n: usize, cols: usize) -> Vec<f32> {
+        // Activations with outliers, as in a transformer's residual stream.
+        (0..n * cols)
+            .map(|i| rng.f32() * if i % 97 == 5 { 20.0 } else { 1.0 })
+            .collect()
+    }
+
+    #[test]
+    fn matmul_is_within_the_activation_rounding_of_an_f64_product() {
+        let mut rng = Rng(7);
+        for (s, q) in ALL.into_iter().enumerate() {
+            let be = q.block_elems();
+            for (rows, cols) in [(1, be), (15, 2 * be), (17, be.max(96)), (50, 3 * be)] {
+                let data = random_blocks(q, rows, cols, 100 + s as u64);
+                let m = QMatrix::new(q, rows, cols, data).unwrap();
+                let w = m.dequantize();
+                for n in 1..=9 {
+                    let x = acts(&mut rng, n, cols);
+                    for isa in isas() {
+                        let mut y = vec![f32::NAN; n * rows];
+                        // SAFETY: `isas()` lists only what this CPU has.
+                        unsafe { m.matmul_on(isa, &x, n, &mut y) };
+                        for i in 0..n {
+                            let xi = &x[i * cols..(i + 1) * cols];
+                            for r in 0..rows {
+                                let wr = &w[r * cols..(r + 1) * cols];
+                                let exact: f64 =
+                                    xi.iter().zip(wr).map(|(a, b)| *a as f64 * *b as f64).sum();
+                                // |x - dx xq| <= dx / 2 per element, dx = max|x| / 127 per block.
+                                let mut bound = 0f64;
+                                for (xb, wb) in xi.chunks(32).zip(wr.chunks(32)) {
+                                    let dx =
+                                        xb.iter().fold(0f32, |a, v| a.max(v.abs())) as f64 / 127.0;
+                                    bound +=
+                                        dx / 2.0 * wb.iter().map(|v| v.abs() as f64).sum::<f64>();
+                                }
+                                let mag: f64 = xi
+                                    .iter()
+                                    .zip(wr)
+                                    .map(|(a, b)| (*a as f64 * *b as f64).abs())
+                                    .sum();
+                                let got = y[i * rows + r] as f64;
+                                assert!(
+                                    (got - exact).abs() <= bound * 1.001 + 1e-5 * mag + 1e-30,
+                                    "{isa:?} {q:?} {rows}x{cols} n={n} [{i},{r}]: {got} vs {exact} (bound {bound})"
+                                );
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn rows_do_not_depend_on_n_nor_on_the_isa() {
+        // One row at a time equals all rows at once, bit for bit, for every
+        // tile shape (n = 1..9) and every kernel; and the kernels agree.
+        let mut rng = Rng(11);
+        for (s, q) in ALL.into_iter().enumerate() {
+            let (rows, cols) = (16 * 5 + 3, 2 * q.block_elems());
+            let m =
+                QMatrix::new(q, rows, cols, random_blocks(q, rows, cols, 200 + s as u64)).unwrap();
+            let x = acts(&mut rng, 9, cols);
+            let mut reference: Option<Vec<f32>> = None;
+            for isa in isas() {
+                let mut one = vec![0f32; 9 * rows];
+                for (xi, yi) in x.chunks(cols).zip(one.chunks_mut(rows)) {
+                    // SAFETY: `isas()` lists only what this CPU has.
+                    unsafe { m.matmul_on(isa, xi, 1, yi) };
+                }
+                for n in 1..=9 {
+                    let mut all = vec![0f32; n * rows];
+                    // SAFETY: as above.
+                    unsafe { m.matmul_on(isa, &x[..n * cols], n, &mut all) };
+                    let same = all
+                        .iter()
+                        .zip(&one)
+                        .all(|(a, b)| a.to_bits() == b.to_bits());
+                    assert!(
+                        same,
+                        "{isa:?} {q:?}: n = {n} differs from one row at a time"
+                    );
+                }
+                match &reference {
+                    None => reference = Some(one),
+                    Some(r) => assert!(
+                        r.iter().zip(&one).all(|(a, b)| a.to_bits() == b.to_bits()),
+                        "{isa:?} {q:?} differs from {:?}",
+                        isas()[0]
+                    ),
+                }
+            }
+        }
+    }
+}
