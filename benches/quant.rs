@@ -6,7 +6,8 @@
 //! of `x` (a decode step) and 8 (a verified window), and `token`: every
 //! matrix product of one decode step of the 30-layer model, on 30 distinct
 //! layers of weights (96.5 MB, so they stream from memory as in a real
-//! forward). Throughput is in bytes of weights (GGUF bytes) per second.
+//! forward), beside plain reads of as many bytes from memory (the floor on
+//! this machine). Throughput is in bytes of weights (GGUF bytes) per second.
 //!
 //!     cargo bench --bench quant
 //!
@@ -114,6 +115,17 @@ fn token(c: &mut Criterion) {
     let mut g = c.benchmark_group("quant token");
     g.throughput(Throughput::Bytes(bytes));
     g.sample_size(10);
+    // The floor: reading as many bytes from memory, split over the pool.
+    let plain: Vec<u64> = (0..bytes / 8).collect();
+    g.bench_function("memory read (baseline)", |b| {
+        b.iter(|| {
+            use rayon::prelude::*;
+            plain
+                .par_chunks(1 << 16)
+                .map(|c| c.iter().fold(0u64, |a, v| a ^ v))
+                .reduce(|| 0, |a, b| a ^ b)
+        })
+    });
     for n in [1, 8] {
         let xs = x(n, mlp);
         let mut out = vec![0f32; n * vocab];

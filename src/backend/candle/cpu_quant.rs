@@ -19,9 +19,10 @@
 //!    (so a 4-bit weight still costs 5 or 4.5 bits); Q5_K and Q6_K quants are
 //!    widened to a byte each, with f32 scales.
 //! 2. **Activations, per call.** Each row of `x` is quantized to 8 bits in
-//!    blocks of 32 (`dx = max|x| / 127`, `xq = round_ties_even(x / dx)`, as
-//!    llama.cpp's `q8_0`), and each block also keeps its exact f32 sum, which
-//!    the offsets multiply (so Q4_1's `m` term has no activation rounding).
+//!    blocks of 32 (`dx = max|x| / 127`, `xq = x * (1 / dx)` rounded to the
+//!    nearest integer, ties to even, as llama.cpp's `q8_0`), and each block
+//!    also keeps the f32 sum of its `x`, which the offsets multiply (so
+//!    Q4_1's `m` term has no activation rounding).
 //! 3. **Dot products.** Per sub-block, the integer dot product
 //!    `sum q * xq - zero * sum xq` (exact in i32), then
 //!    `acc = fma(f32(isum), scale * dx, acc)` and, with offsets,
@@ -123,6 +124,40 @@ impl Kind {
     fn panel_bytes(self) -> usize {
         PANEL * self.sub / if self.nibbles { 2 } else { 1 }
     }
+
+    /// Bytes of one scale or offset.
+    fn scale_bytes(self) -> usize {
+        if self.f16_scales {
+            2
+        } else {
+            4
+        }
+    }
+
+    /// Bytes of one panel's sub-block: its quants, then its 16 scales, then
+    /// (with offsets) its 16 offsets.
+    fn chunk_bytes(self) -> usize {
+        self.panel_bytes() + PANEL * self.scale_bytes() * (1 + self.offset as usize)
+    }
+
+    /// Scale (or offset) `j` of the 16 at the start of `b`.
+    fn read_scale(self, b: &[u8], j: usize) -> f32 {
+        if self.f16_scales {
+            f16::from_le_bytes([b[2 * j], b[2 * j + 1]]).to_f32()
+        } else {
+            f32::from_le_bytes([b[4 * j], b[4 * j + 1], b[4 * j + 2], b[4 * j + 3]])
+        }
+    }
+
+    /// Writes `v` as scale (or offset) `j` of the 16 at the start of `b`
+    /// (exactly: f16 scales were f16 in the file).
+    fn write_scale(self, b: &mut [u8], j: usize, v: f32) {
+        if self.f16_scales {
+            b[2 * j..2 * j + 2].copy_from_slice(&f16::from_f32(v).to_le_bytes());
+        } else {
+            b[4 * j..4 * j + 4].copy_from_slice(&v.to_le_bytes());
+        }
+    }
 }
 
 /// Output rows per panel: one AVX-512 vector of lanes.
@@ -131,36 +166,23 @@ const PANEL: usize = 16;
 /// Activation block: one scale per 32 elements of `x`.
 const XBLOCK: usize = 32;
 
+/// 1.5 * 2^23: `v + ROUND` is `ROUND + v` rounded to an integer (ties to
+/// even) for `|v| < 2^22`, in any f32 code, vector or not.
+const ROUND: f32 = 12_582_912.0;
+
 /// Multiply-adds below which one thread does the whole product.
 const PARALLEL_MIN_MACS: usize = 1 << 16;
 
-/// Scales or offsets of a repacked matrix: `[panel][sub-block][16]`.
-enum Scales {
-    F16(Vec<f16>),
-    F32(Vec<f32>),
-}
-
-impl Scales {
-    fn get(&self, i: usize) -> f32 {
-        match self {
-            Scales::F16(v) => v[i].to_f32(),
-            Scales::F32(v) => v[i],
-        }
-    }
-}
-
 /// A weight matrix `[rows, cols]` in ggml blocks, repacked for the kernels
-/// (see the module docs): quants `[panel][sub-block][panel_bytes]`, scales
-/// and offsets `[panel][sub-block][16]`. Rows past `rows` in the last panel
-/// are zero.
+/// (see the module docs): `[panel][sub-block]` chunks of quants, 16 scales
+/// and 16 offsets (see [`Kind::chunk_bytes`]), so that a panel streams from
+/// memory as one sequence. Rows past `rows` in the last panel are zero.
 pub(crate) struct QMatrix {
     qtype: QType,
     rows: usize,
     cols: usize,
     panels: usize,
-    quants: Vec<u8>,
-    scales: Scales,
-    offsets: Option<Scales>,
+    data: Vec<u8>,
 }
 
 impl std::fmt::Debug for QMatrix {
@@ -300,54 +322,42 @@ impl QMatrix {
             ));
         }
         let kind = qtype.kind();
-        let (subs, pb) = (cols / kind.sub, kind.panel_bytes());
-        let panels = rows.div_ceil(PANEL);
-        let mut quants = vec![0u8; panels * subs * pb];
-        let mut scales = vec![0f32; panels * subs * PANEL];
-        let mut offsets = vec![0f32; panels * subs * PANEL];
+        let (subs, pb, cb) = (cols / kind.sub, kind.panel_bytes(), kind.chunk_bytes());
+        let (sbytes, panels) = (kind.scale_bytes(), rows.div_ceil(PANEL));
+        let mut packed = vec![0u8; panels * subs * cb];
         let row_bytes = cols / be * bb;
         let per_block = be / kind.sub;
-        quants
-            .par_chunks_mut((subs * pb).max(1))
-            .zip(scales.par_chunks_mut((subs * PANEL).max(1)))
-            .zip(offsets.par_chunks_mut((subs * PANEL).max(1)))
+        packed
+            .par_chunks_mut(subs * cb)
             .enumerate()
-            .for_each(|(p, ((qp, sp), op))| {
+            .for_each(|(p, panel)| {
                 let (mut q, mut s, mut o) =
                     (vec![0u8; be], vec![0f32; per_block], vec![0f32; per_block]);
-                for j in 0..PANEL.min(rows.saturating_sub(p * PANEL)) {
+                for j in 0..PANEL.min(rows - p * PANEL) {
                     let row = &data[(p * PANEL + j) * row_bytes..][..row_bytes];
                     for (blk, bytes) in row.chunks_exact(bb).enumerate() {
                         decode_block(qtype, bytes, &mut q, &mut s, &mut o);
                         for t in 0..per_block {
                             let sb = blk * per_block + t;
-                            sp[sb * PANEL + j] = s[t];
-                            op[sb * PANEL + j] = o[t];
-                            let dst = &mut qp[sb * pb..(sb + 1) * pb];
+                            let chunk = &mut panel[sb * cb..(sb + 1) * cb];
+                            kind.write_scale(&mut chunk[pb..], j, s[t]);
+                            if kind.offset {
+                                kind.write_scale(&mut chunk[pb + PANEL * sbytes..], j, o[t]);
+                            }
                             for (e, &v) in q[t * kind.sub..(t + 1) * kind.sub].iter().enumerate() {
                                 let (at, high) = quant_pos(kind, j, e);
-                                dst[at] |= if high { v << 4 } else { v };
+                                chunk[at] |= if high { v << 4 } else { v };
                             }
                         }
                     }
                 }
             });
-        let store = |v: Vec<f32>| {
-            if kind.f16_scales {
-                // Exact: these were f16 in the file.
-                Scales::F16(v.into_iter().map(f16::from_f32).collect())
-            } else {
-                Scales::F32(v)
-            }
-        };
         Ok(Self {
             qtype,
             rows,
             cols,
             panels,
-            quants,
-            scales: store(scales),
-            offsets: kind.offset.then(|| store(offsets)),
+            data: packed,
         })
     }
 
@@ -377,15 +387,14 @@ impl QMatrix {
             out.len()
         );
         let kind = self.qtype.kind();
-        let (subs, pb) = (self.cols / kind.sub, kind.panel_bytes());
+        let (subs, pb, cb) = (self.cols / kind.sub, kind.panel_bytes(), kind.chunk_bytes());
         let (p, j) = (r / PANEL, r % PANEL);
         for (sb, y) in out.chunks_exact_mut(kind.sub).enumerate() {
-            let at = (p * subs + sb) * PANEL + j;
-            let (scale, offset) = (
-                self.scales.get(at),
-                self.offsets.as_ref().map(|o| o.get(at)),
-            );
-            let bytes = &self.quants[(p * subs + sb) * pb..][..pb];
+            let bytes = &self.data[(p * subs + sb) * cb..][..cb];
+            let scale = kind.read_scale(&bytes[pb..], j);
+            let offset = kind
+                .offset
+                .then(|| kind.read_scale(&bytes[pb + PANEL * kind.scale_bytes()..], j));
             for (e, v) in y.iter_mut().enumerate() {
                 let (i, high) = quant_pos(kind, j, e);
                 let q = if high {
@@ -504,17 +513,11 @@ impl QMatrix {
 
     /// Raw pointers for the kernels.
     fn view(&self) -> View {
-        let ptr = |s: &Scales| match s {
-            Scales::F16(v) => v.as_ptr() as *const u8,
-            Scales::F32(v) => v.as_ptr() as *const u8,
-        };
         View {
             kind: self.qtype.kind(),
             rows: self.rows,
             cols: self.cols,
-            quants: self.quants.as_ptr(),
-            scales: ptr(&self.scales),
-            offsets: self.offsets.as_ref().map_or(std::ptr::null(), ptr),
+            data: self.data.as_ptr(),
         }
     }
 }
@@ -532,12 +535,8 @@ struct View {
     kind: Kind,
     rows: usize,
     cols: usize,
-    /// `[panel][sub-block][panel_bytes]`.
-    quants: *const u8,
-    /// `[panel][sub-block][16]` of f16 or f32.
-    scales: *const u8,
-    /// As `scales`; null without offsets.
-    offsets: *const u8,
+    /// `[panel][sub-block][chunk_bytes]`.
+    data: *const u8,
 }
 
 /// `x` `[n, cols]` quantized to 8 bits per block of 32.
@@ -547,14 +546,36 @@ struct Acts {
     q: Vec<i8>,
     /// Scale per block, `[n, cols / 32]`.
     d: Vec<f32>,
-    /// Exact f32 sum of `x` per block (in order), `[n, cols / 32]`.
+    /// f32 sum of `x` per block (8 lanes, then pairwise), `[n, cols / 32]`.
     sum: Vec<f32>,
     /// `zero * sum(q)` per sub-block of the matrix, `[n, cols / sub]`.
     corr: Vec<i32>,
 }
 
 impl Acts {
+    /// Quantizes `x` `[n, cols]` for a matrix stored as `kind`.
     fn quantize(x: &[f32], n: usize, cols: usize, kind: Kind) -> Self {
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx2") {
+            // SAFETY: detected on this CPU.
+            return unsafe { Self::quantize_avx2(x, n, cols, kind) };
+        }
+        Self::quantize_any(x, n, cols, kind)
+    }
+
+    /// [`Self::quantize_any`] compiled for AVX2: the same IEEE operations on
+    /// wider vectors, so the same values.
+    ///
+    /// # Safety
+    /// The CPU must have AVX2.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2")]
+    unsafe fn quantize_avx2(x: &[f32], n: usize, cols: usize, kind: Kind) -> Self {
+        Self::quantize_any(x, n, cols, kind)
+    }
+
+    #[inline(always)]
+    fn quantize_any(x: &[f32], n: usize, cols: usize, kind: Kind) -> Self {
         let blocks = n * cols / XBLOCK;
         let mut a = Acts {
             cols,
@@ -568,14 +589,33 @@ impl Acts {
             .zip(a.q.chunks_exact_mut(XBLOCK))
             .enumerate()
         {
-            let amax = xs.iter().fold(0f32, |m, v| m.max(v.abs()));
-            let d = amax / 127.0;
+            // Eight lanes, combined in a fixed order: vectorizable, and one
+            // definition for every kernel.
+            let (mut mx, mut sm) = ([0f32; 8], [0f32; 8]);
+            for c in xs.chunks_exact(8) {
+                for l in 0..8 {
+                    mx[l] = mx[l].max(c[l].abs());
+                    sm[l] += c[l];
+                }
+            }
+            let amax = ((mx[0].max(mx[1])).max(mx[2].max(mx[3])))
+                .max((mx[4].max(mx[5])).max(mx[6].max(mx[7])));
+            let sum = ((sm[0] + sm[1]) + (sm[2] + sm[3])) + ((sm[4] + sm[5]) + (sm[6] + sm[7]));
+            // A NaN or infinite x makes its block's outputs NaN.
+            let d = if sum.is_finite() {
+                amax / 127.0
+            } else {
+                f32::NAN
+            };
             let id = if d > 0.0 { 1.0 / d } else { 0.0 };
             for (q, v) in qs.iter_mut().zip(xs) {
-                *q = (v * id).round_ties_even().clamp(-127.0, 127.0) as i8;
+                // Adding 1.5 * 2^23 to |v| <= 127 rounds it to an integer,
+                // ties to even, which is then the low bits of the sum.
+                let r = (v * id).clamp(-127.0, 127.0) + ROUND;
+                *q = (r.to_bits() as i32 - ROUND.to_bits() as i32) as i8;
             }
             a.d[b] = d;
-            a.sum[b] = xs.iter().fold(0f32, |s, v| s + v);
+            a.sum[b] = sum;
         }
         for (c, qs) in a.corr.iter_mut().zip(a.q.chunks_exact(kind.sub)) {
             *c = kind.zero * qs.iter().map(|&v| v as i32).sum::<i32>();
@@ -635,20 +675,14 @@ impl Isa {
 /// vector kernels, in the same order.
 unsafe fn portable(m: &View, a: &Acts, n: usize, p0: usize, p1: usize, y: *mut f32) {
     let kind = m.kind;
-    let (subs, pb) = (m.cols / kind.sub, kind.panel_bytes());
-    let scale = |i: usize, p: *const u8| -> f32 {
-        if kind.f16_scales {
-            (*(p as *const f16).add(i)).to_f32()
-        } else {
-            *(p as *const f32).add(i)
-        }
-    };
+    let (subs, pb, cb) = (m.cols / kind.sub, kind.panel_bytes(), kind.chunk_bytes());
+    let offsets = pb + PANEL * kind.scale_bytes();
     for p in p0..p1 {
         for i in 0..n {
             let mut acc = [0f32; PANEL];
             let mut acc_m = [0f32; PANEL];
             for sb in 0..subs {
-                let bytes = std::slice::from_raw_parts(m.quants.add((p * subs + sb) * pb), pb);
+                let bytes = std::slice::from_raw_parts(m.data.add((p * subs + sb) * cb), cb);
                 let xq = &a.q[i * m.cols + sb * kind.sub..][..kind.sub];
                 let b = i * m.cols / XBLOCK + sb * kind.sub / XBLOCK;
                 let corr = a.corr[i * subs + sb];
@@ -665,11 +699,11 @@ unsafe fn portable(m: &View, a: &Acts, n: usize, p0: usize, p1: usize, y: *mut f
                         };
                         isum += q as i32 * xv as i32;
                     }
-                    let at = (p * subs + sb) * PANEL + j;
-                    let sd = scale(at, m.scales) * a.d[b];
+                    let sd = kind.read_scale(&bytes[pb..], j) * a.d[b];
                     acc[j] = ((isum - corr) as f32).mul_add(sd, acc[j]);
                     if kind.offset {
-                        acc_m[j] = scale(at, m.offsets).mul_add(a.sum[b], acc_m[j]);
+                        let off = kind.read_scale(&bytes[offsets..], j);
+                        acc_m[j] = off.mul_add(a.sum[b], acc_m[j]);
                     }
                 }
             }
@@ -760,6 +794,7 @@ mod avx512 {
         let subs = m.cols / S;
         let pb = PANEL * S / if NIB { 2 } else { 1 };
         let sbytes = std::mem::size_of::<SC>();
+        let cb = pb + PANEL * sbytes * (1 + OFF as usize);
         let mut acc = [[_mm512_setzero_ps(); P]; R];
         let mut acc_m = [[_mm512_setzero_ps(); P]; R];
         let low = _mm512_set1_epi8(0x0F);
@@ -770,7 +805,7 @@ mod avx512 {
             for v in 0..S / 4 / if NIB { 2 } else { 1 } {
                 for pp in 0..P {
                     let w = _mm512_loadu_si512(
-                        m.quants.add(((p + pp) * subs + sb) * pb + v * 64) as *const __m512i
+                        m.data.add(((p + pp) * subs + sb) * cb + v * 64) as *const __m512i
                     );
                     let (w0, w1) = if NIB {
                         (
@@ -799,13 +834,13 @@ mod avx512 {
                 let corr = _mm512_set1_epi32(a.corr[i * subs + sb]);
                 let dx = _mm512_set1_ps(a.d[b]);
                 for pp in 0..P {
-                    let at = ((p + pp) * subs + sb) * PANEL;
+                    let at = m.data.add(((p + pp) * subs + sb) * cb + pb);
                     let is =
                         _mm512_sub_epi32(_mm512_add_epi32(isum[r][pp][0], isum[r][pp][1]), corr);
-                    let sd = _mm512_mul_ps(SC::load16(m.scales.add(at * sbytes)), dx);
+                    let sd = _mm512_mul_ps(SC::load16(at), dx);
                     acc[r][pp] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(is), sd, acc[r][pp]);
                     if OFF {
-                        let off = SC::load16(m.offsets.add(at * sbytes));
+                        let off = SC::load16(at.add(PANEL * sbytes));
                         acc_m[r][pp] = _mm512_fmadd_ps(off, _mm512_set1_ps(a.sum[b]), acc_m[r][pp]);
                     }
                 }
@@ -839,20 +874,10 @@ mod avx512 {
         p1: usize,
         y: *mut f32,
     ) {
+        // One panel at a time (one stream from memory: several panels in
+        // flight read the weights of a decode step ~2x slower), every row tile
+        // against it while it is in L1.
         let mut p = p0;
-        if n == 1 {
-            // Several panels at once: more independent chains.
-            while p < p1 {
-                match p1 - p {
-                    1 => tile::<1, 1, NIB, S, OFF, SC>(m, a, 0, p, y),
-                    2 => tile::<1, 2, NIB, S, OFF, SC>(m, a, 0, p, y),
-                    3 => tile::<1, 3, NIB, S, OFF, SC>(m, a, 0, p, y),
-                    _ => tile::<1, 4, NIB, S, OFF, SC>(m, a, 0, p, y),
-                }
-                p += (p1 - p).min(4);
-            }
-            return;
-        }
         while p < p1 {
             let mut i = 0;
             while i < n {
@@ -901,6 +926,7 @@ mod avx2 {
         let subs = m.cols / S;
         let pb = PANEL * S / if NIB { 2 } else { 1 };
         let sbytes = std::mem::size_of::<SC>();
+        let cb = pb + PANEL * sbytes * (1 + OFF as usize);
         let mut acc = [[_mm256_setzero_ps(); H]; R];
         let mut acc_m = [[_mm256_setzero_ps(); H]; R];
         let low = _mm256_set1_epi8(0x0F);
@@ -921,8 +947,8 @@ mod avx2 {
             for v in 0..S / 4 / if NIB { 2 } else { 1 } {
                 for hh in 0..H {
                     let (p, half) = ((h0 + hh) / 2, (h0 + hh) % 2);
-                    let at = (p * subs + sb) * pb + v * 64 + half * 32;
-                    let w = _mm256_loadu_si256(m.quants.add(at) as *const __m256i);
+                    let at = (p * subs + sb) * cb + v * 64 + half * 32;
+                    let w = _mm256_loadu_si256(m.data.add(at) as *const __m256i);
                     let (w0, w1) = if NIB {
                         (
                             _mm256_and_si256(w, low),
@@ -950,15 +976,15 @@ mod avx2 {
                 let dx = _mm256_set1_ps(a.d[b]);
                 for hh in 0..H {
                     let (p, half) = ((h0 + hh) / 2, (h0 + hh) % 2);
-                    let at = ((p * subs + sb) * PANEL + half * 8) * sbytes;
+                    let at = m.data.add((p * subs + sb) * cb + pb + half * 8 * sbytes);
                     let mut is = _mm256_add_epi32(isum[r][hh][0], isum[r][hh][1]);
                     if !SIGNED {
                         is = _mm256_sub_epi32(is, _mm256_set1_epi32(a.corr[i * subs + sb]));
                     }
-                    let sd = _mm256_mul_ps(SC::load8(m.scales.add(at)), dx);
+                    let sd = _mm256_mul_ps(SC::load8(at), dx);
                     acc[r][hh] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(is), sd, acc[r][hh]);
                     if OFF {
-                        let off = SC::load8(m.offsets.add(at));
+                        let off = SC::load8(at.add(PANEL * sbytes));
                         acc_m[r][hh] = _mm256_fmadd_ps(off, _mm256_set1_ps(a.sum[b]), acc_m[r][hh]);
                     }
                 }
