@@ -1394,6 +1394,85 @@ mod tests {
     }
 
     #[test]
+    fn the_smollm2_gguf_matrices_dequantize_as_candle_and_multiply_within_the_bound() {
+        // Real weights: SmolLM2-135M's Q4_1 projections and Q8_0 embedding.
+        use candle_core::quantized::gguf_file;
+        use candle_core::Device;
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../shared/models/smollm2-135m-instruct/SmolLM2-135M-Instruct.Q4_1.gguf");
+        let Ok(mut file) = std::fs::File::open(&path) else {
+            eprintln!("SKIP: {} is absent", path.display());
+            return;
+        };
+        let content = gguf_file::Content::read(&mut file).unwrap();
+        let mut rng = Rng(5);
+        for (name, qtype) in [
+            ("blk.0.attn_q.weight", QType::Q4_1),
+            ("blk.0.attn_k.weight", QType::Q4_1),
+            ("blk.7.ffn_down.weight", QType::Q4_1),
+            ("token_embd.weight", QType::Q8_0),
+        ] {
+            let t = content.tensor(&mut file, name, &Device::Cpu).unwrap();
+            let (rows, cols) = t.shape().dims2().unwrap();
+            let m = QMatrix::new(qtype, rows, cols, t.data().unwrap().into_owned()).unwrap();
+            let want: Vec<f32> = t
+                .dequantize(&Device::Cpu)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1()
+                .unwrap();
+            let w = m.dequantize();
+            assert!(
+                w.iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits()),
+                "{name}"
+            );
+            // Activations with and without outliers (one in 97 is 20x).
+            let n = 3;
+            for outliers in [true, false] {
+                let x: Vec<f32> = acts(&mut rng, n, cols)
+                    .iter()
+                    .map(|v| {
+                        if outliers {
+                            0.5 * v
+                        } else {
+                            v.clamp(-1.0, 1.0)
+                        }
+                    })
+                    .collect();
+                let mut y = vec![0f32; n * rows];
+                m.matmul(&x, n, &mut y);
+                let (mut worst, mut rms) = (0f64, 0f64);
+                for i in 0..n {
+                    let xi = &x[i * cols..(i + 1) * cols];
+                    for r in 0..rows {
+                        let wr = &w[r * cols..(r + 1) * cols];
+                        let exact: f64 =
+                            xi.iter().zip(wr).map(|(a, b)| *a as f64 * *b as f64).sum();
+                        let mut bound = 0f64;
+                        for (xb, wb) in xi.chunks(32).zip(wr.chunks(32)) {
+                            let dx = xb.iter().fold(0f32, |a, v| a.max(v.abs())) as f64 / 127.0;
+                            bound += dx / 2.0 * wb.iter().map(|v| v.abs() as f64).sum::<f64>();
+                        }
+                        let err = (y[i * rows + r] as f64 - exact).abs();
+                        assert!(
+                            err <= bound * 1.001 + 1e-6,
+                            "{name} [{i},{r}]: {err} > {bound}"
+                        );
+                        worst = worst.max(err);
+                        rms += exact * exact;
+                    }
+                }
+                let rms = (rms / (n * rows) as f64).sqrt();
+                eprintln!(
+                    "{name} (outliers: {outliers}): max |error| {worst:.2e} = {:.2e} of the outputs' rms",
+                    worst / rms
+                );
+            }
+        }
+    }
+
+    #[test]
     fn rows_do_not_depend_on_n_nor_on_the_isa() {
         // One row at a time equals all rows at once, bit for bit, for every
         // tile shape (n = 1..9) and every kernel; and the kernels agree.
