@@ -1325,6 +1325,49 @@ mod tests {
             .collect()
     }
 
+    /// Each weight's sub-block offset (0 without), `[rows, cols]`.
+    fn offsets(m: &QMatrix) -> Vec<f64> {
+        let kind = m.qtype.kind();
+        let (subs, pb, cb) = (m.cols / kind.sub, kind.panel_bytes(), kind.chunk_bytes());
+        let mut off = vec![0f64; m.rows * m.cols];
+        if kind.offset {
+            for (k, o) in off.iter_mut().enumerate() {
+                let (r, c) = (k / m.cols, k % m.cols);
+                let chunk = &m.data[((r / PANEL) * subs + c / kind.sub) * cb..][..cb];
+                *o = kind.read_scale(&chunk[pb + PANEL * kind.scale_bytes()..], r % PANEL) as f64;
+            }
+        }
+        off
+    }
+
+    /// What the kernels compute, in f64: `(w - offset) * dx * xq + offset *
+    /// sum x`, with `x` quantized by the kernels' own code, `[n, rows]`.
+    fn emulate(w: &[f32], off: &[f64], x: &[f32], n: usize, cols: usize) -> Vec<f64> {
+        let rows = w.len() / cols;
+        let mut q = vec![0i8; x.len()];
+        let (mut d, mut sum) = (vec![0f32; x.len() / 32], vec![0f32; x.len() / 32]);
+        quantize_blocks(x, &mut q, &mut d, &mut sum);
+        let mut y = vec![0f64; n * rows];
+        for i in 0..n {
+            for r in 0..rows {
+                let mut acc = 0f64;
+                for b in 0..cols / 32 {
+                    let (mut dot, mut o) = (0f64, 0f64);
+                    for c in b * 32..(b + 1) * 32 {
+                        let k = r * cols + c;
+                        dot += (w[k] as f64 - off[k]) * q[i * cols + c] as f64;
+                        // Offsets are constant over a 32-block.
+                        o = off[k];
+                    }
+                    let blk = i * cols / 32 + b;
+                    acc += dot * d[blk] as f64 + o * sum[blk] as f64;
+                }
+                y[i * rows + r] = acc;
+            }
+        }
+        y
+    }
+
     #[test]
     fn matmul_is_within_the_activation_rounding_of_an_f64_product() {
         let mut rng = Rng(7);
@@ -1334,8 +1377,10 @@ mod tests {
                 let data = random_blocks(q, rows, cols, 100 + s as u64);
                 let m = QMatrix::new(q, rows, cols, data).unwrap();
                 let w = m.dequantize();
+                let off = offsets(&m);
                 for n in 1..=9 {
                     let x = acts(&mut rng, n, cols);
+                    let emulated = emulate(&w, &off, &x, n, cols);
                     for isa in isas() {
                         let mut y = vec![f32::NAN; n * rows];
                         // SAFETY: `isas()` lists only what this CPU has.
@@ -1363,6 +1408,13 @@ mod tests {
                                 assert!(
                                     (got - exact).abs() <= bound * 1.001 + 1e-5 * mag + 1e-30,
                                     "{isa:?} {q:?} {rows}x{cols} n={n} [{i},{r}]: {got} vs {exact} (bound {bound})"
+                                );
+                                // And tightly: f32 rounding away from the
+                                // product the quantized activations give.
+                                let e = emulated[i * rows + r];
+                                assert!(
+                                    (got - e).abs() <= 1e-5 * mag + 1e-30,
+                                    "{isa:?} {q:?} {rows}x{cols} n={n} [{i},{r}]: {got} vs emulated {e}"
                                 );
                             }
                         }
