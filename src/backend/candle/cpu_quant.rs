@@ -113,7 +113,8 @@ struct Kind {
     sub: usize,
     /// The integer subtracted from every quant.
     zero: i32,
-    /// Whether sub-blocks carry an additive offset.
+    /// Whether sub-blocks carry an additive offset. Exactly the formats
+    /// with `zero == 0`: the kernels skip the zero-point correction for them.
     offset: bool,
     /// Scales and offsets are the file's f16 values (else computed f32).
     f16_scales: bool,
@@ -549,7 +550,8 @@ struct Acts {
     d: Vec<f32>,
     /// f32 sum of `x` per block (8 lanes, then pairwise), `[n, cols / 32]`.
     sum: Vec<f32>,
-    /// `zero * sum(q)` per sub-block of the matrix, `[n, cols / sub]`.
+    /// `zero * sum(q)` per sub-block of the matrix, `[n, cols / sub]`; empty
+    /// for formats without a zero point.
     corr: Vec<i32>,
 }
 
@@ -562,7 +564,11 @@ impl Acts {
             q: vec![0; n * cols],
             d: vec![0.0; blocks],
             sum: vec![0.0; blocks],
-            corr: vec![0; n * cols / kind.sub],
+            corr: if kind.zero == 0 {
+                Vec::new()
+            } else {
+                vec![0; n * cols / kind.sub]
+            },
         };
         #[cfg(target_arch = "x86_64")]
         let simd = std::arch::is_x86_feature_detected!("avx2");
@@ -738,7 +744,11 @@ unsafe fn portable(m: &View, a: &Acts, n: usize, p0: usize, p1: usize, y: *mut f
                 let bytes = std::slice::from_raw_parts(m.data.add((p * subs + sb) * cb), cb);
                 let xq = &a.q[i * m.cols + sb * kind.sub..][..kind.sub];
                 let b = i * m.cols / XBLOCK + sb * kind.sub / XBLOCK;
-                let corr = a.corr[i * subs + sb];
+                let corr = if kind.offset {
+                    0
+                } else {
+                    a.corr[i * subs + sb]
+                };
                 for j in 0..PANEL {
                     let mut isum = 0i32;
                     for (e, &xv) in xq.iter().enumerate() {
@@ -881,8 +891,11 @@ mod avx512 {
                 } else {
                     s[1]
                 };
-                let corr = _mm512_set1_epi32(a.corr[i * subs + sb]);
-                let is = _mm512_sub_epi32(_mm512_add_epi32(s[0], high), corr);
+                let mut is = _mm512_add_epi32(s[0], high);
+                if !OFF {
+                    // A format has a zero point or an offset, not both.
+                    is = _mm512_sub_epi32(is, _mm512_set1_epi32(a.corr[i * subs + sb]));
+                }
                 let sd = _mm512_mul_ps(scale, _mm512_set1_ps(a.d[b]));
                 acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(is), sd, acc[r]);
                 if OFF {
@@ -1021,7 +1034,7 @@ mod avx2 {
                     let (p, half) = ((h0 + hh) / 2, (h0 + hh) % 2);
                     let at = m.data.add((p * subs + sb) * cb + pb + half * 8 * sbytes);
                     let mut is = _mm256_add_epi32(isum[r][hh][0], isum[r][hh][1]);
-                    if !SIGNED {
+                    if !SIGNED && !OFF {
                         is = _mm256_sub_epi32(is, _mm256_set1_epi32(a.corr[i * subs + sb]));
                     }
                     let sd = _mm256_mul_ps(SC::load8(at), dx);
@@ -1202,6 +1215,8 @@ mod tests {
             assert_eq!((m.rows(), m.cols(), m.qtype()), (3, be, q));
         }
         assert_eq!(ALL.map(|q| q.block_bytes()), [18, 20, 34, 144, 176, 210]);
+        // The kernels rely on it: a zero point or an offset, never both.
+        assert!(ALL.iter().all(|q| q.kind().offset == (q.kind().zero == 0)));
     }
 
     #[test]
