@@ -34,7 +34,7 @@
 //!
 //! The kernel is chosen at run time: AVX-512 (F, BW, VNNI), AVX2 (with FMA
 //! and F16C; `vpmaddubsw` instead of `vpdpbusd`), or portable code. Rows of
-//! `x` go in tiles of up to 4 (AVX-512) or 3 (AVX2) against one panel at a
+//! `x` go in tiles of up to 6 (AVX-512) or 3 (AVX2) against one panel at a
 //! time, so a k-token window reads the weights once; panels split across
 //! rayon's threads.
 //!
@@ -796,6 +796,16 @@ unsafe fn portable(m: &View, a: &Acts, n: usize, p0: usize, p1: usize, y: *mut f
     }
 }
 
+/// Starts and sizes of the row tiles for `n` rows: as few tiles of at most
+/// `max` rows as will do, as even as can be (8 rows in tiles of 6 go 4 + 4).
+fn row_tiles(n: usize, max: usize) -> impl Iterator<Item = (usize, usize)> {
+    let tiles = n.div_ceil(max);
+    (0..tiles).map(move |t| {
+        let (start, end) = (t * n / tiles, (t + 1) * n / tiles);
+        (start, end - start)
+    })
+}
+
 /// A scale type the vector kernels widen to f32 exactly.
 trait Scale: Copy {
     /// Sixteen scales at `p` as f32 lanes.
@@ -842,7 +852,7 @@ impl Scale for f32 {
 
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
-    use super::{Acts, Scale, View, PANEL, XBLOCK};
+    use super::{row_tiles, Acts, Scale, View, PANEL, XBLOCK};
     use std::arch::x86_64::*;
 
     /// Rows `i0..i0+R` of `x` times panel `p`: per row, two integer
@@ -946,19 +956,17 @@ mod avx512 {
         // One panel at a time (one stream from memory: several panels in
         // flight read the weights of a decode step ~2x slower), every row tile
         // against it while it is in L1.
-        let mut p = p0;
-        while p < p1 {
-            let mut i = 0;
-            while i < n {
-                match n - i {
+        for p in p0..p1 {
+            for (i, rows) in row_tiles(n, 6) {
+                match rows {
                     1 => tile::<1, NIB, S, OFF, SC>(m, a, i, p, y),
                     2 => tile::<2, NIB, S, OFF, SC>(m, a, i, p, y),
                     3 => tile::<3, NIB, S, OFF, SC>(m, a, i, p, y),
-                    _ => tile::<4, NIB, S, OFF, SC>(m, a, i, p, y),
+                    4 => tile::<4, NIB, S, OFF, SC>(m, a, i, p, y),
+                    5 => tile::<5, NIB, S, OFF, SC>(m, a, i, p, y),
+                    _ => tile::<6, NIB, S, OFF, SC>(m, a, i, p, y),
                 }
-                i += (n - i).min(4);
             }
-            p += 1;
         }
     }
 }
@@ -1549,6 +1557,21 @@ mod tests {
                     worst / rms
                 );
             }
+        }
+    }
+
+    #[test]
+    fn row_tiles_cover_every_row_once_and_evenly() {
+        for n in 0..40 {
+            let tiles: Vec<_> = row_tiles(n, 6).collect();
+            let mut next = 0;
+            for &(start, len) in &tiles {
+                assert!(start == next && (1..=6).contains(&len), "n={n}: {tiles:?}");
+                next += len;
+            }
+            assert_eq!(next, n);
+            let lens = tiles.iter().map(|t| t.1);
+            assert!(lens.clone().max().unwrap_or(0) - lens.min().unwrap_or(0) <= 1);
         }
     }
 
