@@ -410,15 +410,20 @@ impl QMatrix {
             let offset = kind
                 .offset
                 .then(|| kind.read_scale(&bytes[pb + PANEL * kind.scale_bytes()..], j));
-            for (e, v) in y.iter_mut().enumerate() {
-                let (i, high) = quant_pos(kind, j, e);
-                let q = if high {
-                    bytes[i] >> 4
-                } else if kind.nibbles {
-                    bytes[i] & 0xF
-                } else {
-                    bytes[i]
-                };
+            // Row j's quants: 4 bytes in each 64-byte group (see `quant_pos`).
+            let mut q = [0u8; 32];
+            for (g, four) in bytes[..pb].chunks_exact(64).enumerate() {
+                let four = &four[j * 4..j * 4 + 4];
+                for t in 0..4 {
+                    if kind.nibbles {
+                        q[4 * g + t] = four[t] & 0xF;
+                        q[16 + 4 * g + t] = four[t] >> 4;
+                    } else {
+                        q[4 * g + t] = four[t];
+                    }
+                }
+            }
+            for (v, &q) in y.iter_mut().zip(&q) {
                 let w = scale * (q as i32 - kind.zero) as f32;
                 *v = match offset {
                     Some(m) => w + m,
