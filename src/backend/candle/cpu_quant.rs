@@ -1043,9 +1043,11 @@ mod avx2 {
                         let x = xq.add((i0 + r) * m.cols + sb * S + v * 4);
                         let x0 = _mm256_set1_epi32((x as *const i32).read_unaligned());
                         if NIB {
+                            // Pairs of 4-bit products stay in i16 for the
+                            // whole sub-block: 8 * 2 * 15 * 127 < 2^15.
                             let x1 = _mm256_set1_epi32((x.add(16) as *const i32).read_unaligned());
-                            s[hh][0] = _mm256_add_epi32(s[hh][0], dot(w0, x0));
-                            s[hh][1] = _mm256_add_epi32(s[hh][1], dot(w1, x1));
+                            s[hh][0] = _mm256_add_epi16(s[hh][0], _mm256_maddubs_epi16(w0, x0));
+                            s[hh][1] = _mm256_add_epi16(s[hh][1], _mm256_maddubs_epi16(w1, x1));
                         } else {
                             s[hh][v % 2] = _mm256_add_epi32(s[hh][v % 2], dot(w0, x0));
                         }
@@ -1059,7 +1061,11 @@ mod avx2 {
                 for hh in 0..H {
                     let (p, half) = ((h0 + hh) / 2, (h0 + hh) % 2);
                     let at = m.data.add((p * subs + sb) * cb + pb + half * 8 * sbytes);
-                    let mut is = _mm256_add_epi32(isum[r][hh][0], isum[r][hh][1]);
+                    let mut is = if NIB {
+                        _mm256_madd_epi16(_mm256_add_epi16(isum[r][hh][0], isum[r][hh][1]), ones)
+                    } else {
+                        _mm256_add_epi32(isum[r][hh][0], isum[r][hh][1])
+                    };
                     if !SIGNED && !OFF {
                         is = _mm256_sub_epi32(is, _mm256_set1_epi32(a.corr[i * subs + sb]));
                     }
