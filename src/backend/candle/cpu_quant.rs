@@ -988,6 +988,7 @@ mod avx2 {
     /// i16 (2 * 63 * 127) except Q8_0's biased bytes, which `SIGNED` turns
     /// back into i8 and multiplies with the sign trick (|w| * (x sign w),
     /// at most 2 * 128 * 127), giving `sum q * xq - 128 * sum xq` directly.
+    /// 4-bit pairs are summed in i16 over the whole sub-block first.
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn tile<
