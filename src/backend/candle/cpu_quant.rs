@@ -184,9 +184,9 @@ const XBLOCK: usize = 32;
 /// even) for `|v| < 2^22`, in any f32 code, vector or not.
 const ROUND: f32 = 12_582_912.0;
 
-/// Multiply-adds below which one thread does the whole product (~1.3 us
-/// of work at n = 1: a decode step's 192 x 576 key and value projections).
-const PARALLEL_MIN_MACS: usize = 1 << 17;
+/// Multiply-adds below which one thread does the whole product (~0.6 us of
+/// work; a decode step's 192 x 576 key and value projections are ~1.1 us).
+const PARALLEL_MIN_MACS: usize = 1 << 16;
 
 /// A weight matrix `[rows, cols]` in ggml blocks, repacked for the kernels
 /// (see the module docs): `[panel][sub-block]` chunks of quants, 16 scales
@@ -473,11 +473,15 @@ impl QMatrix {
         let kind = self.qtype.kind();
         let acts = Acts::quantize(x, n, self.cols, kind);
         let threads = rayon::current_num_threads();
-        let chunk = if n * self.rows * self.cols < PARALLEL_MIN_MACS || threads == 1 {
-            self.panels
+        let tasks = if n * self.rows * self.cols < PARALLEL_MIN_MACS {
+            1
         } else {
-            self.panels.div_ceil(threads * 4).max(2)
+            // One task per thread for small matrices (a 192-row one splits
+            // 96 + 96 over 2 threads), one more per thread for every 16
+            // panels up to 4, so that a large one balances when a thread lags.
+            threads * (self.panels / 16).clamp(1, 4)
         };
+        let chunk = self.panels.div_ceil(tasks);
         let dst = Out(out.as_mut_ptr());
         let task = |t: usize| {
             let (p0, p1) = (t * chunk, ((t + 1) * chunk).min(self.panels));
