@@ -481,7 +481,9 @@ fn main() -> anyhow::Result<()> {
                 "device": if args.device.cuda.is_some() { "cuda" } else { "cpu" },
                 "plain_ms_per_token": plain_ms, "plain_decode_ms_per_token": plain_decode_ms,
                 "target_pass_ms": one_pass_ms,
-                "draft_pass_ms": draft_pass_ms, "cost_ratio": c, "runs": runs,
+                // No draft passes with the n-gram drafter: null.
+                "draft_pass_ms": args.ngram.is_none().then_some(draft_pass_ms),
+                "cost_ratio": args.ngram.is_none().then_some(c), "runs": runs,
             })
         );
         return Ok(());
@@ -505,8 +507,13 @@ fn main() -> anyhow::Result<()> {
             ""
         }
     );
+    let draft_cost = if args.ngram.is_some() {
+        "no draft passes (n-gram)".to_string()
+    } else {
+        format!("one draft pass {draft_pass_ms:.2} ms, c = {c:.3}")
+    };
     println!(
-        "plain: {plain_ms:.2} ms/token end to end, {plain_decode_ms:.2} decoding (medians); one target pass {one_pass_ms:.2} ms, one draft pass {draft_pass_ms:.2} ms, c = {c:.3}"
+        "plain: {plain_ms:.2} ms/token end to end, {plain_decode_ms:.2} decoding (medians); one target pass {one_pass_ms:.2} ms, {draft_cost}"
     );
     if !args.adaptive_k.is_empty() {
         println!(
