@@ -54,7 +54,8 @@ pub struct GenerateConfig {
     /// 0.3, comes from a replay of py-m's greedy outputs through the drafts
     /// made while building this (not kept): of 0.2-0.6 it was the best for
     /// py-m with py-s and for py-m-wide, and within 4% of the best (0.4)
-    /// for py-m with py-xs.
+    /// for py-m with py-xs. The n-gram drafter has no confidence and
+    /// ignores it.
     ///
     /// Greedy output stays the target's, and sampled output keeps the
     /// target's distribution (for a fixed seed the sampled tokens may
