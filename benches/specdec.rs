@@ -11,10 +11,11 @@
 use std::path::PathBuf;
 
 use criterion::{criterion_group, criterion_main, BatchSize, BenchmarkId, Criterion};
-use specdec::sampling::{argmax, warp};
+use specdec::sampling::{argmax, gumbel, warp};
 use specdec::verify::{verify_greedy, verify_sampled};
 use specdec::{
-    CandleModel, Eos, GenerateConfig, Generator, LanguageModel, Role, SamplingParams, SeededRandom,
+    CandleModel, Eos, GenerateConfig, Generator, LanguageModel, NGram, Role, SamplingParams,
+    SeededRandom,
 };
 
 fn pair() -> (PathBuf, PathBuf, &'static str) {
@@ -77,6 +78,17 @@ fn verifier(c: &mut Criterion) {
             BatchSize::SmallInput,
         )
     });
+    group.bench_function("reproducible: keyed Gumbel-max choice, vocab 8192", |b| {
+        b.iter(|| gumbel::choose(&p[0], 7, 1234))
+    });
+    let ngram = NGram::new(3).unwrap();
+    // A 1000-token sequence whose last 3 tokens occur once, near the start.
+    let mut sequence: Vec<u32> = (0..1000).map(|i| 100 + (i * 7919 % 4001) as u32).collect();
+    sequence[10..13].copy_from_slice(&[1, 2, 3]);
+    sequence[997..].copy_from_slice(&[1, 2, 3]);
+    group.bench_function("n-gram lookup (n=3) in 1000 tokens", |b| {
+        b.iter(|| ngram.lookup(&sequence, 7))
+    });
     group.bench_function("greedy: 5 argmax rows + verify_greedy", |b| {
         b.iter(|| {
             let best: Vec<u32> = p_rows
@@ -138,6 +150,21 @@ fn end_to_end(c: &mut Criterion) {
         };
         group.bench_function(label, |b| b.iter(|| g.generate(&prompt, &config).unwrap()));
     }
+    // The n-gram drafter, on a prompt it can copy from.
+    let target = g.into_parts().0;
+    let mut g = Generator::new(target, NGram::new(3).unwrap()).unwrap();
+    let prompt = g
+        .encode("def area(r):\n    return 3.14159 * r * r\n\n\ndef area(r):\n")
+        .unwrap();
+    let config = GenerateConfig {
+        max_new_tokens: 64,
+        k: 8,
+        eos: Eos::Ignore,
+        ..GenerateConfig::default()
+    };
+    group.bench_function("n-gram k=8, a prompt to copy", |b| {
+        b.iter(|| g.generate(&prompt, &config).unwrap())
+    });
     group.finish();
 }
 

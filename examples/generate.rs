@@ -6,7 +6,14 @@
 //! ```text
 //! cargo run --release --example generate -- --prompt "def fibonacci(n):"
 //! cargo run --release --example generate -- --target DIR --draft DIR --k 5 --temperature 0.8 --prompt-file p.txt
+//! cargo run --release --example generate -- --target DIR --ngram 3 --prompt-file p.txt
+//! cargo run --release --example generate -- --temperature 0.8 --reproducible --seed 7 --prompt "def f(x):"
 //! ```
+//!
+//! `--target DIR` without `--draft` drafts with the n-gram drafter (prompt
+//! lookup, no draft model; `--ngram N` sets its longest match, 3 by default)
+//! and says so on stderr. `--reproducible` samples so that the seed alone
+//! decides the text, with any draft and any `--k`.
 //!
 //! Streams the text, then prints a one-line summary on stderr. `--json` prints
 //! one JSON object instead. Bad arguments or model files exit with code 2 and
@@ -20,8 +27,8 @@ use std::time::Instant;
 
 use clap::Parser;
 use specdec::{
-    CandleModel, ChatMessage, Eos, Error, GenerateConfig, GenerationPrompt, Generator, LoadOptions,
-    Output, SamplingParams,
+    CandleModel, ChatMessage, Drafter, Eos, Error, GenerateConfig, GenerationPrompt, Generator,
+    LoadOptions, NGram, Output, SamplingMode, SamplingParams,
 };
 
 mod common;
@@ -34,9 +41,18 @@ struct Args {
     #[arg(long)]
     target: Option<PathBuf>,
     /// Draft model directory or GGUF file (the target's own file works, with
-    /// --draft-as-stored). Default: embedded py-xs.
+    /// --draft-as-stored). Default: embedded py-xs with the embedded target;
+    /// with --target, the n-gram drafter.
     #[arg(long)]
     draft: Option<PathBuf>,
+    /// Draft with the n-gram drafter (prompt lookup, no draft model):
+    /// match suffixes of up to N tokens earlier in the text.
+    #[arg(long, value_name = "N", conflicts_with = "draft")]
+    ngram: Option<usize>,
+    /// Reproducible sampling: Gumbel-max keyed by seed and position, so the
+    /// same seed gives the same text with any draft and any window.
+    #[arg(long)]
+    reproducible: bool,
     /// The prompt text.
     #[arg(long, conflicts_with = "prompt_file")]
     prompt: Option<String>,
@@ -159,6 +175,11 @@ fn run(args: &Args) -> anyhow::Result<()> {
             top_p: args.top_p,
             min_p: args.min_p,
         },
+        sampling_mode: if args.reproducible {
+            SamplingMode::Reproducible
+        } else {
+            SamplingMode::Rejection
+        },
         seed: args.seed,
         min_draft_confidence: args.min_confidence,
         stop_strings: args.stop.clone(),
@@ -173,7 +194,6 @@ fn run(args: &Args) -> anyhow::Result<()> {
 
     let verbose = !args.quiet && !args.json;
     let target_dir = args.target.clone().unwrap_or_else(|| embedded("py-s"));
-    let draft_dir = args.draft.clone().unwrap_or_else(|| embedded("py-xs"));
     let target = load(
         "target",
         &target_dir,
@@ -184,7 +204,30 @@ fn run(args: &Args) -> anyhow::Result<()> {
         Some(message) => chat_prompt(&target, message)?,
         None => prompt,
     };
-    let draft = load("draft", &draft_dir, &args.device.draft_options()?, verbose)?;
+    // A target of the user's own with no draft: the n-gram drafter, which
+    // fits any vocabulary (the embedded py-xs fits only its own).
+    let ngram = match (&args.draft, &args.target, args.ngram) {
+        (_, _, Some(n)) => Some(n),
+        (None, Some(_), None) => Some(3),
+        _ => None,
+    };
+    let draft: Box<dyn Drafter> = match ngram {
+        Some(n) => {
+            if !args.quiet {
+                eprintln!("drafting with the n-gram drafter (n = {n}, no draft model)");
+            }
+            Box::new(NGram::new(n)?)
+        }
+        None => {
+            let draft_dir = args.draft.clone().unwrap_or_else(|| embedded("py-xs"));
+            Box::new(load(
+                "draft",
+                &draft_dir,
+                &args.device.draft_options()?,
+                verbose,
+            )?)
+        }
+    };
     let mut generator = Generator::new(target, draft)?;
     let ids = generator.encode(&prompt)?;
 
@@ -249,6 +292,7 @@ fn to_json(out: &Output, prompt_tokens: usize) -> serde_json::Value {
             "accepted_at": s.accepted_at,
             "windows": s.windows,
             "stopped_early": s.stopped_early,
+            "matched": s.matched,
             "acceptance_rate": s.acceptance_rate(),
             "tokens_per_target_call": s.tokens_per_target_call(),
             "ms_per_token": s.ms_per_token(),

@@ -43,12 +43,30 @@
 //! `hf_peer.py` times `generate()`), and decoding alone, which is what the
 //! closed form models (speculation does not touch the prompt pass, and the
 //! draft's own prompt pass is a cost the formula leaves out).
+//!
+//! `--ngram N` replaces `--draft DIR` with the n-gram drafter (prompt
+//! lookup, no draft model): its windows vary with the matches found, so no
+//! speedup is predicted, and the `matched` column counts the windows that
+//! had a match (of all target passes). `--reproducible` samples in the
+//! reproducible mode (Gumbel-max keyed by seed and position), where, as
+//! for greedy decoding, every output must equal plain decoding's:
+//!
+//! ```text
+//! cargo run --release --example speedup -- --target ../shared/models/py-m --ngram 3 \
+//!     --prompts ../shared/bench/prompts_repeat.json --k 4,8,12
+//! cargo run --release --example speedup -- --target ../shared/models/py-m \
+//!     --draft ../shared/models/py-s --prompts ../shared/bench/prompts_py.json \
+//!     --temperature 0.7 --reproducible --k 4
+//! ```
 
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use clap::Parser;
-use specdec::{CandleModel, Eos, GenerateConfig, Generator, Output, SamplingParams};
+use specdec::{
+    CandleModel, Drafter, Eos, GenerateConfig, Generator, NGram, Output, SamplingMode,
+    SamplingParams,
+};
 
 mod common;
 
@@ -59,8 +77,16 @@ struct Args {
     #[arg(long)]
     target: PathBuf,
     /// Draft model directory.
+    #[arg(long, required_unless_present = "ngram")]
+    draft: Option<PathBuf>,
+    /// Draft with the n-gram drafter instead of a model: match suffixes of
+    /// up to N tokens earlier in the sequence (prompt lookup).
+    #[arg(long, value_name = "N", conflicts_with = "draft")]
+    ngram: Option<usize>,
+    /// Sample reproducibly (Gumbel-max keyed by seed and position): the
+    /// tokens must then equal plain decoding's, as for greedy.
     #[arg(long)]
-    draft: PathBuf,
+    reproducible: bool,
     /// JSON file with a list of prompt strings.
     #[arg(long)]
     prompts: PathBuf,
@@ -103,6 +129,9 @@ struct Series {
     rejections: usize,
     tokens: usize,
     target_calls: usize,
+    /// Windows in which the drafter proposed something (for the n-gram
+    /// drafter: found a match).
+    matched: usize,
     /// Positions the target scored, summed over runs (see `Stats::scored_positions`).
     scored_positions: usize,
     /// Per prompt: mean ms of one target pass / one draft pass. Ratios are
@@ -131,6 +160,7 @@ impl Series {
         self.rejections += s.recovered;
         self.tokens += s.accepted + s.recovered + s.bonus;
         self.target_calls += s.target_calls;
+        self.matched += s.matched;
         self.scored_positions += s.scored_positions();
         self.verify_per_call
             .push(s.verify_ms() / s.target_calls.max(1) as f64);
@@ -177,6 +207,9 @@ struct Row {
     acceptance_rate: f64,
     alpha: f64,
     tokens_per_target_call: f64,
+    /// Windows with a proposal, and all target passes.
+    matched: usize,
+    target_calls: usize,
     verify_cost_ratio: f64,
     predicted_speedup: f64,
     identical: Option<bool>,
@@ -218,6 +251,10 @@ fn main() -> anyhow::Result<()> {
         args.min_confidence > 0.0 && args.min_confidence <= 1.0,
         "--min-confidence takes a probability in (0, 1]"
     );
+    anyhow::ensure!(
+        args.ngram.is_none() || args.adaptive_k.is_empty(),
+        "--adaptive-k needs a draft model: the n-gram drafter has no confidence to stop on"
+    );
     let largest_fixed = args.k.iter().copied().max().unwrap_or(0);
     if let Some(&k) = args.adaptive_k.iter().find(|&&k| k > largest_fixed) {
         anyhow::bail!(
@@ -239,13 +276,22 @@ fn main() -> anyhow::Result<()> {
     );
 
     let target = CandleModel::load_with(&args.target, &args.device.target_options()?)?;
-    let draft = CandleModel::load_with(&args.draft, &args.device.draft_options()?)?;
+    let draft: Box<dyn Drafter> = match (&args.draft, args.ngram) {
+        (_, Some(n)) => Box::new(NGram::new(n)?),
+        (Some(dir), None) => Box::new(CandleModel::load_with(dir, &args.device.draft_options()?)?),
+        (None, None) => anyhow::bail!("give --draft DIR or --ngram N"),
+    };
     let mut generator = Generator::new(target, draft)?;
     let config = |k, min_draft_confidence| GenerateConfig {
         max_new_tokens: args.max_new_tokens,
         k,
         min_draft_confidence,
         sampling: SamplingParams::with_temperature(args.temperature),
+        sampling_mode: if args.reproducible {
+            SamplingMode::Reproducible
+        } else {
+            SamplingMode::Rejection
+        },
         seed: 7,
         eos: Eos::Ignore,
         ..GenerateConfig::default()
@@ -317,7 +363,8 @@ fn main() -> anyhow::Result<()> {
             .flat_map(|s| Series::ratio_to(&s.draft_per_call, &plain.verify_per_call))
             .collect::<Vec<_>>(),
     );
-    let greedy = args.temperature == 0.0;
+    // Greedy and reproducible outputs must equal plain decoding's.
+    let greedy = args.temperature == 0.0 || args.reproducible;
     let fixed = args.k.len();
     let rows: Vec<Row> = spec
         .iter()
@@ -339,36 +386,40 @@ fn main() -> anyhow::Result<()> {
                 &plain.decode_ms_per_token,
                 &s.decode_ms_per_token,
             ));
-            let predicted_speedup = median(
-                &(0..s.alpha.len())
-                    .map(|i| {
-                        let c_i = s.draft_per_call[i] / base[i];
-                        if min_confidence == 0.0 {
-                            let r_i = s.verify_per_call[i] / base[i];
-                            return predicted(s.alpha[i], k, c_i, r_i);
-                        }
-                        // Adaptive windows vary, so the closed form does not
-                        // apply: the measured tokens over the cost model's
-                        // time (draft passes, and each window's verify cost
-                        // from this prompt's fixed-window runs).
-                        let mut points = vec![(1.0, 1.0)];
-                        let mut measured: Vec<(f64, f64)> = spec[..fixed]
-                            .iter()
-                            .zip(&args.k)
-                            .map(|(f, &kf)| (kf as f64, f.verify_per_call[i] / base[i]))
-                            .collect();
-                        measured.sort_by(|a, b| a.0.total_cmp(&b.0));
-                        measured.dedup_by(|a, b| a.0 == b.0);
-                        points.extend(measured);
-                        let verify: f64 = s.windows[i]
-                            .iter()
-                            .enumerate()
-                            .map(|(w, &n)| n as f64 * verify_cost(&points, (w + 1) as f64))
-                            .sum();
-                        s.generated[i] / (s.draft_calls[i] * c_i + verify)
-                    })
-                    .collect::<Vec<_>>(),
-            );
+            let predicted_speedup = if args.ngram.is_some() {
+                f64::NAN // windows follow the matches: no model of them
+            } else {
+                median(
+                    &(0..s.alpha.len())
+                        .map(|i| {
+                            let c_i = s.draft_per_call[i] / base[i];
+                            if min_confidence == 0.0 {
+                                let r_i = s.verify_per_call[i] / base[i];
+                                return predicted(s.alpha[i], k, c_i, r_i);
+                            }
+                            // Adaptive windows vary, so the closed form does not
+                            // apply: the measured tokens over the cost model's
+                            // time (draft passes, and each window's verify cost
+                            // from this prompt's fixed-window runs).
+                            let mut points = vec![(1.0, 1.0)];
+                            let mut measured: Vec<(f64, f64)> = spec[..fixed]
+                                .iter()
+                                .zip(&args.k)
+                                .map(|(f, &kf)| (kf as f64, f.verify_per_call[i] / base[i]))
+                                .collect();
+                            measured.sort_by(|a, b| a.0.total_cmp(&b.0));
+                            measured.dedup_by(|a, b| a.0 == b.0);
+                            points.extend(measured);
+                            let verify: f64 = s.windows[i]
+                                .iter()
+                                .enumerate()
+                                .map(|(w, &n)| n as f64 * verify_cost(&points, (w + 1) as f64))
+                                .sum();
+                            s.generated[i] / (s.draft_calls[i] * c_i + verify)
+                        })
+                        .collect::<Vec<_>>(),
+                )
+            };
             Row {
                 k,
                 min_confidence,
@@ -380,6 +431,8 @@ fn main() -> anyhow::Result<()> {
                 acceptance_rate: s.accepted as f64 / s.drafted.max(1) as f64,
                 alpha,
                 tokens_per_target_call: s.tokens as f64 / s.target_calls.max(1) as f64,
+                matched: s.matched,
+                target_calls: s.target_calls,
                 verify_cost_ratio: r_k,
                 predicted_speedup,
                 identical: greedy.then_some(s.identical),
@@ -396,6 +449,11 @@ fn main() -> anyhow::Result<()> {
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default()
     };
+    let draft_name = match (&args.draft, args.ngram) {
+        (_, Some(n)) => format!("n-gram {n}"),
+        (Some(dir), None) => name(dir),
+        (None, None) => String::new(),
+    };
     if args.json {
         let runs: Vec<_> = rows
             .iter()
@@ -406,6 +464,7 @@ fn main() -> anyhow::Result<()> {
                     "decode_ms_per_token": r.decode_ms_per_token, "decode_speedup": r.decode_speedup,
                     "acceptance_rate": r.acceptance_rate, "alpha": r.alpha,
                     "tokens_per_target_call": r.tokens_per_target_call,
+                    "matched_windows": r.matched, "target_calls": r.target_calls,
                     "verify_cost_ratio": r.verify_cost_ratio,
                     "predicted_speedup": r.predicted_speedup, "identical": r.identical,
                 })
@@ -414,7 +473,8 @@ fn main() -> anyhow::Result<()> {
         println!(
             "{}",
             serde_json::json!({
-                "target": name(&args.target), "draft": name(&args.draft),
+                "target": name(&args.target), "draft": draft_name,
+                "sampling_mode": if args.reproducible { "reproducible" } else { "rejection" },
                 "quantized_draft": args.device.quantize_draft,
                 "draft_as_stored": args.device.draft_as_stored, "temperature": args.temperature,
                 "max_new_tokens": args.max_new_tokens, "prompts": ids.len() - 1, "rounds": args.rounds,
@@ -422,15 +482,17 @@ fn main() -> anyhow::Result<()> {
                 "device": if args.device.cuda.is_some() { "cuda" } else { "cpu" },
                 "plain_ms_per_token": plain_ms, "plain_decode_ms_per_token": plain_decode_ms,
                 "target_pass_ms": one_pass_ms,
-                "draft_pass_ms": draft_pass_ms, "cost_ratio": c, "runs": runs,
+                // No draft passes with the n-gram drafter: null.
+                "draft_pass_ms": args.ngram.is_none().then_some(draft_pass_ms),
+                "cost_ratio": args.ngram.is_none().then_some(c), "runs": runs,
             })
         );
         return Ok(());
     }
     println!(
-        "target {} | draft {}{} | {} prompts x {} rounds, {} tokens, temperature {}",
+        "target {} | draft {}{} | {} prompts x {} rounds, {} tokens, temperature {}{}",
         name(&args.target),
-        name(&args.draft),
+        draft_name,
         if args.device.quantize_draft {
             " (Q8_0)"
         } else if args.device.draft_as_stored {
@@ -441,10 +503,20 @@ fn main() -> anyhow::Result<()> {
         ids.len() - 1,
         args.rounds,
         args.max_new_tokens,
-        args.temperature
+        args.temperature,
+        if args.reproducible {
+            " (reproducible)"
+        } else {
+            ""
+        }
     );
+    let draft_cost = if args.ngram.is_some() {
+        "no draft passes (n-gram)".to_string()
+    } else {
+        format!("one draft pass {draft_pass_ms:.2} ms, c = {c:.3}")
+    };
     println!(
-        "plain: {plain_ms:.2} ms/token end to end, {plain_decode_ms:.2} decoding (medians); one target pass {one_pass_ms:.2} ms, one draft pass {draft_pass_ms:.2} ms, c = {c:.3}"
+        "plain: {plain_ms:.2} ms/token end to end, {plain_decode_ms:.2} decoding (medians); one target pass {one_pass_ms:.2} ms, {draft_cost}"
     );
     if !args.adaptive_k.is_empty() {
         println!(
@@ -452,8 +524,8 @@ fn main() -> anyhow::Result<()> {
             args.min_confidence
         );
     }
-    println!("|     k | ms/token | speedup | decode ms/token | decode speedup | predicted | acceptance | alpha | tokens/pass | mean window | verify cost r_k | identical |");
-    println!("|------:|---------:|--------:|----------------:|---------------:|----------:|-----------:|------:|------------:|------------:|----------------:|:---------:|");
+    println!("|     k | ms/token | speedup | decode ms/token | decode speedup | predicted | acceptance | alpha | tokens/pass | mean window | matched | verify cost r_k | identical |");
+    println!("|------:|---------:|--------:|----------------:|---------------:|----------:|-----------:|------:|------------:|------------:|--------:|----------------:|:---------:|");
     for r in &rows {
         let k = if r.min_confidence > 0.0 {
             format!("<= {}", r.k)
@@ -461,17 +533,22 @@ fn main() -> anyhow::Result<()> {
             r.k.to_string()
         };
         println!(
-            "| {:>5} | {:>8.2} | {:>6.2}x | {:>15.2} | {:>13.2}x | {:>8.2}x | {:>10.3} | {:>5.3} | {:>11.2} | {:>11.2} | {:>15.2} | {:^9} |",
+            "| {:>5} | {:>8.2} | {:>6.2}x | {:>15.2} | {:>13.2}x | {:>9} | {:>10.3} | {:>5.3} | {:>11.2} | {:>11.2} | {:>7} | {:>15.2} | {:^9} |",
             k,
             r.ms_per_token,
             r.speedup,
             r.decode_ms_per_token,
             r.decode_speedup,
-            r.predicted_speedup,
+            if r.predicted_speedup.is_nan() {
+                "n/a".to_string()
+            } else {
+                format!("{:.2}x", r.predicted_speedup)
+            },
             r.acceptance_rate,
             r.alpha,
             r.tokens_per_target_call,
             r.mean_window,
+            format!("{:.0}%", 100.0 * r.matched as f64 / r.target_calls.max(1) as f64),
             r.verify_cost_ratio,
             match r.identical {
                 Some(true) => "yes",
@@ -495,12 +572,14 @@ fn svg(all: &[Row], args: &Args) -> String {
     let ymax = all
         .iter()
         .flat_map(|r| [r.decode_speedup, r.predicted_speedup])
+        .filter(|s| s.is_finite())
         .fold(1.5f64, f64::max)
         .ceil();
     let x = |k: f64| left + (k - kmin) / (kmax - kmin) * (w - left - right);
     let y = |s: f64| h - bottom - s / ymax * (h - top - bottom);
     let line = |f: &dyn Fn(&Row) -> f64| {
         rows.iter()
+            .filter(|r| f(r).is_finite())
             .map(|r| format!("{:.1},{:.1}", x(r.k as f64), y(f(r))))
             .collect::<Vec<_>>()
             .join(" ")
@@ -515,10 +594,14 @@ fn svg(all: &[Row], args: &Args) -> String {
             .file_name()
             .map(|n| n.to_string_lossy())
             .unwrap_or_default(),
-        args.draft
-            .file_name()
-            .map(|n| n.to_string_lossy())
-            .unwrap_or_default()
+        match (&args.draft, args.ngram) {
+            (_, Some(n)) => format!("n-gram {n}"),
+            (Some(d), None) => d
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+            (None, None) => String::new(),
+        }
     );
     for i in 0..=(ymax as usize * 2) {
         let s = i as f64 / 2.0;

@@ -1,198 +1,49 @@
-//! The `Generator`: propose with the draft, verify with the target, commit.
+//! The `Generator`: propose with the drafter, verify with the target, commit.
+//!
+//! Read top to bottom: building a generator, one generation (checks, the
+//! prompt pass), then the loop itself in [`Generator::decode`]'s four
+//! numbered steps. Token choice lives in [`crate::sampling`], the verdicts
+//! in [`crate::verify`], proposing in [`crate::draft`], and turning
+//! committed tokens into output (EOS, stop strings, streaming) in
+//! `output.rs`.
 
 use std::ops::ControlFlow;
 use std::time::Instant;
 
+use crate::config::{Eos, GenerateConfig};
+use crate::draft::model::{check_fits, check_static_shapes, expect_rows};
+use crate::draft::{allowed_at_most, Draft, DraftRequest, Drafter};
 use crate::error::{Error, Result, Role};
-use crate::model::{LanguageModel, Logits, Shapes};
-use crate::sampling::{
-    argmax, greedy_confidence, warp, Distribution, RandomSource, SamplingParams, SeededRandom,
-};
+use crate::model::LanguageModel;
+use crate::output::{Chunk, Emitter, Output, Release, StopReason};
+use crate::sampling::{RandomSource, Sampler, SamplingMode, SeededRandom};
 use crate::stats::Stats;
-use crate::tokenizer::{Detokenizer, Tokenizer};
-use crate::verify::{verify_greedy, verify_sampled, NextKind};
+use crate::tokenizer::Tokenizer;
+use crate::verify::{NextKind, Verdict};
 
-/// The largest window accepted. Acceptance decays geometrically along the
-/// window, so beyond a few dozen tokens a window only costs.
-pub const MAX_WINDOW: usize = 64;
-
-/// Which tokens end a sequence.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub enum Eos {
-    /// Stop at the target model's EOS ids (generation_config.json, else config.json).
-    #[default]
-    Model,
-    /// Stop at these ids instead.
-    Tokens(Vec<u32>),
-    /// Never stop at EOS: the target's EOS ids get probability 0 in both
-    /// models (llama.cpp's `--ignore-eos`), for benchmarks of a fixed length.
-    Ignore,
-}
-
-/// Settings of one generation.
-#[derive(Debug, Clone, PartialEq)]
-pub struct GenerateConfig {
-    /// Most tokens to generate (EOS excluded).
-    pub max_new_tokens: usize,
-    /// Window `k`, `1..=MAX_WINDOW`: the target scores up to `k` positions
-    /// per pass, up to `k - 1` of them drafted (exactly, with
-    /// `min_draft_confidence` 0). `k = 1` is plain decoding of the target.
-    pub k: usize,
-    /// Greedy or sampled, and how logits are warped (for both models alike).
-    pub sampling: SamplingParams,
-    /// Seed of the random source (unused when greedy).
-    pub seed: u64,
-    /// Stop when the text contains one of these (each non-empty); the text is
-    /// cut before it. Needs a tokenizer on the target.
-    pub stop_strings: Vec<String>,
-    /// Which tokens end the sequence.
-    pub eos: Eos,
-    /// Adaptive windows: the draft stops proposing when it is less sure of
-    /// its next token than this, in `[0, 1]`. Sureness is the probability
-    /// the draft gives its pick (greedy) or its most likely token
-    /// (sampling), under its own distribution. `k` is then the largest
-    /// window, and the target skips positions the draft would likely have
-    /// got wrong. `0` turns it off (windows are then cut only by the token
-    /// budget and a static-shape target's compiled sizes). The default,
-    /// 0.3, comes from a replay of py-m's greedy outputs through the drafts
-    /// made while building this (not kept): of 0.2-0.6 it was the best for
-    /// py-m with py-s and for py-m-wide, and within 4% of the best (0.4)
-    /// for py-m with py-xs.
-    ///
-    /// Greedy output stays the target's, and sampled output keeps the
-    /// target's distribution (for a fixed seed the sampled tokens may
-    /// differ, as the random draws are spent differently), because whether
-    /// a position is drafted is decided from the draft's distribution for
-    /// it before its token is drawn: a function of the prefix before that
-    /// position.
-    pub min_draft_confidence: f32,
-}
-
-impl Default for GenerateConfig {
-    /// 128 greedy tokens with adaptive windows of up to 8 (confidence 0.3).
-    /// In the two CPU runs behind README's benchmark, adaptive k <= 8 and
-    /// k <= 12 were the fastest settings for nearly every pair, each ahead
-    /// of the other in one run (by up to 13%); k <= 8 is also the one
-    /// measured on the GPU, where it beat every fixed window.
-    fn default() -> Self {
-        Self {
-            max_new_tokens: 128,
-            k: 8,
-            sampling: SamplingParams::greedy(),
-            seed: 0,
-            stop_strings: Vec::new(),
-            eos: Eos::Model,
-            min_draft_confidence: 0.3,
-        }
-    }
-}
-
-/// Why a generation ended.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum StopReason {
-    /// `max_new_tokens` were generated.
-    MaxNewTokens,
-    /// The target produced this EOS id (not included in the output).
-    Eos(u32),
-    /// The text reached this stop string (cut from the text).
-    StopString(String),
-    /// The streaming callback asked to stop.
-    Cancelled,
-}
-
-impl StopReason {
-    /// `"max_new_tokens"`, `"eos"`, `"stop_string"` or `"cancelled"`.
-    pub fn as_str(&self) -> &'static str {
-        match self {
-            StopReason::MaxNewTokens => "max_new_tokens",
-            StopReason::Eos(_) => "eos",
-            StopReason::StopString(_) => "stop_string",
-            StopReason::Cancelled => "cancelled",
-        }
-    }
-}
-
-/// What a generation produced.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Output {
-    /// Generated token ids (prompt excluded, EOS excluded).
-    pub tokens: Vec<u32>,
-    /// Their text, when the target has a tokenizer (stop string excluded).
-    pub text: Option<String>,
-    /// Why it ended.
-    pub stop_reason: StopReason,
-    /// Counters and timings.
-    pub stats: Stats,
-}
-
-/// Newly committed output, handed to a streaming callback as it is committed.
-#[derive(Debug, Clone, Copy)]
-pub struct Chunk<'a> {
-    /// Tokens committed since the last chunk (EOS excluded).
-    pub tokens: &'a [u32],
-    /// Text that became final since the last chunk: never a split UTF-8
-    /// character, never a part of a possible stop string.
-    pub text: &'a str,
-}
-
-/// Exact speculative decoding: a draft model proposes, a target model
-/// verifies a window of `k` positions in one forward pass, and rejection
-/// sampling keeps the output distributed exactly as the target's.
+/// Exact speculative decoding: a drafter proposes, a target model verifies a
+/// window of `k` positions in one forward pass, and the verifier keeps the
+/// output distributed exactly as the target's.
 ///
-/// See the [crate docs](crate) for the algorithm step by step.
+/// `D` is any [`Drafter`]: a draft [`LanguageModel`] (`Generator::new(target,
+/// draft_model)`) or the [`NGram`](crate::NGram) drafter, which needs no
+/// model (`Generator::new(target, NGram::new(3)?)`). See the [crate
+/// docs](crate) for the algorithm step by step.
 pub struct Generator<T, D> {
     target: T,
     draft: D,
     tokenizer: Option<Tokenizer>,
 }
 
-impl<T: LanguageModel, D: LanguageModel> Generator<T, D> {
-    /// Couples `target` and `draft`. They must share a vocabulary: when both
-    /// have tokenizers, every id must map to the same token, and their logits
-    /// must be equally wide (a draft whose embedding is padded differently
-    /// could propose ids the target lacks, or fail to read the target's).
+impl<T: LanguageModel, D: Drafter> Generator<T, D> {
+    /// Couples `target` and `draft`. A draft model must share the target's
+    /// vocabulary: when both have tokenizers, every id must map to the same
+    /// token, and their logits must be equally wide (a draft whose embedding
+    /// is padded differently could propose ids the target lacks, or fail to
+    /// read the target's).
     pub fn new(target: T, draft: D) -> Result<Self> {
-        let (tv, dv) = (target.vocab_size(), draft.vocab_size());
-        let sizes = || {
-            format!(
-                "target {} has {tv} logits per row, draft {} has {dv}",
-                target.name(),
-                draft.name()
-            )
-        };
-        // Equal widths too: the draft must be able to read every token the
-        // target commits, and the target every token the draft proposes.
-        if tv != dv {
-            return Err(Error::VocabularyMismatch { message: sizes() });
-        }
-        if let (Some(t), Some(d)) = (target.tokenizer(), draft.tokenizer()) {
-            t.check_same_vocabulary(d)?;
-        }
-        for (role, shapes) in [
-            (Role::Target, target.shapes()),
-            (Role::Draft, draft.shapes()),
-        ] {
-            if let Shapes::Static(s) = shapes {
-                if s.batch_size != 1 {
-                    return Err(Error::Shape {
-                        model: role.to_string(),
-                        message: format!(
-                            "compiled for batch size {}; speculative decoding runs batch size 1",
-                            s.batch_size
-                        ),
-                    });
-                }
-                if !s.windows.contains(&1) {
-                    return Err(Error::Shape {
-                        model: role.to_string(),
-                        message: format!(
-                            "compiled windows {:?} lack 1 (the plain decoding graph)",
-                            s.windows
-                        ),
-                    });
-                }
-            }
-        }
+        draft.check_target(&target)?;
+        check_static_shapes(Role::Target, &target.shapes())?;
         let tokenizer = target.tokenizer().cloned();
         Ok(Self {
             target,
@@ -206,7 +57,7 @@ impl<T: LanguageModel, D: LanguageModel> Generator<T, D> {
         &self.target
     }
 
-    /// The draft model.
+    /// The drafter (the draft model, for a model drafter).
     pub fn draft(&self) -> &D {
         &self.draft
     }
@@ -216,7 +67,7 @@ impl<T: LanguageModel, D: LanguageModel> Generator<T, D> {
         self.tokenizer.as_ref()
     }
 
-    /// Gives the models back.
+    /// Gives the target and the drafter back.
     pub fn into_parts(self) -> (T, D) {
         (self.target, self.draft)
     }
@@ -260,7 +111,8 @@ impl<T: LanguageModel, D: LanguageModel> Generator<T, D> {
         self.generate_with(prompt, config, &mut rng, &mut on_chunk)
     }
 
-    /// The general form: every random decision goes through `rng`.
+    /// The general form: every random decision of rejection sampling goes
+    /// through `rng` (reproducible mode and greedy decoding use none).
     ///
     /// On a backend error after decoding began, returns
     /// [`Error::Interrupted`] with the tokens committed so far. Every call
@@ -280,10 +132,16 @@ impl<T: LanguageModel, D: LanguageModel> Generator<T, D> {
             Eos::Tokens(ids) => (ids.clone(), Vec::new()),
             Eos::Ignore => (Vec::new(), eos),
         };
+        let sampler = Sampler::new(
+            config.sampling.clone(),
+            config.sampling_mode,
+            config.seed,
+            suppress,
+        );
         let mut run = Run {
             config,
             k,
-            suppress,
+            sampler,
             stats: Stats {
                 k,
                 prompt_tokens: prompt.len(),
@@ -295,16 +153,15 @@ impl<T: LanguageModel, D: LanguageModel> Generator<T, D> {
             out: Emitter::new(self.tokenizer.clone(), prompt, config, stop_ids),
         };
 
+        // The prompt pass: everything but the last prompt token, which the
+        // first window feeds.
         let start = Instant::now();
-        self.target.reset()?;
-        self.draft.reset()?;
         let head = &prompt[..prompt.len() - 1];
+        self.target.reset()?;
         if !head.is_empty() {
             self.target.prefill(head)?;
-            if k > 1 {
-                self.draft.prefill(head)?;
-            }
         }
+        self.draft.start(if k > 1 { head } else { &[] })?;
         run.stats.prefill = start.elapsed();
 
         let start = Instant::now();
@@ -323,25 +180,12 @@ impl<T: LanguageModel, D: LanguageModel> Generator<T, D> {
         })
     }
 
+    /// Checks everything that can be checked before any forward pass.
     fn validate(&self, prompt: &[u32], config: &GenerateConfig) -> Result<()> {
         if prompt.is_empty() {
             return Err(Error::EmptyPrompt);
         }
-        if config.k == 0 || config.k > MAX_WINDOW {
-            return Err(Error::setting("k", config.k, format!("1..={MAX_WINDOW}")));
-        }
-        config.sampling.validate()?;
-        let confidence = config.min_draft_confidence;
-        if !(0.0..=1.0).contains(&confidence) {
-            return Err(Error::setting(
-                "min_draft_confidence",
-                confidence,
-                "a probability in [0, 1]",
-            ));
-        }
-        if config.stop_strings.iter().any(String::is_empty) {
-            return Err(Error::setting("stop_strings", "\"\"", "non-empty strings"));
-        }
+        config.validate()?;
         if !config.stop_strings.is_empty() && self.tokenizer.is_none() {
             return Err(Error::setting(
                 "stop_strings",
@@ -349,7 +193,7 @@ impl<T: LanguageModel, D: LanguageModel> Generator<T, D> {
                 "none: the target has no tokenizer to turn tokens into text",
             ));
         }
-        let vocab = self.target.vocab_size(); // the draft's is the same
+        let vocab = self.target.vocab_size();
         if let Some(&bad) = prompt.iter().find(|&&t| t as usize >= vocab) {
             return Err(Error::setting(
                 "prompt",
@@ -357,38 +201,15 @@ impl<T: LanguageModel, D: LanguageModel> Generator<T, D> {
                 format!("token ids < {vocab}"),
             ));
         }
-        let needed = prompt.len() + config.max_new_tokens;
-        let mut models: Vec<(Role, usize, Shapes)> = vec![(
+        check_fits(
             Role::Target,
-            self.target.n_positions(),
-            self.target.shapes(),
-        )];
+            &self.target,
+            prompt.len(),
+            config.max_new_tokens,
+        )?;
         if config.k > 1 {
-            models.push((Role::Draft, self.draft.n_positions(), self.draft.shapes()));
-        }
-        for (role, limit, shapes) in models {
-            if needed > limit {
-                return Err(Error::TooLong {
-                    role,
-                    prompt: prompt.len(),
-                    max_new_tokens: config.max_new_tokens,
-                    needed,
-                    limit,
-                });
-            }
-            if let Shapes::Static(s) = shapes {
-                let largest = s.prompt_buckets.last().copied().unwrap_or(0);
-                if prompt.len() - 1 > largest {
-                    return Err(Error::Shape {
-                        model: role.to_string(),
-                        message: format!(
-                            "a prompt of {} tokens is prefilled as {} (all but the last), more than the largest compiled bucket, {largest}",
-                            prompt.len(),
-                            prompt.len() - 1
-                        ),
-                    });
-                }
-            }
+            self.draft
+                .check_limits(prompt.len(), config.max_new_tokens)?;
         }
         Ok(())
     }
@@ -400,102 +221,71 @@ impl<T: LanguageModel, D: LanguageModel> Generator<T, D> {
         rng: &mut dyn RandomSource,
         on_chunk: &mut dyn FnMut(Chunk<'_>) -> ControlFlow<()>,
     ) -> Result<StopReason> {
-        let greedy = run.config.sampling.is_greedy();
         let target_shapes = self.target.shapes();
         loop {
             let remaining = run.config.max_new_tokens - run.out.tokens.len();
             if remaining == 0 {
                 return Ok(StopReason::MaxNewTokens);
             }
-            // 1. Propose up to `window - 1` draft tokens, each with its q
-            // (fewer when the draft loses confidence).
+            // 1. Propose up to `window - 1` draft tokens (fewer when the
+            // drafter loses confidence or, for the n-gram drafter, finds
+            // fewer or no match).
             let window = allowed_at_most(&target_shapes, run.k.min(remaining));
-            let m = window - 1;
             let started = Instant::now();
-            let mut drafts = Vec::with_capacity(m);
-            let mut qs = Vec::with_capacity(if greedy { 0 } else { m });
-            let min_confidence = run.config.min_draft_confidence;
-            for j in 0..m {
-                let logits = if j == 0 {
-                    let seen = self.draft.cached_len();
-                    let feed = run.committed[seen..].to_vec();
-                    self.feed_draft(&feed, &mut run.stats)?
-                } else {
-                    run.stats.draft_calls += 1;
-                    self.draft.forward_last(&[drafts[j - 1]])?
+            let draft = if window > 1 {
+                let mut request = DraftRequest {
+                    committed: &run.committed,
+                    max: window - 1,
+                    sampler: &run.sampler,
+                    rng: &mut *rng,
+                    min_confidence: run.config.min_draft_confidence,
+                    target_shapes: &target_shapes,
                 };
-                expect_shape(&logits, 1, &self.draft)?;
-                let row = logits.row(0);
-                // Whether to draft position j is settled before its token is
-                // drawn, from the draft's distribution for it alone, and only
-                // where stopping leaves a window the target runs (j + 1
-                // positions). Dropping drafts already drawn instead would
-                // make keeping x_j depend on x_j, and bias the output.
-                let may_stop = min_confidence > 0.0 && allows(&target_shapes, j + 1);
-                if greedy {
-                    let token = argmax(row, &run.suppress, Role::Draft, 0)?;
-                    if may_stop && greedy_confidence(row, token, &run.suppress) < min_confidence {
-                        run.stats.stopped_early += 1;
-                        break;
-                    }
-                    drafts.push(token);
-                } else {
-                    let q = warp(row, &run.config.sampling, &run.suppress, Role::Draft, 0)?;
-                    let sure = q.probs().iter().copied().fold(0.0, f64::max);
-                    if may_stop && sure < min_confidence as f64 {
-                        run.stats.stopped_early += 1;
-                        break;
-                    }
-                    drafts.push(rng.categorical(q.probs()) as u32);
-                    qs.push(q);
-                }
-            }
-            let (m, window) = (drafts.len(), drafts.len() + 1);
+                let mut draft = self.draft.propose(&mut request)?;
+                self.check_draft(&draft, window - 1, run.sampler.mode())?;
+                // A static-shape target runs compiled windows only: a
+                // shorter proposal (an n-gram match running out) is cut to
+                // the largest one it fills. A model drafter never needs
+                // this: it stops only where a compiled window remains.
+                let fits = allowed_at_most(&target_shapes, draft.tokens.len() + 1) - 1;
+                draft.tokens.truncate(fits);
+                draft.q.truncate(fits);
+                draft
+            } else {
+                Draft::default()
+            };
             run.stats.draft_time += started.elapsed();
 
-            // 2. Verify: one target pass over the last committed token + drafts.
+            // 2. Verify: one target pass over the last committed token and
+            // the draft tokens, then the verdict (accepted + one more).
             let started = Instant::now();
             let base = run.committed.len();
-            let mut tokens = Vec::with_capacity(window);
+            let mut tokens = Vec::with_capacity(draft.tokens.len() + 1);
             tokens.push(run.committed[base - 1]);
-            tokens.extend_from_slice(&drafts);
+            tokens.extend_from_slice(&draft.tokens);
             let logits = self.target.forward(&tokens)?;
-            expect_shape(&logits, window, &self.target)?;
-            let verdict = if greedy {
-                let best = (0..window)
-                    .map(|i| argmax(logits.row(i), &run.suppress, Role::Target, i))
-                    .collect::<Result<Vec<_>>>()?;
-                verify_greedy(&drafts, &best)
-            } else {
-                let ps = (0..window)
-                    .map(|i| {
-                        warp(
-                            logits.row(i),
-                            &run.config.sampling,
-                            &run.suppress,
-                            Role::Target,
-                            i,
-                        )
-                    })
-                    .collect::<Result<Vec<Distribution>>>()?;
-                verify_sampled(&drafts, &qs, &ps, rng)
-            };
+            expect_rows(&logits, tokens.len(), &self.target)?;
+            let verdict = run
+                .sampler
+                .verify(&logits, base, &draft.tokens, &draft.q, rng)?;
 
-            // 3. Roll both caches back to what is now committed (the new last
-            // token stays pending for the next window).
+            // 3. Roll the target and the drafter back to what is now
+            // committed (the new last token stays pending for the next
+            // window).
             let keep = base + verdict.accepted;
             if self.target.cached_len() > keep {
                 self.target.truncate(keep)?;
             }
-            if self.draft.cached_len() > keep {
-                self.draft.truncate(keep)?;
-            }
+            self.draft.rollback(keep)?;
             run.stats.verify_time += started.elapsed();
-            run.record(&verdict, m);
+            run.record(&draft, window - 1, &verdict);
 
             // 4. Commit, stopping at EOS, a stop string or the budget.
             let mut stop = None;
-            for &token in drafts[..verdict.accepted].iter().chain([&verdict.next]) {
+            for &token in draft.tokens[..verdict.accepted]
+                .iter()
+                .chain([&verdict.next])
+            {
                 run.committed.push(token);
                 stop = run.out.push(token)?;
                 if stop.is_some() {
@@ -517,55 +307,34 @@ impl<T: LanguageModel, D: LanguageModel> Generator<T, D> {
         }
     }
 
-    /// Feeds the draft the committed tokens it has not seen and returns the
-    /// last row. A static-shape draft gets them in compiled window sizes.
-    fn feed_draft(&mut self, feed: &[u32], stats: &mut Stats) -> Result<Logits> {
-        let shapes = self.draft.shapes();
-        let mut rest = feed;
-        loop {
-            let n = allowed_at_most(&shapes, rest.len());
-            stats.draft_calls += 1;
-            let logits = self.draft.forward_last(&rest[..n])?;
-            rest = &rest[n..];
-            if rest.is_empty() {
-                return Ok(logits);
-            }
-        }
-    }
-}
-
-/// Checks a backend returned `[rows, vocab]` logits (a backend bug otherwise).
-fn expect_shape(logits: &Logits, rows: usize, model: &impl LanguageModel) -> Result<()> {
-    let vocab = model.vocab_size();
-    if logits.rows() != rows || logits.vocab() != vocab {
-        return Err(Error::Shape {
-            model: model.name().to_string(),
-            message: format!(
-                "returned logits [{}, {}], expected [{rows}, {vocab}]",
-                logits.rows(),
-                logits.vocab()
-            ),
-        });
-    }
-    Ok(())
-}
-
-/// Whether the shapes run a forward of `n` tokens.
-fn allows(shapes: &Shapes, n: usize) -> bool {
-    allowed_at_most(shapes, n) == n
-}
-
-/// The largest token count `<= n` the shapes allow (1 is always allowed).
-fn allowed_at_most(shapes: &Shapes, n: usize) -> usize {
-    match shapes {
-        Shapes::Dynamic => n,
-        Shapes::Static(s) => s
-            .windows
-            .iter()
-            .copied()
-            .filter(|&w| w <= n)
-            .max()
-            .unwrap_or(1),
+    /// A drafter's proposal must fit the window and the vocabulary, and
+    /// carry one `q` per token or none (none is a point mass).
+    fn check_draft(&self, draft: &Draft, max: usize, mode: SamplingMode) -> Result<()> {
+        let vocab = self.target.vocab_size();
+        let problem = if draft.tokens.len() > max {
+            format!(
+                "proposed {} tokens, at most {max} asked",
+                draft.tokens.len()
+            )
+        } else if let Some(t) = draft.tokens.iter().find(|&&t| t as usize >= vocab) {
+            format!("proposed token id {t}, the target's vocabulary has {vocab}")
+        } else if !draft.q.is_empty() && draft.q.len() != draft.tokens.len() {
+            format!(
+                "gave {} q rows for {} tokens (one per token, or none)",
+                draft.q.len(),
+                draft.tokens.len()
+            )
+        } else if draft.q.iter().any(|q| q.len() != vocab) {
+            format!("gave a q row that is not {vocab} wide")
+        } else if !draft.q.is_empty() && mode == SamplingMode::Reproducible {
+            "gave q rows in reproducible mode, where tokens are chosen, not drawn".to_string()
+        } else {
+            return Ok(());
+        };
+        Err(Error::Shape {
+            model: "drafter".into(),
+            message: problem,
+        })
     }
 }
 
@@ -573,7 +342,7 @@ fn allowed_at_most(shapes: &Shapes, n: usize) -> usize {
 struct Run<'a> {
     config: &'a GenerateConfig,
     k: usize,
-    suppress: Vec<u32>,
+    sampler: Sampler,
     stats: Stats,
     /// Prompt + committed tokens (including an EOS that ended it).
     committed: Vec<u32>,
@@ -581,9 +350,14 @@ struct Run<'a> {
 }
 
 impl Run<'_> {
-    fn record(&mut self, verdict: &crate::verify::Verdict, drafted: usize) {
+    /// Counts one window: `room` draft tokens were allowed.
+    fn record(&mut self, draft: &Draft, room: usize, verdict: &Verdict) {
         let s = &mut self.stats;
+        let drafted = draft.tokens.len();
         s.target_calls += 1;
+        s.draft_calls += draft.forward_passes;
+        s.stopped_early += usize::from(draft.stopped_early);
+        s.matched += usize::from(room > 0 && drafted > 0);
         s.windows[drafted] += 1;
         s.drafted += drafted;
         s.accepted += verdict.accepted;
@@ -594,126 +368,5 @@ impl Run<'_> {
             NextKind::Recovered => s.recovered += 1,
             NextKind::Bonus => s.bonus += 1,
         }
-    }
-}
-
-#[derive(Clone, Copy)]
-enum Release {
-    /// Text that can no longer change.
-    Final,
-    /// Everything (the generation is over).
-    All,
-}
-
-/// Output tokens and text as they are committed: EOS, stop strings, budget,
-/// and the holding back of text that could still become a stop string.
-struct Emitter {
-    tokens: Vec<u32>,
-    stop_ids: Vec<u32>,
-    max_new_tokens: usize,
-    detok: Option<Detokenizer>,
-    text: String,
-    stop_strings: Vec<String>,
-    sent_tokens: usize,
-    sent_text: usize,
-}
-
-impl Emitter {
-    fn new(
-        tokenizer: Option<Tokenizer>,
-        prompt: &[u32],
-        config: &GenerateConfig,
-        stop_ids: Vec<u32>,
-    ) -> Self {
-        Self {
-            tokens: Vec::new(),
-            stop_ids,
-            max_new_tokens: config.max_new_tokens,
-            detok: tokenizer.map(|t| Detokenizer::new(t, prompt)),
-            text: String::new(),
-            stop_strings: config.stop_strings.clone(),
-            sent_tokens: 0,
-            sent_text: 0,
-        }
-    }
-
-    /// Takes one committed token; returns a stop reason if it ends the output.
-    fn push(&mut self, token: u32) -> Result<Option<StopReason>> {
-        if self.stop_ids.contains(&token) {
-            return Ok(Some(StopReason::Eos(token)));
-        }
-        self.tokens.push(token);
-        if let Some(detok) = &mut self.detok {
-            let delta = detok.push(token)?;
-            self.text.push_str(&delta);
-            if let Some(stop) = self.find_stop(delta.len()) {
-                return Ok(Some(StopReason::StopString(stop)));
-            }
-        }
-        Ok((self.tokens.len() == self.max_new_tokens).then_some(StopReason::MaxNewTokens))
-    }
-
-    /// Looks for a stop string ending in the last `delta` bytes; cuts the
-    /// text before the earliest one found.
-    fn find_stop(&mut self, delta: usize) -> Option<String> {
-        let mut found: Option<(usize, &String)> = None;
-        for s in &self.stop_strings {
-            let mut from = self.text.len().saturating_sub(delta + s.len());
-            while !self.text.is_char_boundary(from) {
-                from -= 1;
-            }
-            if let Some(at) = self.text[from..].find(s.as_str()) {
-                if found.is_none_or(|(f, _)| from + at < f) {
-                    found = Some((from + at, s));
-                }
-            }
-        }
-        let (at, s) = found?;
-        let s = s.clone();
-        self.text.truncate(at);
-        Some(s)
-    }
-
-    /// Bytes at the end of the text that could be the start of a stop string.
-    fn held_back(&self) -> usize {
-        self.stop_strings
-            .iter()
-            .flat_map(|s| s.char_indices().skip(1).map(move |(i, _)| &s[..i]))
-            .filter(|prefix| self.text.ends_with(prefix))
-            .map(str::len)
-            .max()
-            .unwrap_or(0)
-    }
-
-    /// Flushes the detokenizer at the end (unless a stop string cut the text).
-    fn finish(&mut self, reason: &StopReason) -> Result<()> {
-        if let (Some(detok), false) = (&mut self.detok, matches!(reason, StopReason::StopString(_)))
-        {
-            let rest = detok.finish()?;
-            self.text.push_str(&rest);
-        }
-        Ok(())
-    }
-
-    fn emit(
-        &mut self,
-        on_chunk: &mut dyn FnMut(Chunk<'_>) -> ControlFlow<()>,
-        release: Release,
-    ) -> ControlFlow<()> {
-        let end = match release {
-            Release::All => self.text.len(),
-            Release::Final => self.text.len() - self.held_back(),
-        };
-        let end = end.max(self.sent_text);
-        let chunk = Chunk {
-            tokens: &self.tokens[self.sent_tokens..],
-            text: &self.text[self.sent_text..end],
-        };
-        if chunk.tokens.is_empty() && chunk.text.is_empty() {
-            return ControlFlow::Continue(());
-        }
-        self.sent_tokens = self.tokens.len();
-        self.sent_text = end;
-        on_chunk(chunk)
     }
 }

@@ -11,17 +11,23 @@
 //!
 //! ## The loop, step by step
 //!
-//! With a window `k`, each iteration of [`Generator`]:
+//! With a window `k`, each iteration of [`Generator`] (`src/generator.rs`):
 //!
-//! 1. **Propose.** The draft catches up on committed tokens it has not seen,
-//!    then samples up to `k - 1` *draft tokens* `d_1..d_{k-1}`, each from its
-//!    warped distribution `q_i` (temperature, top-k, top-p, min-p), keeping
-//!    each `q_i`. With *adaptive windows*
+//! 1. **Propose.** A [`Drafter`] proposes up to `k - 1` *draft tokens*
+//!    `d_1..d_{k-1}`. A draft model catches up on committed tokens it has not
+//!    seen, then picks each token as the target would: drawn from its warped
+//!    distribution `q_i` (temperature, top-k, top-p, min-p), keeping each
+//!    `q_i`; or its argmax (greedy); or its Gumbel-max choice (reproducible
+//!    sampling, below). With *adaptive windows*
 //!    ([`GenerateConfig::min_draft_confidence`], 0.3 by default) it stops
 //!    early, before drawing `d_i`, when `q_i`'s most likely token has less
 //!    than that probability: the target then spends no work on positions
 //!    the draft would probably get wrong. The decision depends only on the
 //!    prefix before that position, so step 3's guarantee is untouched.
+//!    The [`NGram`] drafter needs no model: it finds the longest suffix (up
+//!    to `n` tokens) of the committed sequence earlier in it and proposes
+//!    the tokens that followed, or nothing (the window is then plain
+//!    decoding).
 //! 2. **Verify.** The target runs **one** forward pass over the last committed
 //!    token and the draft tokens: up to `k` positions, a row of logits for
 //!    each, warped the same way into `p_1, p_2, ...`.
@@ -29,17 +35,34 @@
 //!    `min(1, p_i(d_i) / q_i(d_i))` (greedy: iff it is the target's argmax).
 //!    At the first rejection a *recovered* token is drawn from
 //!    `norm(max(0, p_i - q_i))` (greedy: the target's argmax); if all are
-//!    accepted a *bonus* token is drawn from `p_k` (the last row). Output
-//!    tokens = accepted + 1, between 1 and `k` per target pass.
-//! 4. **Commit.** Both KV caches roll back to the committed length (no
-//!    re-prefill), and output stops at EOS, a stop string or the budget, even
-//!    when a window ran past it: nothing after an EOS is emitted, and the
-//!    text ends before a stop string.
+//!    accepted a *bonus* token is drawn from `p_k` (the last row). A draft
+//!    token with no distribution (n-gram) is a point mass `q_i`: accepted
+//!    with probability `p_i(d_i)`, recovered from `p_i` without `d_i`.
+//!    Output tokens = accepted + 1, between 1 and `k` per target pass.
+//! 4. **Commit.** The target's cache and the drafter roll back to the
+//!    committed length (no re-prefill), and output stops at EOS, a stop
+//!    string or the budget, even when a window ran past it: nothing after an
+//!    EOS is emitted, and the text ends before a stop string.
 //!
 //! `k = 1` is plain decoding of the target. The proof that step 3 preserves
 //! `p` is in Leviathan et al. (2023), Appendix A.1; `tests/exact_distribution.rs`
 //! checks it by enumerating every random branch of the generator on small
 //! vocabularies.
+//!
+//! ## Reproducible sampling
+//!
+//! Under rejection sampling a seed's tokens depend on the draft and on `k`
+//! (the random draws are spent differently). With
+//! [`GenerateConfig::sampling_mode`] set to [`SamplingMode::Reproducible`],
+//! the token at absolute position `t` is `argmax_v (ln p_t(v) + g(t, v))`,
+//! where `g(t, v)` is a standard Gumbel variate computed from a hash of
+//! `(seed, t, v)` ([`sampling::gumbel`]): an exact draw from `p_t`. A draft
+//! model proposes `argmax_v (ln q_t(v) + g(t, v))` with the same noise, and
+//! step 3 accepts a draft token iff it equals the target's choice, emitting
+//! the target's choice at the first mismatch. The output is then token for
+//! token plain decoding's in this mode for that seed, whatever the draft,
+//! `k` or windows (Daliri et al. 2024); acceptance is lower than rejection
+//! sampling's, which stays the default.
 //!
 //! ## Example
 //!
@@ -79,10 +102,13 @@
 
 pub mod backend;
 mod chat;
+mod config;
 pub mod conformance;
+pub mod draft;
 mod error;
 mod generator;
 mod model;
+mod output;
 pub mod sampling;
 mod static_shape;
 mod stats;
@@ -91,10 +117,13 @@ pub mod verify;
 
 pub use backend::candle::{init_thread_pool, CandleModel, LoadOptions, ModelConfig, Quantization};
 pub use chat::{ChatMessage, ChatTemplate, GenerationPrompt};
+pub use config::{Eos, GenerateConfig, MAX_WINDOW};
+pub use draft::{Draft, DraftRequest, Drafter, NGram};
 pub use error::{Error, Result, Role};
-pub use generator::{Chunk, Eos, GenerateConfig, Generator, Output, StopReason, MAX_WINDOW};
+pub use generator::Generator;
 pub use model::{LanguageModel, Logits, Shapes, StaticShapes};
-pub use sampling::{Distribution, RandomSource, SamplingParams, SeededRandom};
+pub use output::{Chunk, Output, StopReason};
+pub use sampling::{Distribution, RandomSource, SamplingMode, SamplingParams, SeededRandom};
 pub use static_shape::{GraphCalls, StaticShapeModel, PAD_TOKEN};
 pub use stats::Stats;
 pub use tokenizer::Tokenizer;

@@ -43,6 +43,10 @@ pub struct Stats {
     ///
     /// [`GenerateConfig::min_draft_confidence`]: crate::GenerateConfig::min_draft_confidence
     pub stopped_early: usize,
+    /// Windows in which the drafter proposed at least one token, of those
+    /// with room for one: for the n-gram drafter, the windows whose suffix
+    /// matched earlier in the sequence (the others were plain decoding).
+    pub matched: usize,
     /// Time to feed the prompt to both models.
     pub prefill: Duration,
     /// Decode time in the draft (forward passes and sampling).

@@ -11,7 +11,19 @@
 //! probability `min(1, p_i(d_i) / q_i(d_i))`; on rejection draw from
 //! `norm(max(0, p_i - q_i))`; if all are accepted draw the bonus from
 //! `p_{k}`. The committed tokens then follow the target's `p` exactly.
+//!
+//! A draft token chosen without a distribution (the n-gram drafter's) is a
+//! draft whose `q` is a point mass on it: [`verify_point`] accepts it with
+//! probability `p_i(d_i)` and on rejection draws from `p_i` with `d_i`
+//! removed and renormalized, which is `norm(max(0, p_i - q_i))` for that `q`.
+//!
+//! Greedy decoding and reproducible sampling verify by *token match*
+//! ([`verify_token_match`]): a draft token is accepted iff it equals the
+//! target's own choice there (its argmax, or its Gumbel-max choice with the
+//! position's keyed noise), and the first mismatch, or the row after the
+//! last draft, emits the target's choice.
 
+use crate::error::Result;
 use crate::sampling::{residual, Distribution, RandomSource};
 
 /// What follows the accepted draft tokens.
@@ -32,6 +44,32 @@ pub struct Verdict {
     pub next: u32,
     /// Whether `next` is a recovered or a bonus token.
     pub kind: NextKind,
+}
+
+/// Token-match verification, lazily: `choice(i)` is the target's choice at
+/// window row `i` (`0..=m`), asked for in order and only until the first
+/// mismatch with `draft` (`[m]`). Accepts the longest prefix of `draft` that
+/// equals the target's choices, then emits the target's choice at the next
+/// row: the output is exactly the tokens the target chooses on its own.
+pub fn verify_token_match(
+    draft: &[u32],
+    mut choice: impl FnMut(usize) -> Result<u32>,
+) -> Result<Verdict> {
+    for (i, &d) in draft.iter().enumerate() {
+        let next = choice(i)?;
+        if next != d {
+            return Ok(Verdict {
+                accepted: i,
+                next,
+                kind: NextKind::Recovered,
+            });
+        }
+    }
+    Ok(Verdict {
+        accepted: draft.len(),
+        next: choice(draft.len())?,
+        kind: NextKind::Bonus,
+    })
 }
 
 /// Greedy verification. `draft`: `[m]` draft tokens; `target_argmax`:
@@ -96,6 +134,56 @@ pub fn verify_sampled(
             // Rejection only happens where p < q somewhere, so the residual
             // has mass; if rounding left none, p is the limit it tends to.
             let next = match residual(&p[i], &q[i]) {
+                Some(r) => rng.categorical(r.probs()),
+                None => rng.categorical(p[i].probs()),
+            } as u32;
+            return Verdict {
+                accepted: i,
+                next,
+                kind: NextKind::Recovered,
+            };
+        }
+    }
+    let m = draft.len();
+    Verdict {
+        accepted: m,
+        next: rng.categorical(p[m].probs()) as u32,
+        kind: NextKind::Bonus,
+    }
+}
+
+/// Sampled verification of draft tokens chosen without a distribution (a
+/// point-mass `q`): `draft`: `[m]`; `p`: `[m + 1]` target distributions.
+/// `d_i` is accepted with probability `p_i(d_i)`; on rejection the
+/// recovered token is drawn from `p_i` with `d_i` removed and renormalized.
+/// The same verdicts, with the same draws, as [`verify_sampled`] with `q_i`
+/// the point mass on `d_i`, without building a vocabulary-sized `q`.
+///
+/// # Panics
+/// If `p.len() != draft.len() + 1`.
+pub fn verify_point(draft: &[u32], p: &[Distribution], rng: &mut dyn RandomSource) -> Verdict {
+    assert_eq!(
+        p.len(),
+        draft.len() + 1,
+        "one p row per draft token, plus one"
+    );
+    for (i, &token) in draft.iter().enumerate() {
+        let pi = p[i].prob(token);
+        let accept = if pi >= 1.0 {
+            true
+        } else if pi <= 0.0 {
+            false
+        } else {
+            rng.bernoulli(pi)
+        };
+        if !accept {
+            // p without the rejected token: max(0, p - point mass), which
+            // has mass because p(d) < 1.
+            let mut rest = p[i].probs().to_vec();
+            if let Some(x) = rest.get_mut(token as usize) {
+                *x = 0.0;
+            }
+            let next = match Distribution::from_weights(rest) {
                 Some(r) => rng.categorical(r.probs()),
                 None => rng.categorical(p[i].probs()),
             } as u32;
@@ -227,5 +315,61 @@ mod tests {
         for (c, want) in counts.iter().zip(p.probs()) {
             assert!((*c as f64 / n as f64 - want).abs() < 0.01, "{counts:?}");
         }
+    }
+
+    /// Records every draw and answers from a fixed script.
+    struct Script(Vec<f64>, Vec<Vec<f64>>);
+    impl RandomSource for Script {
+        fn categorical(&mut self, probs: &[f64]) -> usize {
+            self.1.push(probs.to_vec());
+            probs.iter().rposition(|&p| p > 0.0).unwrap()
+        }
+        fn bernoulli(&mut self, p: f64) -> bool {
+            self.0.push(p);
+            false
+        }
+    }
+
+    #[test]
+    fn point_drafts_verify_as_point_mass_q_rows_do() {
+        let p = [
+            d(&[0.2, 0.5, 0.3]),
+            d(&[0.6, 0.0, 0.4]),
+            d(&[0.1, 0.1, 0.8]),
+        ];
+        for drafts in [[1u32, 0], [1, 1], [2, 2], [0, 2]] {
+            let q: Vec<_> = drafts.iter().map(|&t| Distribution::point(t, 3)).collect();
+            let (mut a, mut b) = (Script(vec![], vec![]), Script(vec![], vec![]));
+            let got = verify_point(&drafts, &p, &mut a);
+            let want = verify_sampled(&drafts, &q, &p, &mut b);
+            assert_eq!(got, want, "{drafts:?}");
+            assert_eq!((a.0, a.1), (b.0, b.1), "the same draws, {drafts:?}");
+        }
+        // A certain token is accepted without a coin; the bonus follows.
+        let p = [Distribution::point(2, 3), d(&[0.5, 0.5, 0.0])];
+        let v = verify_point(&[2], &p, &mut Reject);
+        assert_eq!((v.accepted, v.next, v.kind), (1, 0, NextKind::Bonus));
+        // Rejection draws from p with the draft removed.
+        let p = [d(&[0.2, 0.5, 0.3]), d(&[1.0, 0.0, 0.0])];
+        let mut s = Script(vec![], vec![]);
+        let v = verify_point(&[1], &p, &mut s);
+        assert_eq!(s.0, vec![0.5]);
+        assert_eq!(s.1, vec![vec![0.4, 0.0, 0.6]]);
+        assert_eq!((v.accepted, v.next, v.kind), (0, 2, NextKind::Recovered));
+    }
+
+    #[test]
+    fn token_match_asks_for_rows_only_up_to_the_first_mismatch() {
+        let mut asked = Vec::new();
+        let v = verify_token_match(&[4, 5, 6], |i| {
+            asked.push(i);
+            Ok([4, 9, 6, 7][i])
+        })
+        .unwrap();
+        assert_eq!((v.accepted, v.next, v.kind), (1, 9, NextKind::Recovered));
+        assert_eq!(asked, vec![0, 1]);
+        let v = verify_token_match(&[4, 5], |i| Ok([4, 5, 8][i])).unwrap();
+        assert_eq!((v.accepted, v.next, v.kind), (2, 8, NextKind::Bonus));
+        assert_eq!(v, verify_greedy(&[4, 5], &[4, 5, 8]));
     }
 }

@@ -6,19 +6,21 @@
 //! the path's probability; a depth-first walk over paths visits every random
 //! branch of a generation exactly once, so summing path probabilities per
 //! output gives the generator's exact output distribution. The target's own
-//! distribution is enumerated directly from its warped logits.
+//! distribution is enumerated directly from its logits, warped by the
+//! tests' own `reference_warp` (independent of the crate's `warp`).
 
 mod common;
 
 use std::collections::BTreeMap;
 
-use common::exact::{assert_same, reference, speculative as enumerate, Outcome};
-use common::toy::Toy;
-use specdec::{Eos, GenerateConfig, Generator, SamplingParams};
+use common::exact::{assert_same, reference, reference_warp, speculative as enumerate, Outcome};
+use common::toy::{Stubborn, Toy};
+use specdec::sampling::warp;
+use specdec::{Drafter, Eos, GenerateConfig, Generator, NGram, Role, SamplingParams};
 
-fn speculative(
+fn speculative<D: Drafter + Clone>(
     target: &Toy,
-    draft: &Toy,
+    draft: &D,
     prompt: &[u32],
     config: &GenerateConfig,
 ) -> BTreeMap<Outcome, f64> {
@@ -55,6 +57,7 @@ fn speculative_output_distribution_is_the_targets_exactly() {
         sampling(1.0, None, Some(0.8), None),
         sampling(1.3, Some(3), Some(0.9), None),
         sampling(1.0, None, None, Some(0.2)),
+        sampling(0.7, Some(3), Some(0.85), Some(0.3)),
         SamplingParams::greedy(),
     ];
     let mut checked = 0;
@@ -224,4 +227,94 @@ fn eos_inside_a_window_ends_the_output_there() {
     assert_eq!(out.tokens, want.tokens);
     assert_eq!(out.stop_reason, want.stop_reason);
     assert!(!out.tokens.contains(&3));
+}
+
+/// Rows spread like a trained model's, and many settings with temperature
+/// other than 1 and top-k, top-p and min-p together: the crate's `warp`
+/// equals the independent reference to 1e-12 everywhere.
+#[test]
+fn warp_equals_the_independent_reference() {
+    let mut checked = 0;
+    for case in 0..300u32 {
+        let vocab = [5usize, 17, 64][case as usize % 3];
+        let row: Vec<f32> = (0..vocab)
+            .map(|v| {
+                6.0 * ((v as f32 * 1.37 + case as f32 * 0.61).sin()
+                    + 0.3 * (case as f32 + v as f32).cos())
+            })
+            .collect();
+        let suppress: Vec<u32> = if case % 4 == 0 { vec![1] } else { vec![] };
+        for t in [0.35f32, 0.7, 1.0, 1.6] {
+            for (top_k, top_p, min_p) in [
+                (None, None, None),
+                (Some(3), None, None),
+                (None, Some(0.7), None),
+                (None, None, Some(0.15)),
+                (Some(4), Some(0.8), Some(0.1)),
+                (Some(9), Some(0.95), Some(0.02)),
+                (Some(2), Some(0.5), Some(0.4)),
+            ] {
+                let params = sampling(t, top_k, top_p, min_p);
+                let got = warp(&row, &params, &suppress, Role::Target, 0).unwrap();
+                let want = reference_warp(&row, &params, &suppress);
+                for (v, (a, b)) in got.probs().iter().zip(&want).enumerate() {
+                    assert!(
+                        (a - b).abs() < 1e-12,
+                        "{params:?} case {case} token {v}: warp {a} vs reference {b}"
+                    );
+                }
+                checked += 1;
+            }
+        }
+    }
+    assert_eq!(checked, 300 * 4 * 7);
+}
+
+/// The n-gram drafter and a drafter that is mostly wrong: drafts with no
+/// distribution are point masses, and the output is still exactly the
+/// target's, greedy and sampled, with EOS and without.
+#[test]
+fn point_mass_drafts_keep_the_targets_distribution_exactly() {
+    let target = Toy::new(4, 0.3).with_eos(3);
+    // Repeats, so the n-gram drafter finds matches.
+    let prompt = [1, 2, 1, 2, 0, 1];
+    let mut matched = 0;
+    for params in [
+        sampling(1.0, None, None, None),
+        sampling(0.6, Some(3), Some(0.9), Some(0.1)),
+        sampling(1.4, None, Some(0.85), None),
+        SamplingParams::greedy(),
+    ] {
+        for k in [2, 3, 5] {
+            for eos in [Eos::Model, Eos::Ignore] {
+                let config = GenerateConfig {
+                    max_new_tokens: 3,
+                    k,
+                    sampling: params.clone(),
+                    eos: eos.clone(),
+                    ..GenerateConfig::default()
+                };
+                let want = reference(&target, &prompt, &config);
+                for n in [1, 3] {
+                    let ngram = NGram::new(n).unwrap();
+                    let what = format!("ngram {n} {params:?} k={k} {eos:?}");
+                    assert_same(
+                        &speculative(&target, &ngram, &prompt, &config),
+                        &want,
+                        &what,
+                    );
+                    let mut g = Generator::new(target.clone(), ngram).unwrap();
+                    matched += g.generate(&prompt, &config).unwrap().stats.matched;
+                }
+                let stubborn = Stubborn { vocab: 4 };
+                let what = format!("stubborn {params:?} k={k} {eos:?}");
+                assert_same(
+                    &speculative(&target, &stubborn, &prompt, &config),
+                    &want,
+                    &what,
+                );
+            }
+        }
+    }
+    assert!(matched > 0, "the n-gram drafter never matched");
 }

@@ -123,3 +123,50 @@ fn greedy_matches_the_transformers_reference_through_the_generator() {
         assert!(g.target().cached_len() <= prompt.len() + 48);
     }
 }
+
+/// The n-gram drafter: greedy output is the target's own, on the reference
+/// prompts and on prompts that repeat themselves (where most windows match).
+#[test]
+fn ngram_greedy_equals_plain_greedy() {
+    let Some(dir) = common::shared_models() else {
+        return;
+    };
+    let mut prompts: Vec<String> = common::json(dir.join("reference.json"))["models"]["py-m"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["prompt"].as_str().unwrap().to_string())
+        .collect();
+    let repeat = dir.join("../bench/prompts_repeat.json");
+    if repeat.is_file() {
+        prompts.extend(
+            common::json(repeat)
+                .as_array()
+                .unwrap()
+                .iter()
+                .take(2)
+                .map(|p| p.as_str().unwrap().to_string()),
+        );
+    }
+    let target = common::load(dir.join("py-m"), 1024);
+    let mut g = Generator::new(target, specdec::NGram::new(3).unwrap()).unwrap();
+    let mut matched = 0;
+    for prompt in &prompts {
+        let ids = g.encode(prompt).unwrap();
+        let config = |k| GenerateConfig {
+            max_new_tokens: 32,
+            k,
+            ..GenerateConfig::default()
+        };
+        let plain = g.generate(&ids, &config(1)).unwrap();
+        for k in [2, 4, 8] {
+            let out = g.generate(&ids, &config(k)).unwrap();
+            assert_eq!(out.tokens, plain.tokens, "k={k} prompt {prompt:?}");
+            assert_eq!(out.stop_reason, plain.stop_reason);
+            assert_eq!(out.stats.draft_calls, 0, "no forward pass to draft");
+            assert!(out.stats.matched <= out.stats.target_calls);
+            matched += out.stats.matched;
+        }
+    }
+    assert!(matched > 0);
+}

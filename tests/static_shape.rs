@@ -7,7 +7,8 @@ mod common;
 use common::exact::{assert_same, reference, speculative};
 use common::toy::Toy;
 use specdec::{
-    Error, GenerateConfig, Generator, LanguageModel, SamplingParams, StaticShapeModel, StaticShapes,
+    Error, GenerateConfig, Generator, LanguageModel, NGram, SamplingMode, SamplingParams,
+    StaticShapeModel, StaticShapes,
 };
 
 fn shapes(windows: &[usize], buckets: &[usize]) -> StaticShapes {
@@ -244,4 +245,125 @@ fn limits_are_checked_before_generating() {
         "prompt beyond the largest bucket"
     );
     assert_eq!(g.target().graph_calls().context_encoding, 0, "nothing ran");
+}
+
+/// Records the size of every forward the wrapped model runs.
+struct Recorder {
+    inner: Toy,
+    sizes: std::rc::Rc<std::cell::RefCell<Vec<usize>>>,
+}
+
+impl LanguageModel for Recorder {
+    fn forward(&mut self, tokens: &[u32]) -> specdec::Result<specdec::Logits> {
+        self.sizes.borrow_mut().push(tokens.len());
+        self.inner.forward(tokens)
+    }
+    fn truncate(&mut self, len: usize) -> specdec::Result<()> {
+        self.inner.truncate(len)
+    }
+    fn cached_len(&self) -> usize {
+        self.inner.cached_len()
+    }
+    fn vocab_size(&self) -> usize {
+        self.inner.vocab_size()
+    }
+    fn n_positions(&self) -> usize {
+        self.inner.n_positions()
+    }
+}
+
+/// Independent of the adapter's own checks: what the wrapped model really
+/// ran, for every drafter and mode, is only ever a compiled window or a
+/// compiled prompt bucket (and a bucket only for the prompt pass).
+#[test]
+fn the_wrapped_model_only_ever_runs_compiled_sizes() {
+    let (windows, buckets) = ([1usize, 3, 4], [4usize, 8]);
+    let sizes = std::rc::Rc::new(std::cell::RefCell::new(Vec::new()));
+    let target = || Recorder {
+        inner: Toy::new(5, 0.2).with_eos(4),
+        sizes: sizes.clone(),
+    };
+    let modes = [
+        (SamplingParams::greedy(), SamplingMode::Rejection),
+        (
+            SamplingParams::with_temperature(0.9),
+            SamplingMode::Rejection,
+        ),
+        (
+            SamplingParams::with_temperature(0.9),
+            SamplingMode::Reproducible,
+        ),
+    ];
+    let prompt = [1u32, 2, 1, 2, 3, 1];
+    for (params, mode) in &modes {
+        for (k, min_draft_confidence) in [(2, 0.0), (4, 0.0), (5, 0.0), (4, 0.6)] {
+            let config = GenerateConfig {
+                max_new_tokens: 12,
+                k,
+                min_draft_confidence,
+                sampling: params.clone(),
+                sampling_mode: *mode,
+                seed: k as u64,
+                ..GenerateConfig::default()
+            };
+            let mut g = Generator::new(
+                wrap(target(), &windows, &buckets, 32),
+                wrap(Toy::new(5, 0.9).with_eos(4), &[1, 2], &buckets, 32),
+            )
+            .unwrap();
+            g.generate(&prompt, &config).unwrap();
+            let mut g = Generator::new(
+                wrap(target(), &windows, &buckets, 32),
+                NGram::new(2).unwrap(),
+            )
+            .unwrap();
+            let out = g.generate(&prompt, &config).unwrap();
+            assert!(out.stats.target_calls > 0);
+        }
+    }
+    let sizes = sizes.borrow();
+    assert!(sizes.len() > 50, "{sizes:?}");
+    // The prompt pass is prompt.len() - 1 = 5 tokens, padded to 8.
+    assert!(
+        sizes.iter().all(|n| windows.contains(n) || *n == 8),
+        "{sizes:?}"
+    );
+    assert!(sizes.contains(&3) && sizes.contains(&4), "{sizes:?}");
+}
+
+/// Independent of the exact-distribution test: adaptive windows on real
+/// models stop early, yet every window the target scored is a compiled
+/// one (2 and 3 are not), and greedy output is the dynamic target's.
+#[test]
+fn adaptive_windows_stop_only_where_a_compiled_window_remains() {
+    let (t, d) = (common::embedded("py-s"), common::embedded("py-xs"));
+    let mut dynamic = Generator::new(common::load(&t, 256), common::load(&d, 256)).unwrap();
+    let target = wrap(common::load(&t, 256), &[1, 4, 6], &[16, 32], 200);
+    let mut fixed = Generator::new(target, common::load(&d, 256)).unwrap();
+    let ids = dynamic.encode("def area(r):\n    return").unwrap();
+    let (mut stopped, mut uncompiled) = (0, 0);
+    for min_draft_confidence in [0.3, 0.6, 0.9] {
+        let config = GenerateConfig {
+            max_new_tokens: 40,
+            k: 6,
+            min_draft_confidence,
+            ..GenerateConfig::default()
+        };
+        let got = fixed.generate(&ids, &config).unwrap();
+        let want = dynamic.generate(&ids, &config).unwrap();
+        assert_eq!(got.tokens, want.tokens, "confidence {min_draft_confidence}");
+        stopped += got.stats.stopped_early;
+        for (i, &n) in got.stats.windows.iter().enumerate() {
+            assert!(
+                n == 0 || [1, 4, 6].contains(&(i + 1)),
+                "{n} windows of {} positions: {:?}",
+                i + 1,
+                got.stats.windows
+            );
+        }
+        uncompiled += want.stats.windows[1] + want.stats.windows[2];
+    }
+    assert!(stopped > 0, "no window stopped early");
+    // Left alone, the draft does stop where no window is compiled.
+    assert!(uncompiled > 0, "the dynamic run never used windows 2 or 3");
 }

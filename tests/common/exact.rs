@@ -1,14 +1,87 @@
 //! Exact output distributions: of a toy target sampling on its own, and of
 //! any generator, by enumerating every random branch it takes.
+//!
+//! The target's own distribution is computed from its logits with
+//! [`reference_warp`], written here from the documented order of
+//! operations and sharing no code with the crate's `warp`: a bug in
+//! warping shows up as a difference, not twice on both sides.
 
 use std::collections::BTreeMap;
 use std::ops::ControlFlow;
 
 use super::toy::Toy;
-use specdec::sampling::{argmax, warp};
 use specdec::{
-    Distribution, Eos, GenerateConfig, Generator, LanguageModel, RandomSource, Role, StopReason,
+    Drafter, Eos, GenerateConfig, Generator, LanguageModel, RandomSource, SamplingParams,
+    StopReason,
 };
+
+/// Warping as `SamplingParams` documents it, in the plainest code: softmax
+/// of `row / temperature` with `suppress`ed ids removed; then top-k (the `k`
+/// most likely, lower id first among ties); then top-p (the smallest
+/// most-likely-first prefix of what is left whose mass, relative to what is
+/// left, reaches `top_p`); then min-p (drop what is below `min_p` times the
+/// most likely); renormalize. Greedy (temperature 0) is the point mass on
+/// the argmax. Returns `[vocab]` probabilities.
+pub fn reference_warp(row: &[f32], params: &SamplingParams, suppress: &[u32]) -> Vec<f64> {
+    let vocab = row.len();
+    let live = |v: usize| !suppress.contains(&(v as u32)) && row[v] != f32::NEG_INFINITY;
+    if params.temperature == 0.0 {
+        let mut best: Option<usize> = None;
+        for v in (0..vocab).filter(|&v| live(v)) {
+            if best.is_none_or(|b| row[v] > row[b]) {
+                best = Some(v);
+            }
+        }
+        let mut p = vec![0.0; vocab];
+        p[best.expect("a live token")] = 1.0;
+        return p;
+    }
+    let t = params.temperature as f64;
+    let top = (0..vocab)
+        .filter(|&v| live(v))
+        .map(|v| row[v] as f64 / t)
+        .fold(f64::NEG_INFINITY, f64::max);
+    let mut p: Vec<f64> = (0..vocab)
+        .map(|v| {
+            if live(v) {
+                (row[v] as f64 / t - top).exp()
+            } else {
+                0.0
+            }
+        })
+        .collect();
+    let total: f64 = p.iter().sum();
+    p.iter_mut().for_each(|x| *x /= total);
+    // Most likely first, lower id first among ties.
+    let mut order: Vec<usize> = (0..vocab).filter(|&v| p[v] > 0.0).collect();
+    order.sort_by(|&a, &b| p[b].partial_cmp(&p[a]).unwrap().then(a.cmp(&b)));
+    if let Some(k) = params.top_k {
+        order.truncate(k);
+    }
+    if let Some(top_p) = params.top_p {
+        let left: f64 = order.iter().map(|&v| p[v]).sum();
+        let mut acc = 0.0;
+        let mut keep = order.len();
+        for (i, &v) in order.iter().enumerate() {
+            acc += p[v] / left;
+            if acc >= top_p as f64 {
+                keep = i + 1;
+                break;
+            }
+        }
+        order.truncate(keep);
+    }
+    if let Some(min_p) = params.min_p {
+        let most = p[order[0]];
+        order.retain(|&v| p[v] >= min_p as f64 * most);
+    }
+    let mass: f64 = order.iter().map(|&v| p[v]).sum();
+    let mut out = vec![0.0; vocab];
+    for v in order {
+        out[v] = p[v] / mass;
+    }
+    out
+}
 
 /// (generated tokens, ended by EOS)
 pub type Outcome = (Vec<u32>, bool);
@@ -28,21 +101,8 @@ pub fn reference(target: &Toy, prompt: &[u32], config: &GenerateConfig) -> BTree
             *dist.entry((generated, false)).or_insert(0.0) += prob;
             continue;
         }
-        let p = if config.sampling.is_greedy() {
-            let row = target.logits_after(&context);
-            let best = argmax(&row, &suppress, Role::Target, 0).unwrap();
-            Distribution::point(best, target.vocab)
-        } else {
-            warp(
-                &target.logits_after(&context),
-                &config.sampling,
-                &suppress,
-                Role::Target,
-                0,
-            )
-            .unwrap()
-        };
-        for (token, &pt) in p.probs().iter().enumerate() {
+        let p = reference_warp(&target.logits_after(&context), &config.sampling, &suppress);
+        for (token, &pt) in p.iter().enumerate() {
             if pt == 0.0 {
                 continue;
             }
@@ -103,7 +163,7 @@ impl RandomSource for Branches {
 }
 
 /// Exact output distribution of the speculative generator.
-pub fn speculative<T: LanguageModel, D: LanguageModel>(
+pub fn speculative<T: LanguageModel, D: Drafter>(
     generator: &mut Generator<T, D>,
     prompt: &[u32],
     config: &GenerateConfig,

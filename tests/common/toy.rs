@@ -116,3 +116,26 @@ impl LanguageModel for Toy {
         "toy"
     }
 }
+
+/// A drafter with no distribution that is mostly wrong: it proposes
+/// `last + 1, last + 2, ...` (mod the vocabulary) after the last committed
+/// token, as many as allowed. Verified as point masses.
+#[derive(Debug, Clone)]
+pub struct Stubborn {
+    pub vocab: u32,
+}
+
+impl specdec::Drafter for Stubborn {
+    fn propose(
+        &mut self,
+        request: &mut specdec::DraftRequest<'_>,
+    ) -> specdec::Result<specdec::Draft> {
+        let last = *request.committed.last().unwrap();
+        Ok(specdec::Draft {
+            tokens: (1..=request.max as u32)
+                .map(|i| (last + i) % self.vocab)
+                .collect(),
+            ..specdec::Draft::default()
+        })
+    }
+}

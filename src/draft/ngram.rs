@@ -1,0 +1,96 @@
+//! Prompt lookup: a drafter with no model.
+
+use super::{Draft, DraftRequest, Drafter};
+use crate::error::{Error, Result};
+
+/// The n-gram drafter (prompt lookup): finds the longest suffix of the
+/// committed sequence (prompt + output so far), `n` tokens at most and 1 at
+/// least, that occurred earlier in that sequence, and proposes the tokens
+/// that followed its first occurrence (up to the window less one). With no
+/// match it proposes nothing and the window is plain decoding. It runs no
+/// forward pass: a search over the sequence, microseconds.
+///
+/// Its proposals have no distribution: under rejection sampling each is a
+/// draft whose `q` is a point mass, accepted with probability `p(d)` (see
+/// [`verify_point`](crate::verify::verify_point)), so sampled output keeps
+/// the target's distribution exactly; greedy output is the target's own.
+/// Adaptive windows do not apply (there is no confidence to compare).
+///
+/// ```
+/// use specdec::{Generator, NGram};
+/// # fn demo(target: specdec::CandleModel) -> specdec::Result<()> {
+/// let generator = Generator::new(target, NGram::new(3)?)?;
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NGram {
+    n: usize,
+}
+
+impl NGram {
+    /// Matches suffixes of up to `n` tokens (`n >= 1`; 2 to 4 are usual).
+    pub fn new(n: usize) -> Result<Self> {
+        if n == 0 {
+            return Err(Error::setting("ngram", n, "an integer >= 1"));
+        }
+        Ok(Self { n })
+    }
+
+    /// The longest suffix length tried.
+    pub fn n(&self) -> usize {
+        self.n
+    }
+
+    /// Up to `max` tokens that followed the first earlier occurrence of the
+    /// longest matching suffix of `sequence`; empty when none matches.
+    pub fn lookup(&self, sequence: &[u32], max: usize) -> Vec<u32> {
+        let len = sequence.len();
+        if max == 0 || len < 2 {
+            return Vec::new();
+        }
+        for size in (1..=self.n.min(len - 1)).rev() {
+            let suffix = &sequence[len - size..];
+            // Every earlier occurrence (it may overlap the suffix) starts
+            // before `len - size`, so tokens follow it.
+            if let Some(start) = sequence[..len - 1].windows(size).position(|w| w == suffix) {
+                let from = start + size;
+                return sequence[from..(from + max).min(len)].to_vec();
+            }
+        }
+        Vec::new()
+    }
+}
+
+impl Drafter for NGram {
+    fn propose(&mut self, request: &mut DraftRequest<'_>) -> Result<Draft> {
+        Ok(Draft {
+            tokens: self.lookup(request.committed, request.max),
+            ..Draft::default()
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_longest_suffix_wins_and_its_first_occurrence() {
+        let g = NGram::new(3).unwrap();
+        // Suffix [1, 2, 3] occurs at 0 (followed by 4, 5) and its shorter
+        // suffix [3] at 6 (followed by 9): the 3-gram wins.
+        let seq = [1, 2, 3, 4, 5, 0, 3, 9, 1, 2, 3];
+        assert_eq!(g.lookup(&seq, 2), vec![4, 5]);
+        assert_eq!(g.lookup(&seq, 10), vec![4, 5, 0, 3, 9, 1, 2, 3]);
+        // Only a 1-gram matches: its first occurrence.
+        assert_eq!(g.lookup(&[7, 8, 7, 6, 5, 7], 3), vec![8, 7, 6]);
+        // No match, no room, too short.
+        assert!(g.lookup(&[1, 2, 3], 4).is_empty());
+        assert!(g.lookup(&seq, 0).is_empty());
+        assert!(g.lookup(&[5], 4).is_empty());
+        // An occurrence overlapping the suffix: a run of one token.
+        assert_eq!(g.lookup(&[4, 4, 4], 5), vec![4]);
+        assert_eq!(NGram::new(1).unwrap().lookup(&seq, 1), vec![4]);
+        assert!(NGram::new(0).is_err());
+    }
+}
