@@ -9,8 +9,11 @@
 //! ```
 //!
 //! Streams the text, then prints a one-line summary on stderr. `--json` prints
-//! one JSON object instead. Bad arguments or model files exit with code 2 and
-//! a one-line message.
+//! one JSON object instead. Bad arguments or model files print one line on
+//! stderr and exit with code 2, also when the fault shows only while
+//! generating (NaN logits): the text committed before it stays on stdout. A
+//! failing device or runtime exits with 1. A closed stdout (`| head -c1`)
+//! ends the program quietly with 0.
 
 use std::io::Write;
 use std::ops::ControlFlow;
@@ -20,7 +23,7 @@ use std::time::Instant;
 
 use clap::Parser;
 use specdec::{
-    CandleModel, Eos, Error, GenerateConfig, Generator, LoadOptions, Output, SamplingParams,
+    CandleModel, Eos, GenerateConfig, Generator, LanguageModel, LoadOptions, Output, SamplingParams,
 };
 
 mod common;
@@ -41,30 +44,32 @@ struct Args {
     #[arg(long)]
     prompt_file: Option<PathBuf>,
     /// Most tokens to generate.
-    #[arg(long, default_value_t = 128)]
+    #[arg(long, default_value_t = 128, value_parser = common::count, allow_negative_numbers = true)]
     max_new_tokens: usize,
     /// Window: the target verifies up to k positions per pass (up to k - 1 drafted). 1 = plain decoding.
-    #[arg(long, default_value_t = GenerateConfig::default().k)]
+    #[arg(long, default_value_t = GenerateConfig::default().k, value_parser = common::window,
+          allow_negative_numbers = true)]
     k: usize,
     /// Adaptive windows: the draft stops proposing when its next token's
     /// probability is below this (0 = always draft k - 1). Greedy output
     /// does not change, nor the distribution of sampled output.
-    #[arg(long, default_value_t = GenerateConfig::default().min_draft_confidence)]
+    #[arg(long, default_value_t = GenerateConfig::default().min_draft_confidence,
+          allow_negative_numbers = true)]
     min_confidence: f32,
     /// Sampling temperature; 0 = greedy.
     #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
     temperature: f32,
     /// Keep only the k most likely tokens.
-    #[arg(long)]
+    #[arg(long, value_parser = common::count, allow_negative_numbers = true)]
     top_k: Option<usize>,
     /// Nucleus sampling: keep the smallest set of tokens with this much mass.
     #[arg(long, allow_negative_numbers = true)]
     top_p: Option<f32>,
     /// Drop tokens below this fraction of the most likely one's probability.
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     min_p: Option<f32>,
     /// Random seed (sampling only).
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
     seed: u64,
     /// Stop when the text contains this string (repeatable).
     #[arg(long = "stop")]
@@ -82,29 +87,9 @@ struct Args {
     json: bool,
 }
 
-/// Errors that mean "your input is wrong" exit with 2, others with 1.
-fn exit_code(e: &anyhow::Error) -> u8 {
-    match e.downcast_ref::<Error>() {
-        Some(
-            Error::Interrupted { .. }
-            | Error::Candle(_)
-            | Error::Backend { .. }
-            | Error::NonFiniteLogits { .. },
-        ) => 1,
-        _ => 2,
-    }
-}
-
 fn main() -> ExitCode {
-    let args = Args::parse();
-    match args.device.apply_threads().and_then(|()| run(&args)) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            let _ = std::io::stdout().flush();
-            eprintln!("error: {e:#}");
-            ExitCode::from(exit_code(&e))
-        }
-    }
+    let args: Args = common::parse_args();
+    common::finish(args.device.apply_threads().and_then(|()| run(&args)))
 }
 
 fn embedded(name: &str) -> PathBuf {
@@ -113,24 +98,11 @@ fn embedded(name: &str) -> PathBuf {
         .join(name)
 }
 
-fn load(
-    role: &str,
-    dir: &Path,
-    options: &LoadOptions,
-    verbose: bool,
-) -> anyhow::Result<CandleModel> {
-    if verbose {
-        eprint!("loading {role} {} ... ", dir.display());
-    }
+/// Loads a model; returns it with the seconds it took.
+fn load(dir: &Path, options: &LoadOptions) -> anyhow::Result<(CandleModel, f64)> {
     let start = Instant::now();
-    let model = CandleModel::load_with(dir, options);
-    if verbose {
-        match &model {
-            Ok(_) => eprintln!("{:.2} s", start.elapsed().as_secs_f64()),
-            Err(_) => eprintln!("failed"),
-        }
-    }
-    Ok(model?)
+    let model = CandleModel::load_with(dir, options)?;
+    Ok((model, start.elapsed().as_secs_f64()))
 }
 
 fn run(args: &Args) -> anyhow::Result<()> {
@@ -158,19 +130,20 @@ fn run(args: &Args) -> anyhow::Result<()> {
             Eos::Model
         },
     };
-    // Check settings before spending time on loading.
-    config.sampling.validate()?;
+    // Check every setting before spending time on loading.
+    config.validate()?;
 
     let verbose = !args.quiet && !args.json;
     let target_dir = args.target.clone().unwrap_or_else(|| embedded("py-s"));
     let draft_dir = args.draft.clone().unwrap_or_else(|| embedded("py-xs"));
-    let target = load(
-        "target",
-        &target_dir,
-        &args.device.target_options()?,
-        verbose,
-    )?;
-    let draft = load("draft", &draft_dir, &args.device.draft_options()?, verbose)?;
+    let (target, target_s) = load(&target_dir, &args.device.target_options()?)?;
+    let (draft, draft_s) = load(&draft_dir, &args.device.draft_options()?)?;
+    if target.tokenizer().is_none() {
+        anyhow::bail!(
+            "{} is missing: the target needs it to encode the prompt",
+            target_dir.join("tokenizer.json").display()
+        );
+    }
     let mut generator = Generator::new(target, draft)?;
     let ids = generator.encode(&prompt)?;
 
@@ -179,22 +152,27 @@ fn run(args: &Args) -> anyhow::Result<()> {
         write!(stdout, "{prompt}")?;
     }
     let stream = !args.json;
+    let mut closed = None;
     let output = generator.generate_stream(&ids, &config, |chunk| {
         if stream && !chunk.text.is_empty() {
-            let ok = write!(stdout, "{}", chunk.text).and_then(|_| stdout.flush());
-            if ok.is_err() {
-                return ControlFlow::Break(()); // stdout closed: stop early
+            if let Err(e) = write!(stdout, "{}", chunk.text).and_then(|_| stdout.flush()) {
+                closed = Some(e); // stdout closed: stop early
+                return ControlFlow::Break(());
             }
         }
         ControlFlow::Continue(())
-    })?;
+    });
+    if let Some(e) = closed {
+        return Err(e.into()); // a closed pipe ends quietly in `common::finish`
+    }
+    let output = output?;
     if args.json {
         writeln!(stdout, "{}", to_json(&output, ids.len()))?;
     } else {
         writeln!(stdout)?;
         if !args.quiet {
             eprintln!(
-                "[{}] stop: {}",
+                "[{}] stop: {} (load: target {target_s:.2} s, draft {draft_s:.2} s)",
                 output.stats.summary(),
                 output.stop_reason.as_str()
             );

@@ -87,6 +87,31 @@ impl Default for GenerateConfig {
     }
 }
 
+impl GenerateConfig {
+    /// Checks the settings that need no model: `k` in `1..=MAX_WINDOW`, the
+    /// sampling parameters, `min_draft_confidence` in `[0, 1]`, no empty
+    /// stop string. [`Generator::generate`] runs it too; call it early to
+    /// refuse bad settings before loading models.
+    pub fn validate(&self) -> Result<()> {
+        if self.k == 0 || self.k > MAX_WINDOW {
+            return Err(Error::setting("k", self.k, format!("1..={MAX_WINDOW}")));
+        }
+        self.sampling.validate()?;
+        let confidence = self.min_draft_confidence;
+        if !(0.0..=1.0).contains(&confidence) {
+            return Err(Error::setting(
+                "min_draft_confidence",
+                confidence,
+                "a probability in [0, 1]",
+            ));
+        }
+        if self.stop_strings.iter().any(String::is_empty) {
+            return Err(Error::setting("stop_strings", "\"\"", "non-empty strings"));
+        }
+        Ok(())
+    }
+}
+
 /// Why a generation ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StopReason {
@@ -165,8 +190,18 @@ impl<T: LanguageModel, D: LanguageModel> Generator<T, D> {
         if tv != dv {
             return Err(Error::VocabularyMismatch { message: sizes() });
         }
-        if let (Some(t), Some(d)) = (target.tokenizer(), draft.tokenizer()) {
-            t.check_same_vocabulary(d)?;
+        match (target.tokenizer(), draft.tokenizer()) {
+            (Some(t), Some(d)) => t.check_same_vocabulary(d)?,
+            (Some(_), None) => {
+                return Err(Error::NoTokenizer {
+                    role: Role::Draft,
+                    model: draft.name().to_string(),
+                    needed_for: "its token ids cannot be checked against the target's \
+                                 vocabulary; give it the target's tokenizer.json"
+                        .into(),
+                })
+            }
+            _ => {}
         }
         for (role, shapes) in [
             (Role::Target, target.shapes()),
@@ -242,8 +277,10 @@ impl<T: LanguageModel, D: LanguageModel> Generator<T, D> {
     pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
         self.tokenizer
             .as_ref()
-            .ok_or_else(|| {
-                Error::setting("prompt", "text", "token ids: the target has no tokenizer")
+            .ok_or_else(|| Error::NoTokenizer {
+                role: Role::Target,
+                model: self.target.name().to_string(),
+                needed_for: "it is needed to encode a text prompt (or give token ids)".into(),
             })?
             .encode(text)
     }
@@ -327,21 +364,7 @@ impl<T: LanguageModel, D: LanguageModel> Generator<T, D> {
         if prompt.is_empty() {
             return Err(Error::EmptyPrompt);
         }
-        if config.k == 0 || config.k > MAX_WINDOW {
-            return Err(Error::setting("k", config.k, format!("1..={MAX_WINDOW}")));
-        }
-        config.sampling.validate()?;
-        let confidence = config.min_draft_confidence;
-        if !(0.0..=1.0).contains(&confidence) {
-            return Err(Error::setting(
-                "min_draft_confidence",
-                confidence,
-                "a probability in [0, 1]",
-            ));
-        }
-        if config.stop_strings.iter().any(String::is_empty) {
-            return Err(Error::setting("stop_strings", "\"\"", "non-empty strings"));
-        }
+        config.validate()?;
         if !config.stop_strings.is_empty() && self.tokenizer.is_none() {
             return Err(Error::setting(
                 "stop_strings",
@@ -357,7 +380,28 @@ impl<T: LanguageModel, D: LanguageModel> Generator<T, D> {
                 format!("token ids < {vocab}"),
             ));
         }
-        let needed = prompt.len() + config.max_new_tokens;
+        if config.eos == Eos::Ignore {
+            // Suppressing every id would leave nothing to draw: the
+            // target's EOS ids are at fault, not the draft that draws first.
+            let eos: std::collections::BTreeSet<u32> =
+                self.target.eos_token_ids().iter().copied().collect();
+            if eos.iter().filter(|&&t| (t as usize) < vocab).count() == vocab {
+                return Err(Error::EmptyDistribution {
+                    role: Role::Target,
+                    position: 0,
+                });
+            }
+        }
+        let Some(needed) = prompt.len().checked_add(config.max_new_tokens) else {
+            return Err(Error::setting(
+                "max_new_tokens",
+                config.max_new_tokens,
+                format!(
+                    "at most usize::MAX - {} (the prompt's length)",
+                    prompt.len()
+                ),
+            ));
+        };
         let mut models: Vec<(Role, usize, Shapes)> = vec![(
             Role::Target,
             self.target.n_positions(),

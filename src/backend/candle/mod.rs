@@ -17,6 +17,8 @@ use candle_core::{DType, Device};
 
 pub use config::{ModelConfig, RopeScaling, SUPPORTED_MODEL_TYPES};
 pub use llama::Quantization;
+#[doc(hidden)]
+pub use weights::fuzz_load;
 
 use crate::error::{Error, Result};
 use crate::model::{LanguageModel, Logits};
@@ -36,15 +38,27 @@ use llama::{LayerCache, Llama};
 /// while it is inside one of its calls, so it stays free otherwise.
 ///
 /// Errors with [`Error::InvalidSetting`]
-/// (`threads`) if `threads` is 0 or the global pool is already running
+/// (`threads`) if `threads` (or `RAYON_NUM_THREADS`, when `threads` is
+/// `None`) is 0 or above [`max_threads`], or the global pool is already running
 /// (started by an earlier call, or by any rayon use before this one).
 pub fn init_thread_pool(threads: Option<usize>) -> Result<()> {
     let mut builder = rayon::ThreadPoolBuilder::new().use_current_thread();
+    let cap = max_threads();
+    let expected = || format!("1..={cap} ({THREADS_PER_CORE} per core of this machine)");
     if let Some(n) = threads {
-        if n == 0 {
-            return Err(Error::setting("threads", 0, "at least 1"));
+        if n == 0 || n > cap {
+            return Err(Error::setting("threads", n, expected()));
         }
         builder = builder.num_threads(n);
+    } else if let Some(env) = std::env::var_os("RAYON_NUM_THREADS") {
+        let env = env.to_string_lossy();
+        if env.trim().parse::<usize>().is_ok_and(|n| n > cap) {
+            return Err(Error::setting(
+                "threads",
+                format!("RAYON_NUM_THREADS={env}"),
+                expected(),
+            ));
+        }
     }
     builder.build_global().map_err(|e| {
         Error::setting(
@@ -53,6 +67,17 @@ pub fn init_thread_pool(threads: Option<usize>) -> Result<()> {
             format!("a first start of rayon's global pool ({e})"),
         )
     })
+}
+
+/// The most threads [`init_thread_pool`] starts per core: more only adds
+/// spinning workers (10000 threads on 2 cores drove the load average into
+/// the hundreds and never finished).
+pub const THREADS_PER_CORE: usize = 8;
+
+/// The largest thread count [`init_thread_pool`] accepts:
+/// [`THREADS_PER_CORE`] times the cores this process may use.
+pub fn max_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get()) * THREADS_PER_CORE
 }
 
 /// Positions allocated when neither the caller nor a small
@@ -132,25 +157,7 @@ impl CandleModel {
     /// Loads the model in `dir`.
     pub fn load_with(dir: impl AsRef<Path>, options: &LoadOptions) -> Result<Self> {
         let dir = dir.as_ref();
-        if !dir.exists() {
-            return Err(Error::ModelDir {
-                path: dir.to_path_buf(),
-                reason: "does not exist".into(),
-            });
-        }
-        if !dir.is_dir() {
-            return Err(Error::ModelDir {
-                path: dir.to_path_buf(),
-                reason: "is not a directory".into(),
-            });
-        }
-        let config_path = dir.join("config.json");
-        if !config_path.is_file() {
-            return Err(Error::ModelDir {
-                path: dir.to_path_buf(),
-                reason: "has no config.json".into(),
-            });
-        }
+        let config_path = weights::model_dir(dir)?;
         if options.quantization != Quantization::None && !options.device.is_cpu() {
             return Err(Error::setting(
                 "quantization",
@@ -165,6 +172,14 @@ impl CandleModel {
             None => config.max_position_embeddings.min(DEFAULT_MAX_POSITIONS),
         };
         let checkpoint = weights::Checkpoint::open(dir)?;
+        let value_bytes = options.dtype.size_in_bytes();
+        checkpoint.check_before_load(
+            &config,
+            &config_path,
+            n_positions,
+            value_bytes,
+            &options.device,
+        )?;
         let llama = Llama::load(
             &config,
             &checkpoint,
@@ -173,13 +188,14 @@ impl CandleModel {
             &options.device,
             options.quantization,
         )?;
+        checkpoint.refuse_unused(&config)?;
         let tokenizer_path = dir.join("tokenizer.json");
-        let tokenizer = if tokenizer_path.exists() {
-            Some(Tokenizer::from_file(&tokenizer_path)?)
-        } else {
-            None
+        let tokenizer = match weights::probe(&tokenizer_path)? {
+            Some(_) => Some(Tokenizer::from_file(&tokenizer_path)?),
+            None => None,
         };
-        let eos = weights::generation_eos(dir)?.unwrap_or_else(|| config.eos_token_ids.clone());
+        let eos =
+            weights::generation_eos(dir, &config)?.unwrap_or_else(|| config.eos_token_ids.clone());
         let cache = llama.new_cache(n_positions)?;
         let name = dir
             .file_name()
