@@ -23,7 +23,8 @@ use std::time::Instant;
 
 use clap::Parser;
 use specdec::{
-    CandleModel, Eos, GenerateConfig, Generator, LanguageModel, LoadOptions, Output, SamplingParams,
+    CandleModel, Eos, Error, GenerateConfig, Generator, LanguageModel, LoadOptions, Output, Role,
+    SamplingParams,
 };
 
 mod common;
@@ -165,7 +166,23 @@ fn run(args: &Args) -> anyhow::Result<()> {
     if let Some(e) = closed {
         return Err(e.into()); // a closed pipe ends quietly in `common::finish`
     }
-    let output = output?;
+    // A model fault names the model's directory, first.
+    let output = output.map_err(|e| {
+        let dir = match e.root_cause() {
+            Error::NonFiniteLogits { role, .. } | Error::EmptyDistribution { role, .. } => {
+                Some(if *role == Role::Target {
+                    &target_dir
+                } else {
+                    &draft_dir
+                })
+            }
+            _ => None,
+        };
+        match dir {
+            Some(dir) => anyhow::Error::from(e).context(format!("model {}", dir.display())),
+            None => e.into(),
+        }
+    })?;
     if args.json {
         writeln!(stdout, "{}", to_json(&output, ids.len()))?;
     } else {

@@ -261,9 +261,9 @@ pub enum Error {
 impl Error {
     /// The error that caused this one: the source of an
     /// [`Error::Interrupted`], else `self`.
-    pub fn cause(&self) -> &Error {
+    pub fn root_cause(&self) -> &Error {
         match self {
-            Error::Interrupted { source, .. } => source.cause(),
+            Error::Interrupted { source, .. } => source.root_cause(),
             other => other,
         }
     }
@@ -274,7 +274,7 @@ impl Error {
     /// the device or the program.
     pub fn is_model_fault(&self) -> bool {
         matches!(
-            self.cause(),
+            self.root_cause(),
             Error::NonFiniteLogits { .. } | Error::EmptyDistribution { .. }
         )
     }

@@ -1231,7 +1231,7 @@ fn a_model_fault_mid_generation_keeps_committed_tokens_and_blames_the_model() {
         other => panic!("{other}"),
     }
     // The cause is said once, not twice, when the chain is printed.
-    let cause = e.cause().to_string();
+    let cause = e.root_cause().to_string();
     let chain = format!("{:#}", anyhow::Error::from(e));
     assert_eq!(chain.matches(&cause).count(), 1, "{chain}");
 
@@ -1252,6 +1252,7 @@ fn a_model_fault_mid_generation_keeps_committed_tokens_and_blames_the_model() {
         stderr.contains("target model returned a non-finite logit"),
         "{stderr}"
     );
+    assert!(stderr.contains(dir.to_str().unwrap()), "{stderr}");
     let text = g.tokenizer().unwrap().decode(&baseline[..j]).unwrap();
     assert!(
         stdout.starts_with(&format!("def add(a, b):{text}")),
