@@ -1448,3 +1448,31 @@ fn a_closed_stdout_ends_quietly() {
         "{stderr}"
     );
 }
+
+#[test]
+fn the_fuzz_entry_point_runs_the_real_loading_path() {
+    // fuzz/fuzz_targets/load_checkpoint.rs is only as good as this path:
+    // a real checkpoint must load through it, single-file and sharded.
+    let dir = common::embedded("py-xs");
+    let read = |f: &str| fs::read(dir.join(f)).unwrap();
+    let (config, weights) = (read("config.json"), read("model.safetensors"));
+    let generation = read("generation_config.json");
+    let load = specdec::backend::candle::fuzz_load;
+    load(&config, &weights, None, Some(&generation), 16).unwrap();
+    let map: serde_json::Map<String, serde_json::Value> =
+        read_tensors(&dir.join("model.safetensors"))
+            .into_keys()
+            .map(|name| (name, "model.safetensors".into()))
+            .collect();
+    let index = serde_json::json!({ "weight_map": map }).to_string();
+    load(&config, &weights, Some(index.as_bytes()), None, 16).unwrap();
+    // And it refuses what loading a directory refuses.
+    let one_layer = String::from_utf8(config.clone())
+        .unwrap()
+        .replace("\"num_hidden_layers\": 2", "\"num_hidden_layers\": 1");
+    assert!(matches!(
+        load(one_layer.as_bytes(), &weights, None, None, 16),
+        Err(Error::UnusedTensor { .. })
+    ));
+    assert!(load(&config, &weights[..1000], None, None, 16).is_err());
+}
