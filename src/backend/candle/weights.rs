@@ -446,7 +446,8 @@ pub(crate) fn generation_eos(dir: &Path, cfg: &ModelConfig) -> Result<Option<Vec
 /// `config_json` into a [`ModelConfig`], reads `weights` as a safetensors
 /// file (every shard of `index_json`, when given, is these bytes), runs every
 /// check of [`Checkpoint`], loads the model with `n_positions` positions
-/// on the CPU, and checks `generation_config_json`'s EOS ids if given.
+/// on the CPU, checks `generation_config_json`'s EOS ids if given, and runs
+/// one forward pass of up to two tokens.
 /// Whatever the bytes, it returns an error or `Ok`, and never panics.
 #[doc(hidden)]
 pub fn fuzz_load(
@@ -503,6 +504,11 @@ pub fn fuzz_load(
         super::Quantization::None,
     )?;
     ckpt.refuse_unused(&cfg)?;
-    llama.new_cache(n_positions)?;
+    // One forward of two tokens (when they fit), so that shapes a hostile
+    // config makes possible are run, not only loaded.
+    let mut cache = llama.new_cache(n_positions)?;
+    let n = n_positions.min(2);
+    let tokens: Vec<u32> = (0..n).map(|t| (t % cfg.vocab_size) as u32).collect();
+    llama.forward(&tokens, 0, &mut cache, false)?;
     Ok(())
 }
