@@ -19,12 +19,10 @@ use std::io::Write;
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::time::Instant;
 
 use clap::Parser;
 use specdec::{
-    CandleModel, Eos, Error, GenerateConfig, Generator, LanguageModel, LoadOptions, Output, Role,
-    SamplingParams,
+    CandleModel, Eos, Error, GenerateConfig, Generator, LanguageModel, Output, Role, SamplingParams,
 };
 
 mod common;
@@ -99,13 +97,6 @@ fn embedded(name: &str) -> PathBuf {
         .join(name)
 }
 
-/// Loads a model; returns it with the seconds it took.
-fn load(dir: &Path, options: &LoadOptions) -> anyhow::Result<(CandleModel, f64)> {
-    let start = Instant::now();
-    let model = CandleModel::load_with(dir, options)?;
-    Ok((model, start.elapsed().as_secs_f64()))
-}
-
 fn run(args: &Args) -> anyhow::Result<()> {
     let prompt = match (&args.prompt, &args.prompt_file) {
         (Some(p), _) => p.clone(),
@@ -137,8 +128,10 @@ fn run(args: &Args) -> anyhow::Result<()> {
     let verbose = !args.quiet && !args.json;
     let target_dir = args.target.clone().unwrap_or_else(|| embedded("py-s"));
     let draft_dir = args.draft.clone().unwrap_or_else(|| embedded("py-xs"));
-    let (target, target_s) = load(&target_dir, &args.device.target_options()?)?;
-    let (draft, draft_s) = load(&draft_dir, &args.device.draft_options()?)?;
+    // Nothing is printed while loading: an error is then the only line on
+    // stderr.
+    let target = CandleModel::load_with(&target_dir, &args.device.target_options()?)?;
+    let draft = CandleModel::load_with(&draft_dir, &args.device.draft_options()?)?;
     if target.tokenizer().is_none() {
         anyhow::bail!(
             "{} is missing: the target needs it to encode the prompt",
@@ -189,7 +182,7 @@ fn run(args: &Args) -> anyhow::Result<()> {
         writeln!(stdout)?;
         if !args.quiet {
             eprintln!(
-                "[{}] stop: {} (load: target {target_s:.2} s, draft {draft_s:.2} s)",
+                "[{}] stop: {}",
                 output.stats.summary(),
                 output.stop_reason.as_str()
             );
