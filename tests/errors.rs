@@ -14,8 +14,35 @@ use specdec::{
     CandleModel, Eos, Error, GenerateConfig, Generator, LanguageModel, Logits, Role, SamplingParams,
 };
 
+/// Removes the scratch directories of earlier runs whose process is gone
+/// (each run makes dozens of 4 MB copies).
+fn remove_stale_scratch() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        if !cfg!(target_os = "linux") {
+            return; // no /proc to tell a finished run from a running one
+        }
+        let Ok(entries) = fs::read_dir(std::env::temp_dir()) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let pid = name
+                .strip_prefix("specdec-errors-")
+                .and_then(|rest| rest.split('-').next())
+                .and_then(|pid| pid.parse::<u32>().ok());
+            if let Some(pid) = pid {
+                if !Path::new(&format!("/proc/{pid}")).exists() {
+                    let _ = fs::remove_dir_all(entry.path());
+                }
+            }
+        }
+    });
+}
+
 /// A scratch copy of the embedded py-xs directory to break.
 fn scratch(name: &str) -> PathBuf {
+    remove_stale_scratch();
     let dir = std::env::temp_dir().join(format!("specdec-errors-{}-{name}", std::process::id()));
     let _ = fs::remove_dir_all(&dir);
     fs::create_dir_all(&dir).unwrap();
