@@ -146,9 +146,10 @@ fn run(args: &Args) -> anyhow::Result<()> {
         write!(stdout, "{prompt}")?;
     }
     let stream = !args.json;
-    let mut closed = None;
+    let (mut closed, mut wrote) = (None, verbose);
     let output = generator.generate_stream(&ids, &config, |chunk| {
         if stream && !chunk.text.is_empty() {
+            wrote = true;
             if let Err(e) = write!(stdout, "{}", chunk.text).and_then(|_| stdout.flush()) {
                 closed = Some(e); // stdout closed: stop early
                 return ControlFlow::Break(());
@@ -158,6 +159,10 @@ fn run(args: &Args) -> anyhow::Result<()> {
     });
     if let Some(e) = closed {
         return Err(e.into()); // a closed pipe ends quietly in `common::finish`
+    }
+    if output.is_err() && wrote {
+        // End the text so far with its line; the error follows on stderr.
+        let _ = writeln!(stdout);
     }
     // A model fault names the model's directory, first.
     let output = output.map_err(|e| {
