@@ -1122,7 +1122,7 @@ fn every_tensor_of_the_checkpoint_is_accounted_for() {
     CandleModel::load(&dir).expect("inv_freq is skipped");
 
     let dir = with_layers("cli-fewer-layers", 1);
-    let line = one_error_line(&["--prompt", "x", "--draft", dir.to_str().unwrap()]);
+    let line = one_error_line(&["--prompt", "x", "--target", dir.to_str().unwrap()]);
     assert!(
         line.contains("model.layers.1.") && line.contains("not used"),
         "{line}"
