@@ -16,19 +16,21 @@
 //! decides the text, with any draft and any `--k`.
 //!
 //! Streams the text, then prints a one-line summary on stderr. `--json` prints
-//! one JSON object instead. Bad arguments or model files exit with code 2 and
-//! a one-line message.
+//! one JSON object instead. Bad arguments or model files print one line on
+//! stderr and exit with code 2, also when the fault shows only while
+//! generating (NaN logits): the text committed before it stays on stdout. A
+//! failing device or runtime exits with 1. A closed stdout (`| head -c1`)
+//! ends the program quietly with 0.
 
 use std::io::Write;
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::time::Instant;
 
 use clap::Parser;
 use specdec::{
     CandleModel, ChatMessage, Drafter, Eos, Error, GenerateConfig, GenerationPrompt, Generator,
-    LoadOptions, NGram, Output, SamplingMode, SamplingParams,
+    LanguageModel, NGram, Output, Role, SamplingMode, SamplingParams,
 };
 
 mod common;
@@ -65,30 +67,32 @@ struct Args {
     #[arg(long, conflicts_with_all = ["prompt", "prompt_file"])]
     chat: Option<String>,
     /// Most tokens to generate.
-    #[arg(long, default_value_t = 128)]
+    #[arg(long, default_value_t = 128, value_parser = common::count, allow_negative_numbers = true)]
     max_new_tokens: usize,
     /// Window: the target verifies up to k positions per pass (up to k - 1 drafted). 1 = plain decoding.
-    #[arg(long, default_value_t = GenerateConfig::default().k)]
+    #[arg(long, default_value_t = GenerateConfig::default().k, value_parser = common::window,
+          allow_negative_numbers = true)]
     k: usize,
     /// Adaptive windows: the draft stops proposing when its next token's
     /// probability is below this (0 = always draft k - 1). Greedy output
     /// does not change, nor the distribution of sampled output.
-    #[arg(long, default_value_t = GenerateConfig::default().min_draft_confidence)]
+    #[arg(long, default_value_t = GenerateConfig::default().min_draft_confidence,
+          allow_negative_numbers = true)]
     min_confidence: f32,
     /// Sampling temperature; 0 = greedy.
     #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
     temperature: f32,
     /// Keep only the k most likely tokens.
-    #[arg(long)]
+    #[arg(long, value_parser = common::count, allow_negative_numbers = true)]
     top_k: Option<usize>,
     /// Nucleus sampling: keep the smallest set of tokens with this much mass.
     #[arg(long, allow_negative_numbers = true)]
     top_p: Option<f32>,
     /// Drop tokens below this fraction of the most likely one's probability.
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     min_p: Option<f32>,
     /// Random seed (sampling only).
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
     seed: u64,
     /// Stop when the text contains this string (repeatable).
     #[arg(long = "stop")]
@@ -106,55 +110,15 @@ struct Args {
     json: bool,
 }
 
-/// Errors that mean "your input is wrong" exit with 2, others with 1.
-fn exit_code(e: &anyhow::Error) -> u8 {
-    match e.downcast_ref::<Error>() {
-        Some(
-            Error::Interrupted { .. }
-            | Error::Candle(_)
-            | Error::Backend { .. }
-            | Error::NonFiniteLogits { .. },
-        ) => 1,
-        _ => 2,
-    }
-}
-
 fn main() -> ExitCode {
-    let args = Args::parse();
-    match args.device.apply_threads().and_then(|()| run(&args)) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            let _ = std::io::stdout().flush();
-            eprintln!("error: {e:#}");
-            ExitCode::from(exit_code(&e))
-        }
-    }
+    let args: Args = common::parse_args();
+    common::finish(args.device.apply_threads().and_then(|()| run(&args)))
 }
 
 fn embedded(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("models")
         .join(name)
-}
-
-fn load(
-    role: &str,
-    dir: &Path,
-    options: &LoadOptions,
-    verbose: bool,
-) -> anyhow::Result<CandleModel> {
-    if verbose {
-        eprint!("loading {role} {} ... ", dir.display());
-    }
-    let start = Instant::now();
-    let model = CandleModel::load_with(dir, options);
-    if verbose {
-        match &model {
-            Ok(_) => eprintln!("{:.2} s", start.elapsed().as_secs_f64()),
-            Err(_) => eprintln!("failed"),
-        }
-    }
-    Ok(model?)
 }
 
 fn run(args: &Args) -> anyhow::Result<()> {
@@ -189,17 +153,25 @@ fn run(args: &Args) -> anyhow::Result<()> {
             Eos::Model
         },
     };
-    // Check settings before spending time on loading.
-    config.sampling.validate()?;
+    // Check every setting before spending time on loading.
+    config.validate()?;
 
     let verbose = !args.quiet && !args.json;
     let target_dir = args.target.clone().unwrap_or_else(|| embedded("py-s"));
-    let target = load(
-        "target",
-        &target_dir,
-        &args.device.target_options()?,
-        verbose,
-    )?;
+    // Nothing is printed while loading: an error is then the only line on
+    // stderr.
+    let target = CandleModel::load_with(&target_dir, &args.device.target_options()?)?;
+    if target.tokenizer().is_none() {
+        let missing = if target_dir.is_dir() {
+            format!("{} is missing", target_dir.join("tokenizer.json").display())
+        } else {
+            format!(
+                "{} has no tokenizer (no tokenizer.ggml.* metadata, no tokenizer.json beside it)",
+                target_dir.display()
+            )
+        };
+        anyhow::bail!("{missing}: the target needs it to encode the prompt");
+    }
     let prompt = match &args.chat {
         Some(message) => chat_prompt(&target, message)?,
         None => prompt,
@@ -211,20 +183,13 @@ fn run(args: &Args) -> anyhow::Result<()> {
         (None, Some(_), None) => Some(3),
         _ => None,
     };
+    let draft_dir = args.draft.clone().unwrap_or_else(|| embedded("py-xs"));
     let draft: Box<dyn Drafter> = match ngram {
-        Some(n) => {
-            if !args.quiet {
-                eprintln!("drafting with the n-gram drafter (n = {n}, no draft model)");
-            }
-            Box::new(NGram::new(n)?)
-        }
+        Some(n) => Box::new(NGram::new(n)?),
         None => {
-            let draft_dir = args.draft.clone().unwrap_or_else(|| embedded("py-xs"));
-            Box::new(load(
-                "draft",
+            Box::new(CandleModel::load_with(
                 &draft_dir,
                 &args.device.draft_options()?,
-                verbose,
             )?)
         }
     };
@@ -236,22 +201,53 @@ fn run(args: &Args) -> anyhow::Result<()> {
         write!(stdout, "{prompt}")?;
     }
     let stream = !args.json;
+    let (mut closed, mut wrote) = (None, verbose);
     let output = generator.generate_stream(&ids, &config, |chunk| {
         if stream && !chunk.text.is_empty() {
-            let ok = write!(stdout, "{}", chunk.text).and_then(|_| stdout.flush());
-            if ok.is_err() {
-                return ControlFlow::Break(()); // stdout closed: stop early
+            wrote = true;
+            if let Err(e) = write!(stdout, "{}", chunk.text).and_then(|_| stdout.flush()) {
+                closed = Some(e); // stdout closed: stop early
+                return ControlFlow::Break(());
             }
         }
         ControlFlow::Continue(())
+    });
+    if let Some(e) = closed {
+        return Err(e.into()); // a closed pipe ends quietly in `common::finish`
+    }
+    if output.is_err() && wrote {
+        // End the text so far with its line; the error follows on stderr.
+        let _ = writeln!(stdout);
+    }
+    // A model fault names the model's directory, first.
+    let output = output.map_err(|e| {
+        let dir = match e.root_cause() {
+            Error::NonFiniteLogits { role, .. } | Error::EmptyDistribution { role, .. } => {
+                Some(if *role == Role::Target {
+                    &target_dir
+                } else {
+                    &draft_dir
+                })
+            }
+            _ => None,
+        };
+        match dir {
+            Some(dir) => anyhow::Error::from(e).context(format!("model {}", dir.display())),
+            None => e.into(),
+        }
     })?;
     if args.json {
         writeln!(stdout, "{}", to_json(&output, ids.len()))?;
     } else {
         writeln!(stdout)?;
         if !args.quiet {
+            // Said with the summary, so that a fault still prints one line.
+            let drafter = match ngram {
+                Some(n) => format!(" (drafted by the n-gram drafter, n = {n}: no draft model)"),
+                None => String::new(),
+            };
             eprintln!(
-                "[{}] stop: {}",
+                "[{}] stop: {}{drafter}",
                 output.stats.summary(),
                 output.stop_reason.as_str()
             );

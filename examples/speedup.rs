@@ -91,23 +91,25 @@ struct Args {
     #[arg(long)]
     prompts: PathBuf,
     /// Tokens per generation.
-    #[arg(long, default_value_t = 128)]
+    #[arg(long, default_value_t = 128, value_parser = common::count, allow_negative_numbers = true)]
     max_new_tokens: usize,
     /// Windows to measure, comma-separated.
-    #[arg(long, value_delimiter = ',', default_value = "2,3,4,5,6,8")]
+    #[arg(long, value_delimiter = ',', default_value = "2,3,4,5,6,8",
+          value_parser = common::window, allow_negative_numbers = true)]
     k: Vec<usize>,
     /// Adaptive windows to measure too, comma-separated largest windows: the
     /// draft stops proposing below `--min-confidence`.
-    #[arg(long, value_delimiter = ',')]
+    #[arg(long, value_delimiter = ',', value_parser = common::window, allow_negative_numbers = true)]
     adaptive_k: Vec<usize>,
     /// The draft confidence below which adaptive windows stop drafting.
-    #[arg(long, default_value_t = GenerateConfig::default().min_draft_confidence)]
+    #[arg(long, default_value_t = GenerateConfig::default().min_draft_confidence,
+          allow_negative_numbers = true)]
     min_confidence: f32,
     /// Sampling temperature (0 = greedy, where outputs must be identical).
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
     temperature: f32,
     /// Times to repeat every prompt (after the warm-up).
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 1, value_parser = common::count, allow_negative_numbers = true)]
     rounds: usize,
     #[command(flatten)]
     device: common::Device,
@@ -240,8 +242,12 @@ fn verify_cost(points: &[(f64, f64)], w: f64) -> f64 {
     }
 }
 
-fn main() -> anyhow::Result<()> {
-    let args = Args::parse();
+fn main() -> std::process::ExitCode {
+    let args: Args = common::parse_args();
+    common::finish(run(&args))
+}
+
+fn run(args: &Args) -> anyhow::Result<()> {
     args.device.apply_threads()?;
     anyhow::ensure!(
         !args.k.is_empty() && args.k.iter().chain(&args.adaptive_k).all(|&k| k >= 2),
@@ -441,7 +447,7 @@ fn main() -> anyhow::Result<()> {
         .collect();
 
     if let Some(path) = &args.svg {
-        std::fs::write(path, svg(&rows, &args))
+        std::fs::write(path, svg(&rows, args))
             .with_context(|| format!("--svg {}", path.display()))?;
     }
     let name = |p: &Path| {

@@ -89,6 +89,24 @@ pub enum Error {
         tensor: String,
     },
 
+    /// The checkpoint holds a tensor the architecture in config.json does not
+    /// use (a layer beyond `num_hidden_layers`, a bias the config does not
+    /// enable, a tensor of another architecture). Loading would silently
+    /// compute something other than what was trained, so it is refused.
+    /// Only tensors known to be recomputed from the config
+    /// (`rotary_emb.inv_freq`) are skipped.
+    #[error("{path}: tensor `{tensor}` is not used by the architecture config.json describes ({count} unused tensor(s) in all); {hint}")]
+    UnusedTensor {
+        /// The weights file (or shard index).
+        path: PathBuf,
+        /// The first unused tensor, by name.
+        tensor: String,
+        /// How many tensors are unused.
+        count: usize,
+        /// Which config field probably disagrees with the checkpoint.
+        hint: String,
+    },
+
     /// A tensor has a shape other than the config implies.
     #[error("{path}: tensor `{tensor}` has shape {got:?}, expected {expected:?} from config.json")]
     ShapeMismatch {
@@ -120,6 +138,19 @@ pub enum Error {
         path: PathBuf,
         /// What the tokenizers crate said.
         message: String,
+    },
+
+    /// A model has no tokenizer where one is needed: to encode a text prompt
+    /// (the target), or to check that the draft's token ids mean what the
+    /// target's do (the draft, when the target has one).
+    #[error("{role} model `{model}` has no tokenizer (tokenizer.json in a checkpoint directory): {needed_for}")]
+    NoTokenizer {
+        /// Which model lacks it.
+        role: Role,
+        /// The model's name (its directory's name for a checkpoint).
+        model: String,
+        /// What it is needed for, and what to do.
+        needed_for: String,
     },
 
     /// Draft and target do not share a vocabulary, so the draft's token ids
@@ -197,9 +228,14 @@ pub enum Error {
         position: usize,
     },
 
-    /// A backend failed mid-generation. The tokens committed before the
-    /// failure are kept here; the generator can be used again.
-    #[error("generation stopped after {} committed tokens: {source}", committed.len())]
+    /// A backend failed, or a model showed a fault (non-finite logits, no
+    /// token left with nonzero probability), mid-generation. The tokens
+    /// committed before it are kept here; the generator can be used again.
+    ///
+    /// Its message is only the count; the cause is [`source`](std::error::Error::source)
+    /// (not repeated in the message, so that printing the chain, as
+    /// `anyhow`'s `{:#}` does, says it once).
+    #[error("generation stopped after {} committed tokens", committed.len())]
     Interrupted {
         /// Tokens committed before the failure (prompt excluded).
         committed: Vec<u32>,
@@ -243,6 +279,26 @@ pub enum Error {
 }
 
 impl Error {
+    /// The error that caused this one: the source of an
+    /// [`Error::Interrupted`], else `self`.
+    pub fn root_cause(&self) -> &Error {
+        match self {
+            Error::Interrupted { source, .. } => source.root_cause(),
+            other => other,
+        }
+    }
+
+    /// Whether the error is a fault of a model file found while generating:
+    /// non-finite logits (NaN or infinite weights, a degenerate RoPE) or a
+    /// distribution with no token left. These say the checkpoint is bad, not
+    /// the device or the program.
+    pub fn is_model_fault(&self) -> bool {
+        matches!(
+            self.root_cause(),
+            Error::NonFiniteLogits { .. } | Error::EmptyDistribution { .. }
+        )
+    }
+
     pub(crate) fn setting(
         name: &'static str,
         value: impl std::fmt::Display,

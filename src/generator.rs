@@ -93,8 +93,10 @@ impl<T: LanguageModel, D: Drafter> Generator<T, D> {
     pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
         self.tokenizer
             .as_ref()
-            .ok_or_else(|| {
-                Error::setting("prompt", "text", "token ids: the target has no tokenizer")
+            .ok_or_else(|| Error::NoTokenizer {
+                role: Role::Target,
+                model: self.target.name().to_string(),
+                needed_for: "it is needed to encode a text prompt (or give token ids)".into(),
             })?
             .encode(text)
     }
@@ -200,6 +202,18 @@ impl<T: LanguageModel, D: Drafter> Generator<T, D> {
                 bad,
                 format!("token ids < {vocab}"),
             ));
+        }
+        if config.eos == Eos::Ignore {
+            // Suppressing every id would leave nothing to draw: the
+            // target's EOS ids are at fault, not the draft that draws first.
+            let eos: std::collections::BTreeSet<u32> =
+                self.target.eos_token_ids().iter().copied().collect();
+            if eos.iter().filter(|&&t| (t as usize) < vocab).count() == vocab {
+                return Err(Error::EmptyDistribution {
+                    role: Role::Target,
+                    position: 0,
+                });
+            }
         }
         check_fits(
             Role::Target,

@@ -14,8 +14,35 @@ use specdec::{
     CandleModel, Eos, Error, GenerateConfig, Generator, LanguageModel, Logits, Role, SamplingParams,
 };
 
+/// Removes the scratch directories of earlier runs whose process is gone
+/// (each run makes dozens of 4 MB copies).
+fn remove_stale_scratch() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        if !cfg!(target_os = "linux") {
+            return; // no /proc to tell a finished run from a running one
+        }
+        let Ok(entries) = fs::read_dir(std::env::temp_dir()) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let pid = name
+                .strip_prefix("specdec-errors-")
+                .and_then(|rest| rest.split('-').next())
+                .and_then(|pid| pid.parse::<u32>().ok());
+            if let Some(pid) = pid {
+                if !Path::new(&format!("/proc/{pid}")).exists() {
+                    let _ = fs::remove_dir_all(entry.path());
+                }
+            }
+        }
+    });
+}
+
 /// A scratch copy of the embedded py-xs directory to break.
 fn scratch(name: &str) -> PathBuf {
+    remove_stale_scratch();
     let dir = std::env::temp_dir().join(format!("specdec-errors-{}-{name}", std::process::id()));
     let _ = fs::remove_dir_all(&dir);
     fs::create_dir_all(&dir).unwrap();
@@ -712,15 +739,70 @@ fn generate_binary() -> PathBuf {
 }
 
 fn run_generate(args: &[&str]) -> (i32, String, String) {
-    let out = std::process::Command::new(generate_binary())
+    run_generate_with(args, Stdout::Read)
+}
+
+#[derive(PartialEq)]
+enum Stdout {
+    /// Read everything the program writes.
+    Read,
+    /// Close the pipe at once, as `| head -c0` would.
+    Closed,
+}
+
+/// Runs examples/generate, killing it after two minutes (a hang fails the
+/// test instead of stalling the suite).
+fn run_generate_with(args: &[&str], stdout: Stdout) -> (i32, String, String) {
+    use std::io::Read;
+    use std::process::{Command, Stdio};
+    let mut child = Command::new(generate_binary())
         .args(args)
-        .output()
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
         .expect("examples/generate is built by cargo test");
+    let mut out = child.stdout.take().unwrap();
+    let mut err = child.stderr.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut text = Vec::new();
+        if stdout == Stdout::Read {
+            out.read_to_end(&mut text).unwrap();
+        } else {
+            drop(out);
+        }
+        let mut e = Vec::new();
+        err.read_to_end(&mut e).unwrap();
+        (text, e)
+    });
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            child.kill().unwrap();
+            panic!("generate {args:?} still running after 120 s");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    let (out, err) = reader.join().unwrap();
     (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into(),
-        String::from_utf8_lossy(&out.stderr).into(),
+        status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out).into(),
+        String::from_utf8_lossy(&err).into(),
     )
+}
+
+/// Exit code 2 and exactly one line on stderr, `error: ...`, with no panic;
+/// returns that line.
+fn one_error_line(args: &[&str]) -> String {
+    let (code, _, stderr) = run_generate(args);
+    assert_eq!(code, 2, "{args:?}: {stderr}");
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "{args:?}: {stderr}");
+    assert!(lines[0].starts_with("error: "), "{args:?}: {stderr}");
+    assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+    lines[0].to_string()
 }
 
 #[test]
@@ -741,15 +823,10 @@ fn the_generate_example_reports_bad_input_in_one_line_with_exit_code_2() {
         vec!["--prompt", ""],
         vec!["--prompt", "x", "--max-new-tokens", "5000"],
         vec![],
+        vec!["--prompt", "x", "--k", "abc"],
+        vec!["--prompt", "x", "--no-such-flag"],
     ] {
-        let (code, _, stderr) = run_generate(&args);
-        assert_eq!(code, 2, "{args:?}: {stderr}");
-        assert!(
-            !stderr.contains("panicked") && !stderr.contains("RUST_BACKTRACE"),
-            "{args:?}: {stderr}"
-        );
-        let lines: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error")).collect();
-        assert_eq!(lines.len(), 1, "{args:?}: {stderr}");
+        one_error_line(&args);
     }
 }
 
@@ -785,4 +862,644 @@ fn the_generate_example_prints_one_json_object() {
         assert!(v["stats"].get(key).is_some(), "stats.{key}");
     }
     assert!(v["text"].is_string() && v["prompt_tokens"].as_u64().unwrap() > 0);
+}
+
+// Hostile checkpoints and settings (issue 13): each of these once crashed,
+// hung, or loaded a wrong model without a word.
+
+/// Tensors of a safetensors file: name -> (dtype, shape, bytes).
+type Tensors = std::collections::BTreeMap<String, (serde_json::Value, Vec<usize>, Vec<u8>)>;
+
+fn read_tensors(path: &Path) -> Tensors {
+    let raw = fs::read(path).unwrap();
+    let n = u64::from_le_bytes(raw[..8].try_into().unwrap()) as usize;
+    let header: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_slice(&raw[8..8 + n]).unwrap();
+    let data = &raw[8 + n..];
+    header
+        .iter()
+        .filter(|(name, _)| *name != "__metadata__")
+        .map(|(name, t)| {
+            let (a, b) = (
+                t["data_offsets"][0].as_u64().unwrap() as usize,
+                t["data_offsets"][1].as_u64().unwrap() as usize,
+            );
+            let shape = t["shape"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|d| d.as_u64().unwrap() as usize)
+                .collect();
+            (
+                name.clone(),
+                (t["dtype"].clone(), shape, data[a..b].to_vec()),
+            )
+        })
+        .collect()
+}
+
+fn write_tensors(path: &Path, tensors: &Tensors) {
+    let (mut header, mut bytes) = (serde_json::Map::new(), Vec::<u8>::new());
+    for (name, (dtype, shape, data)) in tensors {
+        let start = bytes.len();
+        bytes.extend(data);
+        header.insert(
+            name.clone(),
+            serde_json::json!({"dtype": dtype, "shape": shape, "data_offsets": [start, bytes.len()]}),
+        );
+    }
+    let mut h = serde_json::to_vec(&header).unwrap();
+    while !h.len().is_multiple_of(8) {
+        h.push(b' ');
+    }
+    let mut out = (h.len() as u64).to_le_bytes().to_vec();
+    out.extend(h);
+    out.extend(bytes);
+    fs::write(path, out).unwrap();
+}
+
+fn config_field(dir: &Path, field: &str, value: serde_json::Value) {
+    edit_json(&dir.join("config.json"), |v| v[field] = value);
+}
+
+#[test]
+fn huge_sizes_in_config_json_are_refused_before_anything_is_allocated() {
+    // Once: 10^12 layers aborted on a failed allocation, 2^64-1 panicked
+    // with "capacity overflow", a head_dim near 2^63 wrapped past the shape
+    // check, heads of 2^58 gave an overflowed "expected" shape.
+    let cases: Vec<(Vec<(&str, serde_json::Value)>, &str)> = vec![
+        (
+            vec![("num_hidden_layers", 1_000_000_000_000u64.into())],
+            "num_hidden_layers",
+        ),
+        (
+            vec![("num_hidden_layers", u64::MAX.into())],
+            "num_hidden_layers",
+        ),
+        (vec![("head_dim", ((1u64 << 63) - 2).into())], "head_dim"),
+        (
+            vec![
+                ("num_attention_heads", (1u64 << 58).into()),
+                ("num_key_value_heads", (1u64 << 58).into()),
+            ],
+            "head_dim",
+        ),
+        (vec![("vocab_size", (1u64 << 62).into())], "vocab_size"),
+        (
+            vec![("intermediate_size", u64::MAX.into())],
+            "intermediate_size",
+        ),
+        (
+            vec![
+                ("hidden_size", (1u64 << 62).into()),
+                ("head_dim", 64.into()),
+            ],
+            "hidden_size",
+        ),
+    ];
+    for (edits, field) in cases {
+        let dir = scratch(&format!("huge-{field}-{}", edits.len()));
+        for (k, v) in &edits {
+            config_field(&dir, k, v.clone());
+        }
+        match load_err(&dir) {
+            Error::Config { field: f, .. } => assert_eq!(f, field, "{edits:?}"),
+            other => panic!("{edits:?}: {other}"),
+        }
+    }
+    // Sizes that fit but disagree with the tensors name the tensor, with
+    // the shape config.json implies.
+    let dir = scratch("huge-heads-fit");
+    config_field(&dir, "num_attention_heads", (1u64 << 20).into());
+    config_field(&dir, "num_key_value_heads", (1u64 << 20).into());
+    config_field(&dir, "head_dim", 2.into());
+    match load_err(&dir) {
+        Error::ShapeMismatch { expected, got, .. } => {
+            assert_eq!(expected, vec![1 << 21, 128]);
+            assert_eq!(got, vec![128, 128]);
+        }
+        other => panic!("{other}"),
+    }
+}
+
+#[test]
+fn a_huge_n_positions_is_refused_not_allocated() {
+    for n in [usize::MAX, usize::MAX / 3, 1 << 40] {
+        let options = specdec::LoadOptions {
+            n_positions: Some(n),
+            ..Default::default()
+        };
+        let e = CandleModel::load_with(common::embedded("py-xs"), &options).unwrap_err();
+        assert_eq!(setting_name(e), "n_positions", "{n}");
+    }
+}
+
+#[test]
+fn a_degenerate_rope_theta_is_refused_at_load() {
+    let dir = scratch("rope-theta");
+    edit_json(&dir.join("config.json"), |v| {
+        v["rope_parameters"]["rope_theta"] = 1e-300.into()
+    });
+    match load_err(&dir) {
+        Error::Config { field, message, .. } => {
+            assert_eq!(field, "rope_theta", "{message}")
+        }
+        other => panic!("{other}"),
+    }
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(96))]
+    /// No u64 in any size field of config.json makes loading panic or abort.
+    #[test]
+    fn no_u64_in_a_size_field_of_config_json_panics(
+        field in proptest::sample::select(vec![
+            "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+            "num_key_value_heads", "head_dim", "vocab_size", "max_position_embeddings",
+        ]),
+        value in proptest::prop_oneof![
+            proptest::num::u64::ANY,
+            0u64..300,
+            proptest::sample::select(vec![u64::MAX, u64::MAX - 1, 1 << 63, (1 << 63) - 2, 1 << 32, 1 << 58]),
+        ],
+    ) {
+        let dir = scratch(&format!("prop-{field}"));
+        config_field(&dir, field, value.into());
+        let _ = CandleModel::load(&dir); // an error or a model, never a panic
+    }
+}
+
+#[test]
+fn caller_values_do_not_overflow() {
+    // Once: prompt + max_new_tokens wrapped, so generation started and
+    // failed later.
+    let mut g = Generator::new(Toy::new(5, 0.1), Toy::new(5, 0.3)).unwrap();
+    let config = GenerateConfig {
+        max_new_tokens: usize::MAX,
+        ..GenerateConfig::default()
+    };
+    assert_eq!(
+        setting_name(g.generate(&[1, 2], &config).unwrap_err()),
+        "max_new_tokens"
+    );
+    let line = one_error_line(&["--prompt", "x", "--max-new-tokens", &u64::MAX.to_string()]);
+    assert!(line.contains("max_new_tokens"), "{line}");
+}
+
+#[test]
+fn absurd_thread_counts_are_refused() {
+    // Once: --threads 10000 started 10000 spinning workers and hung.
+    match specdec::init_thread_pool(Some(10_000)) {
+        Err(Error::InvalidSetting { name, expected, .. }) => {
+            assert_eq!(name, "threads");
+            assert!(expected.contains("per core"), "{expected}");
+        }
+        other => panic!("{other:?}"),
+    }
+    let line = one_error_line(&["--prompt", "x", "--threads", "10000"]);
+    assert!(
+        line.contains("10000") && line.contains("per core"),
+        "{line}"
+    );
+}
+
+/// `dir` with config.json saying `num_hidden_layers = layers`.
+fn with_layers(name: &str, layers: u64) -> PathBuf {
+    let dir = scratch(name);
+    config_field(&dir, "num_hidden_layers", layers.into());
+    dir
+}
+
+#[test]
+fn every_tensor_of_the_checkpoint_is_accounted_for() {
+    // Once: a config saying 1 layer for this 2-layer checkpoint loaded and
+    // wrote different text with exit 0.
+    match load_err(&with_layers("fewer-layers", 1)) {
+        Error::UnusedTensor {
+            tensor,
+            count,
+            hint,
+            ..
+        } => {
+            assert!(tensor.starts_with("model.layers.1."), "{tensor}");
+            assert_eq!(count, 9);
+            assert!(hint.contains("num_hidden_layers = 1"), "{hint}");
+        }
+        other => panic!("{other}"),
+    }
+    match load_err(&with_layers("more-layers", 3)) {
+        Error::Config { field, message, .. } => {
+            assert_eq!(field, "num_hidden_layers");
+            assert!(message.contains("2 layer"), "{message}");
+        }
+        other => panic!("{other}"),
+    }
+    // A bias the config does not enable.
+    let dir = scratch("extra-bias");
+    let path = dir.join("model.safetensors");
+    let mut t = read_tensors(&path);
+    let norm = t["model.norm.weight"].clone();
+    t.insert("model.layers.0.self_attn.q_proj.bias".into(), norm);
+    write_tensors(&path, &t);
+    match load_err(&dir) {
+        Error::UnusedTensor { tensor, hint, .. } => {
+            assert_eq!(tensor, "model.layers.0.self_attn.q_proj.bias");
+            assert!(hint.contains("attention_bias"), "{hint}");
+        }
+        other => panic!("{other}"),
+    }
+    // RoPE's saved inverse frequencies are recomputed from config.json:
+    // safe to skip.
+    let dir = scratch("inv-freq");
+    let path = dir.join("model.safetensors");
+    let mut t = read_tensors(&path);
+    let (dtype, _, data) = t["model.norm.weight"].clone();
+    t.insert(
+        "model.layers.0.self_attn.rotary_emb.inv_freq".into(),
+        (dtype, vec![32], data[..64].to_vec()),
+    );
+    write_tensors(&path, &t);
+    CandleModel::load(&dir).expect("inv_freq is skipped");
+
+    let dir = with_layers("cli-fewer-layers", 1);
+    let line = one_error_line(&["--prompt", "x", "--target", dir.to_str().unwrap()]);
+    assert!(
+        line.contains("model.layers.1.") && line.contains("not used"),
+        "{line}"
+    );
+}
+
+/// py-xs split into two shards by `weight_map`, with a stale copy of
+/// `model.norm.weight` (zeros) left in the second shard, which sorts last.
+fn sharded_with_stale_copy(name: &str) -> PathBuf {
+    let dir = scratch(name);
+    let mut all = read_tensors(&dir.join("model.safetensors"));
+    fs::remove_file(dir.join("model.safetensors")).unwrap();
+    let embed = all.remove("model.embed_tokens.weight").unwrap();
+    let (dtype, shape, data) = all["model.norm.weight"].clone();
+    let (a, b) = (
+        "model-00001-of-00002.safetensors",
+        "model-00002-of-00002.safetensors",
+    );
+    let mut map: serde_json::Map<String, serde_json::Value> =
+        all.keys().map(|k| (k.clone(), a.into())).collect();
+    map.insert("model.embed_tokens.weight".into(), b.into());
+    write_tensors(&dir.join(a), &all);
+    let second: Tensors = [
+        ("model.embed_tokens.weight".to_string(), embed),
+        (
+            "model.norm.weight".to_string(),
+            (dtype, shape, vec![0; data.len()]),
+        ),
+    ]
+    .into();
+    write_tensors(&dir.join(b), &second);
+    fs::write(
+        dir.join("model.safetensors.index.json"),
+        serde_json::json!({"metadata": {}, "weight_map": map}).to_string(),
+    )
+    .unwrap();
+    dir
+}
+
+#[test]
+fn shards_are_read_as_weight_map_says() {
+    // Once: shards were read in file-name order, so a stale copy in a later
+    // shard replaced the real weights.
+    let mut sharded = CandleModel::load(sharded_with_stale_copy("stale-shard")).unwrap();
+    let mut single = CandleModel::load(common::embedded("py-xs")).unwrap();
+    assert_eq!(
+        sharded.forward(&[1, 2, 3]).unwrap(),
+        single.forward(&[1, 2, 3]).unwrap()
+    );
+
+    // A shard name must not leave the model directory.
+    let dir = sharded_with_stale_copy("escaping-shard");
+    edit_json(&dir.join("model.safetensors.index.json"), |v| {
+        v["weight_map"]["model.norm.weight"] = "../py-xs/model.safetensors".into()
+    });
+    match load_err(&dir) {
+        Error::Config { field, .. } => assert_eq!(field, "weight_map.model.norm.weight"),
+        other => panic!("{other}"),
+    }
+    // The shard the index names must hold the tensor.
+    let dir = sharded_with_stale_copy("wrong-shard");
+    edit_json(&dir.join("model.safetensors.index.json"), |v| {
+        v["weight_map"]["model.layers.0.mlp.up_proj.weight"] =
+            "model-00002-of-00002.safetensors".into()
+    });
+    match load_err(&dir) {
+        Error::MissingTensor { path, tensor } => {
+            assert!(path.ends_with("model-00002-of-00002.safetensors"));
+            assert!(tensor.starts_with("model.layers.0.mlp.up_proj.weight"));
+        }
+        other => panic!("{other}"),
+    }
+}
+
+/// py-xs with an untied output head (a copy of the embedding) and the
+/// embedding row of `poisoned` set to NaN: any forward that reads that
+/// token's embedding gives NaN logits; others are py-xs's.
+fn untied_with_nan_row(name: &str, poisoned: Option<u32>) -> PathBuf {
+    let dir = scratch(name);
+    config_field(&dir, "tie_word_embeddings", false.into());
+    let path = dir.join("model.safetensors");
+    let mut t = read_tensors(&path);
+    let embed = t["model.embed_tokens.weight"].clone();
+    t.insert("lm_head.weight".into(), embed.clone());
+    if let Some(token) = poisoned {
+        let (_, shape, data) = t.get_mut("model.embed_tokens.weight").unwrap();
+        let row = 2 * shape[1]; // bf16
+        let start = token as usize * row;
+        for x in data[start..start + row].chunks_mut(2) {
+            x.copy_from_slice(&0x7fc0u16.to_le_bytes()); // bf16 NaN
+        }
+    }
+    write_tensors(&path, &t);
+    dir
+}
+
+#[test]
+fn a_model_fault_mid_generation_keeps_committed_tokens_and_blames_the_model() {
+    let config = GenerateConfig {
+        max_new_tokens: 16,
+        k: 1,
+        ..GenerateConfig::default()
+    };
+    let clean = common::load(untied_with_nan_row("fault-clean", None), 64);
+    let draft = || common::load(common::embedded("py-xs"), 64);
+    let mut g = Generator::new(clean, draft()).unwrap();
+    let prompt = g.encode("def add(a, b):").unwrap();
+    let baseline = g.generate(&prompt, &config).unwrap().tokens;
+    // The first generated token (after two) that the prompt and the tokens
+    // before it do not contain: feeding it is the fault.
+    let j = (2..baseline.len())
+        .find(|&j| !prompt.contains(&baseline[j]) && !baseline[..j].contains(&baseline[j]))
+        .expect("a new token");
+    let dir = untied_with_nan_row("fault-nan", Some(baseline[j]));
+    let mut g = Generator::new(common::load(&dir, 64), draft()).unwrap();
+    let e = g.generate(&prompt, &config).unwrap_err();
+    assert!(e.is_model_fault(), "{e}");
+    match &e {
+        Error::Interrupted { committed, source } => {
+            // Committed tokens are still there, and they are the real ones.
+            assert_eq!(committed[..], baseline[..=j]);
+            assert!(
+                matches!(
+                    **source,
+                    Error::NonFiniteLogits {
+                        role: Role::Target,
+                        ..
+                    }
+                ),
+                "{source}"
+            );
+        }
+        other => panic!("{other}"),
+    }
+    // The cause is said once, not twice, when the chain is printed.
+    let cause = e.root_cause().to_string();
+    let chain = format!("{:#}", anyhow::Error::from(e));
+    assert_eq!(chain.matches(&cause).count(), 1, "{chain}");
+
+    // Through the example: the text so far on stdout, one line, exit 2.
+    let (code, stdout, stderr) = run_generate(&[
+        "--prompt",
+        "def add(a, b):",
+        "--target",
+        dir.to_str().unwrap(),
+        "--k",
+        "1",
+        "--max-new-tokens",
+        "16",
+    ]);
+    assert_eq!(code, 2, "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains("target model returned a non-finite logit"),
+        "{stderr}"
+    );
+    assert!(stderr.contains(dir.to_str().unwrap()), "{stderr}");
+    let text = g.tokenizer().unwrap().decode(&baseline[..j]).unwrap();
+    assert!(
+        stdout.starts_with(&format!("def add(a, b):{text}")),
+        "{stdout:?}"
+    );
+}
+
+#[test]
+fn eos_ids_must_be_in_the_vocabulary_and_leave_something_to_generate() {
+    let dir = scratch("eos-outside");
+    config_field(&dir, "eos_token_id", 99_999.into());
+    fs::remove_file(dir.join("generation_config.json")).unwrap();
+    assert!(
+        matches!(load_err(&dir), Error::Config { field, path, .. } if field == "eos_token_id" && path.ends_with("config.json"))
+    );
+    let dir = scratch("gen-eos-outside");
+    edit_json(&dir.join("generation_config.json"), |v| {
+        v["eos_token_id"] = serde_json::json!([0, 8192])
+    });
+    assert!(
+        matches!(load_err(&dir), Error::Config { field, path, .. } if field == "eos_token_id" && path.ends_with("generation_config.json"))
+    );
+    // Every id an EOS id: the target's file is at fault, not the draft.
+    let dir = scratch("gen-eos-all");
+    edit_json(&dir.join("generation_config.json"), |v| {
+        v["eos_token_id"] = (0..8192).collect::<Vec<u32>>().into()
+    });
+    match load_err(&dir) {
+        Error::Config { path, message, .. } => {
+            assert!(path.ends_with("generation_config.json"));
+            assert!(message.contains("every one of the 8192 ids"), "{message}");
+        }
+        other => panic!("{other}"),
+    }
+    let line = one_error_line(&[
+        "--prompt",
+        "x",
+        "--target",
+        dir.to_str().unwrap(),
+        "--ignore-eos",
+    ]);
+    assert!(
+        line.contains(dir.to_str().unwrap()) && !line.contains("draft"),
+        "{line}"
+    );
+    // The same through the API with models that do not check at load.
+    let mut target = Toy::new(5, 0.3);
+    target.eos = (0..5).collect();
+    let mut g = Generator::new(target, Toy::new(5, 0.5)).unwrap();
+    let config = GenerateConfig {
+        eos: Eos::Ignore,
+        max_new_tokens: 4,
+        ..GenerateConfig::default()
+    };
+    assert!(matches!(
+        g.generate(&[1], &config),
+        Err(Error::EmptyDistribution {
+            role: Role::Target,
+            ..
+        })
+    ));
+}
+
+#[test]
+fn negative_numbers_reach_the_range_checks() {
+    // Once: clap took `-1` for an unknown flag ("unexpected argument '-1' found").
+    for (flag, value, says) in [
+        ("--k", "-1", "1..=64"),
+        ("--threads", "-2", "per core"),
+        ("--max-new-tokens", "-5", "out of range"),
+        ("--top-k", "-3", "out of range"),
+        ("--min-confidence", "-0.5", "min_draft_confidence"),
+        ("--min-p", "-0.1", "min_p"),
+        ("--temperature", "-1", "temperature"),
+    ] {
+        let line = one_error_line(&["--prompt", "x", flag, value]);
+        assert!(!line.contains("unexpected argument"), "{line}");
+        assert!(
+            line.contains(value) && line.contains(says),
+            "{flag}: {line}"
+        );
+    }
+}
+
+#[test]
+fn settings_are_checked_before_any_model_is_loaded() {
+    let bad = ["--target", "/no/such/model"];
+    for (setting, value, name) in [
+        ("--k", "0", "--k"),
+        ("--min-confidence", "2", "min_draft_confidence"),
+        ("--stop", "", "stop_strings"),
+        ("--top-p", "0", "top_p"),
+    ] {
+        let mut args = vec!["--prompt", "x", setting, value];
+        args.extend(bad);
+        let line = one_error_line(&args);
+        assert!(line.contains(name) && !line.contains("/no/such"), "{line}");
+    }
+    // And through the API, with no model at all.
+    for config in [
+        GenerateConfig {
+            k: 0,
+            ..GenerateConfig::default()
+        },
+        GenerateConfig {
+            min_draft_confidence: 2.0,
+            ..GenerateConfig::default()
+        },
+        GenerateConfig {
+            stop_strings: vec![String::new()],
+            ..GenerateConfig::default()
+        },
+    ] {
+        assert!(config.validate().is_err(), "{config:?}");
+    }
+    assert!(GenerateConfig::default().validate().is_ok());
+}
+
+#[test]
+fn missing_tokenizers_are_named() {
+    let dir = scratch("draft-no-tokenizer");
+    fs::remove_file(dir.join("tokenizer.json")).unwrap();
+    let target = CandleModel::load(common::embedded("py-s")).unwrap();
+    match Generator::new(target, CandleModel::load(&dir).unwrap()) {
+        Err(Error::NoTokenizer { role, .. }) => assert_eq!(role, Role::Draft),
+        Err(other) => panic!("{other}"),
+        Ok(_) => panic!("a draft whose vocabulary cannot be checked was accepted"),
+    }
+    let line = one_error_line(&["--prompt", "x", "--draft", dir.to_str().unwrap()]);
+    assert!(
+        line.contains("draft") && line.contains("tokenizer.json"),
+        "{line}"
+    );
+
+    // A target without one: encoding text names what is missing.
+    let g = Generator::new(
+        CandleModel::load(&dir).unwrap(),
+        CandleModel::load(&dir).unwrap(),
+    )
+    .unwrap();
+    let e = g.encode("x").unwrap_err();
+    assert!(matches!(
+        e,
+        Error::NoTokenizer {
+            role: Role::Target,
+            ..
+        }
+    ));
+    assert!(e.to_string().contains("tokenizer.json"), "{e}");
+    let line = one_error_line(&[
+        "--prompt",
+        "x",
+        "--target",
+        dir.to_str().unwrap(),
+        "--draft",
+        dir.to_str().unwrap(),
+    ]);
+    let missing = dir.join("tokenizer.json");
+    assert!(line.contains(missing.to_str().unwrap()), "{line}");
+}
+
+#[test]
+fn symlink_loops_are_reported_as_such() {
+    let base = scratch("symlink-loop");
+    let looped = base.join("loop");
+    std::os::unix::fs::symlink(&looped, &looped).unwrap();
+    match load_err(&looped) {
+        Error::Io { path, source } => {
+            assert_eq!(path, looped);
+            assert_eq!(source.raw_os_error(), Some(40), "{source}"); // ELOOP
+        }
+        other => panic!("{other}"),
+    }
+    // A config.json that loops, inside a real directory.
+    let dir = scratch("symlink-loop-config");
+    fs::remove_file(dir.join("config.json")).unwrap();
+    std::os::unix::fs::symlink(dir.join("config.json"), dir.join("config.json")).unwrap();
+    assert!(matches!(load_err(&dir), Error::Io { .. }));
+    let line = one_error_line(&["--prompt", "x", "--target", looped.to_str().unwrap()]);
+    assert!(line.contains("symbolic links"), "{line}");
+}
+
+#[test]
+fn a_closed_stdout_ends_quietly() {
+    // As `generate ... | head -c0`: the reader is gone before the first write.
+    let (code, _, stderr) = run_generate_with(
+        &["--prompt", "def f(x):", "--max-new-tokens", "64"],
+        Stdout::Closed,
+    );
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        !stderr.contains("error") && !stderr.contains("panicked"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn the_fuzz_entry_point_runs_the_real_loading_path() {
+    // fuzz/fuzz_targets/load_checkpoint.rs is only as good as this path:
+    // a real checkpoint must load through it, single-file and sharded.
+    let dir = common::embedded("py-xs");
+    let read = |f: &str| fs::read(dir.join(f)).unwrap();
+    let (config, weights) = (read("config.json"), read("model.safetensors"));
+    let generation = read("generation_config.json");
+    let load = specdec::backend::candle::fuzz_load;
+    load(&config, &weights, None, Some(&generation), 16).unwrap();
+    let map: serde_json::Map<String, serde_json::Value> =
+        read_tensors(&dir.join("model.safetensors"))
+            .into_keys()
+            .map(|name| (name, "model.safetensors".into()))
+            .collect();
+    let index = serde_json::json!({ "weight_map": map }).to_string();
+    load(&config, &weights, Some(index.as_bytes()), None, 16).unwrap();
+    // And it refuses what loading a directory refuses.
+    let one_layer = String::from_utf8(config.clone())
+        .unwrap()
+        .replace("\"num_hidden_layers\": 2", "\"num_hidden_layers\": 1");
+    assert!(matches!(
+        load(one_layer.as_bytes(), &weights, None, None, 16),
+        Err(Error::UnusedTensor { .. })
+    ));
+    assert!(load(&config, &weights[..1000], None, None, 16).is_err());
 }

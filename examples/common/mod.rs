@@ -1,18 +1,21 @@
 //! Flags shared by the examples: where the models run and with how many
-//! threads.
+//! threads; parsing of whole numbers that reports negative and out-of-range
+//! values by range; one-line error reports and exit codes.
+#![allow(dead_code)]
 
-use specdec::{LoadOptions, Quantization};
+use specdec::{Error, LoadOptions, Quantization};
 
 /// `--threads`, `--cuda`, `--quantize-draft` and `--draft-as-stored`, and the load options they
 /// give.
 #[derive(clap::Args, Debug)]
 pub struct Device {
-    /// Compute threads (default: all cores).
-    #[arg(long)]
+    /// Compute threads (default: all cores; at most 8 per core).
+    #[arg(long, value_parser = threads, allow_negative_numbers = true)]
     pub threads: Option<usize>,
     /// Run both models on this CUDA device (bf16) instead of the CPU (f32).
     /// Needs a build with `--features cuda`.
-    #[arg(long, value_name = "ORDINAL", num_args = 0..=1, default_missing_value = "0")]
+    #[arg(long, value_name = "ORDINAL", num_args = 0..=1, default_missing_value = "0",
+          value_parser = count, allow_negative_numbers = true)]
     pub cuda: Option<usize>,
     /// Store the draft's weights as Q8_0 (CPU only; faster there, and only
     /// acceptance can change).
@@ -27,15 +30,15 @@ pub struct Device {
 }
 
 impl Device {
-    /// Sets the thread count for candle and rayon and makes this thread
-    /// one of the pool's ([`specdec::init_thread_pool`]); call before any
-    /// model work, as the pools read it when they start.
+    /// Starts the thread pool ([`specdec::init_thread_pool`], which makes
+    /// this thread one of the pool's and refuses absurd counts), then sets
+    /// `RAYON_NUM_THREADS` for candle; call before any model work, as the
+    /// pools read it when they start.
     pub fn apply_threads(&self) -> anyhow::Result<()> {
+        specdec::init_thread_pool(self.threads)?;
         if let Some(n) = self.threads {
-            anyhow::ensure!(n > 0, "--threads must be at least 1");
             std::env::set_var("RAYON_NUM_THREADS", n.to_string());
         }
-        specdec::init_thread_pool(self.threads)?;
         Ok(())
     }
 
@@ -63,5 +66,108 @@ impl Device {
             quantization,
             ..self.target_options()?
         })
+    }
+}
+
+/// A whole number in `lo..=hi`. Flags using it set `allow_negative_numbers`,
+/// so that `-1` reaches this check (and gets the range) instead of being
+/// taken by clap for an unknown flag.
+fn int_in(s: &str, lo: usize, hi: usize) -> Result<usize, String> {
+    match s.trim().parse::<i128>() {
+        Ok(n) if n >= lo as i128 && n <= hi as i128 => Ok(n as usize),
+        Ok(n) => Err(format!("{n} is out of range: expected {lo}..={hi}")),
+        Err(_) => Err(format!("expected a whole number in {lo}..={hi}")),
+    }
+}
+
+/// A count: `0..=usize::MAX`.
+pub fn count(s: &str) -> Result<usize, String> {
+    int_in(s, 0, usize::MAX)
+}
+
+/// A window `k`: `1..=specdec::MAX_WINDOW`.
+pub fn window(s: &str) -> Result<usize, String> {
+    int_in(s, 1, specdec::MAX_WINDOW)
+}
+
+/// A thread count: `1..=specdec::backend::candle::max_threads()`.
+pub fn threads(s: &str) -> Result<usize, String> {
+    int_in(s, 1, specdec::backend::candle::max_threads()).map_err(|e| {
+        format!(
+            "{e} ({} per core)",
+            specdec::backend::candle::THREADS_PER_CORE
+        )
+    })
+}
+
+/// Parses the arguments. Help and version print as usual (exit 0); any
+/// other problem prints one line on stderr, `error: ...`, and exits with 2.
+pub fn parse_args<A: clap::Parser>() -> A {
+    match A::try_parse() {
+        Ok(args) => args,
+        Err(e) if !e.use_stderr() => e.exit(),
+        Err(e) => {
+            // clap's message is several lines (the error, usage, a tip).
+            let rendered = e.to_string();
+            let first = rendered
+                .lines()
+                .find(|l| !l.trim().is_empty())
+                .unwrap_or("error: bad arguments");
+            let line = first.strip_prefix("error: ").unwrap_or(first);
+            eprintln!("error: {line} (see --help)");
+            std::process::exit(2);
+        }
+    }
+}
+
+/// The error and its causes on one line, each cause once (a message that
+/// already quotes its cause is not followed by it again).
+pub fn one_line(e: &anyhow::Error) -> String {
+    let mut line = e.to_string();
+    for cause in e.chain().skip(1) {
+        let cause = cause.to_string();
+        if !line.contains(&cause) {
+            line.push_str(": ");
+            line.push_str(&cause);
+        }
+    }
+    line.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// Whether `e` is stdout (or any pipe) closed by the reader, as with
+/// `| head -c1`: the program should end quietly, as Unix tools do.
+pub fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
+}
+
+/// 1 when the device, the runtime or our program failed (a candle error, a
+/// backend failure, a backend that broke its contract mid-generation); 2
+/// for everything the user can fix: bad arguments, bad model files,
+/// including a model fault found while generating (NaN logits, nothing left
+/// to sample).
+pub fn exit_code(e: &anyhow::Error) -> u8 {
+    match e.downcast_ref::<Error>() {
+        Some(e) if e.is_model_fault() => 2,
+        Some(Error::Interrupted { .. }) => 1,
+        Some(Error::Candle(_) | Error::Backend { .. }) => 1,
+        _ => 2,
+    }
+}
+
+/// Ends the program for `result`: exit 0 on success or a closed stdout,
+/// else `error: ...` on one line of stderr and [`exit_code`].
+pub fn finish(result: anyhow::Result<()>) -> std::process::ExitCode {
+    use std::io::Write;
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) if is_broken_pipe(&e) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            let _ = std::io::stdout().flush();
+            eprintln!("error: {}", one_line(&e));
+            std::process::ExitCode::from(exit_code(&e))
+        }
     }
 }

@@ -55,8 +55,18 @@ impl<M: LanguageModel + ?Sized> Drafter for M {
                 ),
             });
         }
-        if let (Some(t), Some(d)) = (target.tokenizer(), self.tokenizer()) {
-            t.check_same_vocabulary(d)?;
+        match (target.tokenizer(), self.tokenizer()) {
+            (Some(t), Some(d)) => t.check_same_vocabulary(d)?,
+            (Some(_), None) => {
+                return Err(Error::NoTokenizer {
+                    role: Role::Draft,
+                    model: self.name().to_string(),
+                    needed_for: "its token ids cannot be checked against the target's \
+                                 vocabulary; give it the target's tokenizer.json"
+                        .into(),
+                })
+            }
+            _ => {}
         }
         check_static_shapes(Role::Draft, &self.shapes())
     }
@@ -154,7 +164,14 @@ pub(crate) fn check_fits<M: LanguageModel + ?Sized>(
     prompt: usize,
     max_new_tokens: usize,
 ) -> Result<()> {
-    let (needed, limit) = (prompt + max_new_tokens, model.n_positions());
+    let Some(needed) = prompt.checked_add(max_new_tokens) else {
+        return Err(Error::setting(
+            "max_new_tokens",
+            max_new_tokens,
+            format!("at most usize::MAX - {prompt} (the prompt's length)"),
+        ));
+    };
+    let limit = model.n_positions();
     if needed > limit {
         return Err(Error::TooLong {
             role,

@@ -99,9 +99,15 @@ impl<'a> Fields<'a> {
     fn usize_opt(&self, key: &str) -> Result<Option<usize>> {
         match self.get(key) {
             None => Ok(None),
-            Some(v) => match v.as_u64() {
-                Some(n) if n > 0 => Ok(Some(n as usize)),
-                _ => Err(self.err(key, format!("expected a positive integer, found {v}"))),
+            Some(v) => match v.as_u64().map(usize::try_from) {
+                Some(Ok(n)) if n > 0 => Ok(Some(n)),
+                Some(Ok(_)) | None => {
+                    Err(self.err(key, format!("expected a positive integer, found {v}")))
+                }
+                Some(Err(_)) => Err(self.err(
+                    key,
+                    format!("{v} does not fit this machine's usize ({})", usize::MAX),
+                )),
             },
         }
     }
@@ -170,6 +176,28 @@ impl<'a> Fields<'a> {
             Some(v) => Ok(vec![one(v)?]),
         }
     }
+}
+
+/// Checks EOS ids read from `path` against a vocabulary of `vocab` ids:
+/// each must be an id of it, and they must not be all of it (no token could
+/// then be generated).
+pub(crate) fn check_eos(path: &Path, ids: &[u32], vocab: usize) -> Result<()> {
+    if let Some(&bad) = ids.iter().find(|&&id| id as usize >= vocab) {
+        return Err(Error::config(
+            path,
+            "eos_token_id",
+            format!("{bad} is outside the vocabulary of {vocab} ids (vocab_size)"),
+        ));
+    }
+    let distinct: std::collections::BTreeSet<u32> = ids.iter().copied().collect();
+    if distinct.len() == vocab {
+        return Err(Error::config(
+            path,
+            "eos_token_id",
+            format!("every one of the {vocab} ids is an EOS id: no token could be generated"),
+        ));
+    }
+    Ok(())
 }
 
 /// Reads `path` as a JSON object.
@@ -268,7 +296,7 @@ impl ModelConfig {
         let (rope_theta, rope_scaling) = rope(&f)?;
         let qkv_bias = model_type == "qwen2" || f.bool_opt("attention_bias")?.unwrap_or(false);
         let sliding_window = sliding_window(&f, &model_type)?;
-        Ok(Self {
+        let config = Self {
             hidden_size,
             intermediate_size: f.usize("intermediate_size")?,
             num_layers: f.usize("num_hidden_layers")?,
@@ -290,7 +318,147 @@ impl ModelConfig {
                 .or(f.str_opt("torch_dtype")?)
                 .map(str::to_string),
             model_type,
-        })
+        };
+        config.check_sizes(&f)?;
+        check_eos(path, &config.eos_token_ids, config.vocab_size)?;
+        Ok(config)
+    }
+
+    /// Every size derived from config.json, with checked arithmetic: the
+    /// projections' widths and the parameter count in f32 bytes must fit the
+    /// address space, so that no later product overflows or wraps.
+    fn check_sizes(&self, f: &Fields<'_>) -> Result<()> {
+        let overflow = |field: &str, what: &str| {
+            f.err(
+                field,
+                format!(
+                    "{what} overflows: config.json describes more than this machine can address \
+                     (hidden_size {}, intermediate_size {}, num_hidden_layers {}, \
+                     num_attention_heads {}, num_key_value_heads {}, head_dim {}, vocab_size {})",
+                    self.hidden_size,
+                    self.intermediate_size,
+                    self.num_layers,
+                    self.num_heads,
+                    self.num_kv_heads,
+                    self.head_dim,
+                    self.vocab_size
+                ),
+            )
+        };
+        let mul = |a: usize, b: usize, field: &str, what: &str| {
+            a.checked_mul(b).ok_or_else(|| overflow(field, what))
+        };
+        let add = |a: usize, b: usize, field: &str, what: &str| {
+            a.checked_add(b).ok_or_else(|| overflow(field, what))
+        };
+        let h = self.hidden_size;
+        let q_out = mul(
+            self.num_heads,
+            self.head_dim,
+            "head_dim",
+            "num_attention_heads x head_dim",
+        )?;
+        let kv_out = mul(
+            self.num_kv_heads,
+            self.head_dim,
+            "head_dim",
+            "num_key_value_heads x head_dim",
+        )?;
+        let kv2 = mul(kv_out, 2, "head_dim", "the fused k and v projection")?;
+        let qkv = add(q_out, kv2, "head_dim", "the fused q, k and v projection")?;
+        let attn_rows = add(qkv, q_out, "head_dim", "the attention projections")?;
+        let attn = mul(attn_rows, h, "hidden_size", "the attention weights")?;
+        let mlp_rows = mul(self.intermediate_size, 3, "intermediate_size", "the MLP")?;
+        let mlp = mul(mlp_rows, h, "intermediate_size", "the MLP weights")?;
+        // Weights, biases and norms of one layer (an upper bound).
+        let layer = [qkv, mlp_rows, h, h]
+            .into_iter()
+            .try_fold(add(attn, mlp, "hidden_size", "one layer")?, |acc, x| {
+                add(acc, x, "hidden_size", "one layer")
+            })?;
+        let layers = mul(
+            layer,
+            self.num_layers,
+            "num_hidden_layers",
+            "the layers' weights",
+        )?;
+        let embed = mul(self.vocab_size, h, "vocab_size", "the embedding")?;
+        let embed2 = mul(embed, 2, "vocab_size", "the embedding and output head")?;
+        let total = add(layers, embed2, "num_hidden_layers", "the parameter count")?;
+        let bytes = mul(
+            total,
+            4,
+            "num_hidden_layers",
+            "the parameter count in f32 bytes",
+        )?;
+        if bytes > isize::MAX as usize {
+            let field = if layers >= embed2 {
+                "num_hidden_layers"
+            } else {
+                "vocab_size"
+            };
+            return Err(overflow(field, "the parameter count in f32 bytes"));
+        }
+        Ok(())
+    }
+
+    /// Sizes the KV cache (`bytes_per_value` bytes a value) and the rotary
+    /// tables of `n_positions` positions with checked arithmetic, probes that
+    /// the host can allocate them when `probe_host`, and checks every rotary
+    /// angle is finite up to the last position (`config_path` is named in
+    /// that error). Call only after the checkpoint's tensors have bounded
+    /// `head_dim` (the rotary frequencies are computed).
+    pub(crate) fn check_positions(
+        &self,
+        config_path: &Path,
+        n_positions: usize,
+        bytes_per_value: usize,
+        probe_host: bool,
+    ) -> Result<()> {
+        let n = n_positions;
+        // Both sizes are < isize::MAX bytes by `check_sizes`.
+        let kv = self.num_kv_heads * self.head_dim;
+        let per_position = kv
+            .checked_mul(2 * self.num_layers)
+            .and_then(|x| x.checked_mul(bytes_per_value))
+            .and_then(|x| x.checked_add(self.head_dim * 4)); // cos + sin, f32
+        let bytes = per_position.and_then(|p| p.checked_mul(n));
+        let too_many =
+            |why: String| Error::setting("n_positions", n, format!("fewer positions: {why}"));
+        match bytes {
+            None => {
+                return Err(too_many(
+                    "the KV cache size overflows the address space".into(),
+                ))
+            }
+            Some(b) if b > isize::MAX as usize => {
+                return Err(too_many(format!(
+                    "the KV cache would take {b} bytes, more than the address space"
+                )))
+            }
+            Some(b) if probe_host && Vec::<u8>::new().try_reserve_exact(b).is_err() => {
+                return Err(too_many(format!(
+                    "the KV cache and rotary tables would take {b} bytes, which this machine cannot allocate"
+                )))
+            }
+            Some(_) => {}
+        }
+        let last = n.saturating_sub(1) as f32;
+        for (i, f) in self.rope_inv_freq().into_iter().enumerate() {
+            let f = f as f32;
+            if !f.is_finite() || !(last * f).is_finite() {
+                return Err(Error::config(
+                    config_path,
+                    "rope_theta",
+                    format!(
+                        "{} (with rope scaling {:?}) gives rotary frequency {i} = {f}, \
+                         whose angle at position {last} is not finite",
+                        self.rope_theta, self.rope_scaling
+                    ),
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// Rotary inverse frequencies, `[head_dim / 2]`, with scaling applied.
@@ -489,6 +657,85 @@ mod tests {
             match parse(&json) {
                 Err(Error::Config { field: f, .. }) => assert_eq!(f, field, "{json}"),
                 other => panic!("{json}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn eos_ids_are_checked_against_the_vocabulary() {
+        for (eos, ok) in [("99", true), ("100", false), ("[1, 100]", false)] {
+            let r = parse(&format!(
+                r#"{{"model_type": "llama", {BASE}, "eos_token_id": {eos}}}"#
+            ));
+            assert_eq!(r.is_ok(), ok, "{eos}: {r:?}");
+        }
+        let all: Vec<u32> = (0..100).collect();
+        let r = parse(&format!(
+            r#"{{"model_type": "llama", {BASE}, "eos_token_id": {all:?}}}"#
+        ));
+        assert!(
+            matches!(&r, Err(Error::Config { field, .. }) if field == "eos_token_id"),
+            "{r:?}"
+        );
+    }
+
+    use proptest::prelude::*;
+
+    const SIZE_FIELDS: [&str; 8] = [
+        "hidden_size",
+        "intermediate_size",
+        "num_hidden_layers",
+        "num_attention_heads",
+        "num_key_value_heads",
+        "head_dim",
+        "vocab_size",
+        "max_position_embeddings",
+    ];
+
+    fn size() -> impl Strategy<Value = u64> {
+        prop_oneof![
+            any::<u64>(),
+            1u64..5000,
+            prop::sample::select(vec![
+                u64::MAX,
+                u64::MAX - 1,
+                1 << 63,
+                (1 << 63) - 2,
+                1 << 62,
+                1 << 58,
+                1 << 32,
+                (1 << 32) - 1,
+            ]),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+
+        /// No u64 in any size field panics; whatever is accepted has every
+        /// derived size representable, and sizing a cache for any
+        /// `n_positions` is an error or fine, never a panic.
+        #[test]
+        fn no_u64_in_a_size_field_panics(
+            values in prop::array::uniform8(size()),
+            n_positions in prop_oneof![any::<usize>(), 1usize..10_000],
+        ) {
+            let mut map = Map::new();
+            map.insert("model_type".into(), "llama".into());
+            for (field, v) in SIZE_FIELDS.iter().zip(values) {
+                map.insert(field.to_string(), v.into());
+            }
+            let Ok(c) = ModelConfig::from_json(Path::new("config.json"), &map) else {
+                return Ok(());
+            };
+            let q = c.num_heads.checked_mul(c.head_dim).unwrap();
+            let kv = c.num_kv_heads.checked_mul(c.head_dim).unwrap();
+            q.checked_add(2 * kv).unwrap().checked_mul(c.hidden_size).unwrap();
+            c.vocab_size.checked_mul(c.hidden_size).unwrap();
+            c.intermediate_size.checked_mul(3).unwrap().checked_mul(c.hidden_size).unwrap();
+            if c.head_dim <= 4096 {
+                // Without the host probe: only the arithmetic is under test.
+                let _ = c.check_positions(Path::new("config.json"), n_positions, 4, false);
             }
         }
     }

@@ -33,6 +33,8 @@ use candle_core::{DType, Device};
 
 pub use config::{ModelConfig, RopeScaling, SUPPORTED_MODEL_TYPES};
 pub use llama::Quantization;
+#[doc(hidden)]
+pub use weights::fuzz_load;
 
 use crate::chat::ChatTemplate;
 use crate::error::{Error, Result};
@@ -53,15 +55,27 @@ use llama::{LayerCache, Llama, WeightSource};
 /// while it is inside one of its calls, so it stays free otherwise.
 ///
 /// Errors with [`Error::InvalidSetting`]
-/// (`threads`) if `threads` is 0 or the global pool is already running
+/// (`threads`) if `threads` (or `RAYON_NUM_THREADS`, when `threads` is
+/// `None`) is 0 or above [`max_threads`], or the global pool is already running
 /// (started by an earlier call, or by any rayon use before this one).
 pub fn init_thread_pool(threads: Option<usize>) -> Result<()> {
     let mut builder = rayon::ThreadPoolBuilder::new().use_current_thread();
+    let cap = max_threads();
+    let expected = || format!("1..={cap} ({THREADS_PER_CORE} per core of this machine)");
     if let Some(n) = threads {
-        if n == 0 {
-            return Err(Error::setting("threads", 0, "at least 1"));
+        if n == 0 || n > cap {
+            return Err(Error::setting("threads", n, expected()));
         }
         builder = builder.num_threads(n);
+    } else if let Some(env) = std::env::var_os("RAYON_NUM_THREADS") {
+        let env = env.to_string_lossy();
+        if env.trim().parse::<usize>().is_ok_and(|n| n > cap) {
+            return Err(Error::setting(
+                "threads",
+                format!("RAYON_NUM_THREADS={env}"),
+                expected(),
+            ));
+        }
     }
     builder.build_global().map_err(|e| {
         Error::setting(
@@ -70,6 +84,17 @@ pub fn init_thread_pool(threads: Option<usize>) -> Result<()> {
             format!("a first start of rayon's global pool ({e})"),
         )
     })
+}
+
+/// The most threads [`init_thread_pool`] starts per core: more only adds
+/// spinning workers (10000 threads on 2 cores drove the load average into
+/// the hundreds and never finished).
+pub const THREADS_PER_CORE: usize = 8;
+
+/// The largest thread count [`init_thread_pool`] accepts:
+/// [`THREADS_PER_CORE`] times the cores this process may use.
+pub fn max_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get()) * THREADS_PER_CORE
 }
 
 /// Positions allocated when neither the caller nor a small
@@ -152,12 +177,6 @@ impl CandleModel {
     /// ends in `.gguf`.
     pub fn load_with(path: impl AsRef<Path>, options: &LoadOptions) -> Result<Self> {
         let dir = path.as_ref();
-        if !dir.exists() {
-            return Err(Error::ModelDir {
-                path: dir.to_path_buf(),
-                reason: "does not exist".into(),
-            });
-        }
         if options.quantization != Quantization::None && !options.device.is_cpu() {
             return Err(Error::setting(
                 "quantization",
@@ -172,38 +191,36 @@ impl CandleModel {
                 "dtype F32 (the block kernels compute in f32)",
             ));
         }
-        if dir.is_file() && is_gguf(dir) {
+        if is_gguf(dir) && weights::probe(dir)?.is_some_and(|m| m.is_file()) {
             return Self::load_gguf(dir, options);
         }
-        if !dir.is_dir() {
-            return Err(Error::ModelDir {
-                path: dir.to_path_buf(),
-                reason: "is not a directory (nor a file named *.gguf)".into(),
-            });
-        }
-        let config_path = dir.join("config.json");
-        if !config_path.is_file() {
-            return Err(Error::ModelDir {
-                path: dir.to_path_buf(),
-                reason: "has no config.json".into(),
-            });
-        }
+        let config_path = weights::model_dir(dir)?;
         let config = ModelConfig::from_file(&config_path)?;
+        let n_positions = n_positions(options, &config)?;
         let checkpoint = weights::Checkpoint::open(dir)?;
+        checkpoint.check_before_load(
+            &config,
+            &config_path,
+            n_positions,
+            options.dtype.size_in_bytes(),
+            &options.device,
+        )?;
         let tokenizer_path = dir.join("tokenizer.json");
-        let tokenizer = if tokenizer_path.exists() {
-            Some(Tokenizer::from_file(&tokenizer_path)?)
-        } else {
-            None
+        let tokenizer = match weights::probe(&tokenizer_path)? {
+            Some(_) => Some(Tokenizer::from_file(&tokenizer_path)?),
+            None => None,
         };
-        let eos = weights::generation_eos(dir)?.unwrap_or_else(|| config.eos_token_ids.clone());
+        let eos =
+            weights::generation_eos(dir, &config)?.unwrap_or_else(|| config.eos_token_ids.clone());
         let parts = Parts {
             config,
             tokenizer,
             chat_template: ChatTemplate::from_model_dir(dir)?,
             eos,
         };
-        Self::assemble(dir, parts, &checkpoint, options, |_| Ok(()))
+        Self::assemble(dir, parts, &checkpoint, options, |c, config| {
+            c.refuse_unused(config)
+        })
     }
 
     fn load_gguf(path: &Path, options: &LoadOptions) -> Result<Self> {
@@ -240,7 +257,12 @@ impl CandleModel {
             chat_template,
             eos,
         };
-        Self::assemble(path, parts, &file, options, |f| f.check_all_used())
+        // The KV cache and rotary tables are sized as for a checkpoint.
+        let n = n_positions(options, &parts.config)?;
+        parts
+            .config
+            .check_positions(path, n, options.dtype.size_in_bytes(), options.device.is_cpu())?;
+        Self::assemble(path, parts, &file, options, |f, _| f.check_all_used())
     }
 
     /// Builds the model from `source`; `after_load` checks the source once
@@ -250,14 +272,10 @@ impl CandleModel {
         parts: Parts,
         source: &S,
         options: &LoadOptions,
-        after_load: impl FnOnce(&S) -> Result<()>,
+        after_load: impl FnOnce(&S, &ModelConfig) -> Result<()>,
     ) -> Result<Self> {
         let config = parts.config;
-        let n_positions = match options.n_positions {
-            Some(0) => return Err(Error::setting("n_positions", 0, "at least 1")),
-            Some(n) => n,
-            None => config.max_position_embeddings.min(DEFAULT_MAX_POSITIONS),
-        };
+        let n_positions = n_positions(options, &config)?;
         let llama = Llama::load(
             &config,
             source,
@@ -266,7 +284,7 @@ impl CandleModel {
             &options.device,
             options.quantization,
         )?;
-        after_load(source)?;
+        after_load(source, &config)?;
         let cache = llama.new_cache(n_positions)?;
         let name = path
             .file_name()
@@ -361,6 +379,16 @@ struct Parts {
     tokenizer: Option<Tokenizer>,
     chat_template: Option<ChatTemplate>,
     eos: Vec<u32>,
+}
+
+/// The KV cache's length: `options.n_positions`, or the model's
+/// `max_position_embeddings` capped at [`DEFAULT_MAX_POSITIONS`].
+fn n_positions(options: &LoadOptions, config: &ModelConfig) -> Result<usize> {
+    match options.n_positions {
+        Some(0) => Err(Error::setting("n_positions", 0, "at least 1")),
+        Some(n) => Ok(n),
+        None => Ok(config.max_position_embeddings.min(DEFAULT_MAX_POSITIONS)),
+    }
 }
 
 /// Whether `path` names a GGUF file (by its extension, in any case).
