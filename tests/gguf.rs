@@ -13,8 +13,8 @@ use candle_core::{Device, Tensor};
 use serde_json::Value as Json;
 use specdec::conformance::{check_all, Tolerance};
 use specdec::{
-    CandleModel, ChatMessage, ChatTemplate, Error, GenerationPrompt, LanguageModel, LoadOptions,
-    Quantization, Tokenizer,
+    CandleModel, ChatMessage, ChatTemplate, Error, GenerateConfig, GenerationPrompt, Generator,
+    LanguageModel, LoadOptions, Quantization, SamplingParams, StopReason, Tokenizer,
 };
 
 /// Largest `|logit - transformers' logit|` allowed on the quantized-compute
@@ -152,6 +152,42 @@ fn quantized_gguf_stays_close_to_transformers() {
         agree as f64 >= QUANTIZED_MIN_ARGMAX_AGREEMENT * positions as f64,
         "argmax agrees at {agree} of {positions} prompt positions"
     );
+}
+
+/// The 4-bit copy of the target as its own draft: one file loaded twice,
+/// the target dequantized, the draft on its blocks. Greedy speculation
+/// writes the target's own continuation (the reference's, per the golden
+/// test above), whatever the draft gets wrong.
+#[test]
+fn self_draft_greedy_equals_the_dequantized_target() {
+    let Some(dir) = smollm_dir() else { return };
+    let reference = reference(&dir);
+    let target = load(&smollm_file(&dir), Quantization::None, 128);
+    let draft = load(&smollm_file(&dir), Quantization::AsStored, 128);
+    let mut generator = Generator::new(target, draft).unwrap();
+    for i in [0, 3] {
+        let case = &reference["cases"][i];
+        let config = GenerateConfig {
+            max_new_tokens: 48,
+            k: 8,
+            sampling: SamplingParams::greedy(),
+            ..GenerateConfig::default()
+        };
+        let out = generator
+            .generate(&common::ids(&case["prompt_ids"]), &config)
+            .unwrap();
+        let mut want = common::ids(&case["greedy_48"]);
+        if out.stop_reason == StopReason::Eos(2) {
+            assert_eq!(want.pop(), Some(2), "{}", case["prompt"]);
+        }
+        assert_eq!(out.tokens, want, "{}", case["prompt"]);
+        eprintln!(
+            "self-draft, {:?}: acceptance {:.3}, {:.2} tokens per target pass",
+            case["prompt"].as_str().unwrap(),
+            out.stats.acceptance_rate(),
+            out.stats.tokens_per_target_call()
+        );
+    }
 }
 
 #[test]
