@@ -6,7 +6,12 @@
 //! ```text
 //! cargo run --release --example generate -- --prompt "def fibonacci(n):"
 //! cargo run --release --example generate -- --target DIR --draft DIR --k 5 --temperature 0.8 --prompt-file p.txt
+//! cargo run --release --example generate -- --target M.gguf --draft M.gguf --draft-as-stored --chat "Hi!"
 //! ```
+//!
+//! The last one chats with a GGUF model through its own chat template, with
+//! the file's quantized blocks as the draft and the dequantized model as the
+//! target.
 //!
 //! Streams the text, then prints a one-line summary on stderr. `--json` prints
 //! one JSON object instead. Bad arguments or model files exit with code 2 and
