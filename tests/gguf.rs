@@ -483,17 +483,35 @@ fn hostile_gguf_files_give_errors_not_panics() {
     // A tensor the architecture does not use.
     let p = temp("hostile", "extra.gguf");
     let mut extra = tensors(GgmlDType::Q8_0);
-    let t = Tensor::ones(32, candle_core::DType::F32, &Device::Cpu).unwrap();
-    extra.push((
-        "rope_freqs.weight".into(),
-        QTensor::quantize(&t, GgmlDType::F32).unwrap(),
-    ));
+    let ones = |n: usize| {
+        let t = Tensor::ones(n, candle_core::DType::F32, &Device::Cpu).unwrap();
+        QTensor::quantize(&t, GgmlDType::F32).unwrap()
+    };
+    extra.push(("blk.0.attn_mystery.weight".into(), ones(32)));
     write(&p, &metadata(), &extra);
     let e = load_err(&p);
     assert!(
-        matches!(e, Error::Gguf { .. }) && e.to_string().contains("rope_freqs.weight"),
+        matches!(e, Error::Gguf { .. }) && e.to_string().contains("blk.0.attn_mystery.weight"),
         "{e}"
     );
+    // RoPE factors of the wrong length, or not positive.
+    let p = temp("hostile", "rope.gguf");
+    let mut rope = tensors(GgmlDType::Q8_0);
+    rope.push(("rope_freqs.weight".into(), ones(31)));
+    write(&p, &metadata(), &rope);
+    match load_err(&p) {
+        Error::ShapeMismatch { tensor, .. } => assert_eq!(tensor, "rope_freqs.weight"),
+        e => panic!("{e}"),
+    }
+    let mut rope = tensors(GgmlDType::Q8_0);
+    let t = Tensor::from_vec(vec![-1f32; 32], 32, &Device::Cpu).unwrap();
+    rope.push((
+        "rope_freqs.weight".into(),
+        QTensor::quantize(&t, GgmlDType::F32).unwrap(),
+    ));
+    write(&p, &metadata(), &rope);
+    let e = load_err(&p);
+    assert!(e.to_string().contains("rope_freqs.weight"), "{e}");
 
     // Metadata out of range or of the wrong type: each error names its key.
     let cases: Vec<(&str, Value)> = vec![
@@ -562,4 +580,164 @@ fn corrupted_headers_never_panic() {
         refused > header && loaded > 0,
         "{loaded} loads, {refused} errors"
     );
+}
+
+/// The GGUF name llama.cpp's converter gives a Hugging Face tensor.
+fn converted_name(hf: &str) -> String {
+    let fixed = [
+        ("model.embed_tokens.weight", "token_embd.weight"),
+        ("model.norm.weight", "output_norm.weight"),
+        ("lm_head.weight", "output.weight"),
+    ];
+    if let Some((_, g)) = fixed.iter().find(|(h, _)| *h == hf) {
+        return g.to_string();
+    }
+    let rest = hf.strip_prefix("model.layers.").unwrap();
+    let (layer, part) = rest.split_once('.').unwrap();
+    let part = [
+        ("input_layernorm", "attn_norm"),
+        ("post_attention_layernorm", "ffn_norm"),
+        ("self_attn.q_proj", "attn_q"),
+        ("self_attn.k_proj", "attn_k"),
+        ("self_attn.v_proj", "attn_v"),
+        ("self_attn.o_proj", "attn_output"),
+        ("mlp.gate_proj", "ffn_gate"),
+        ("mlp.up_proj", "ffn_up"),
+        ("mlp.down_proj", "ffn_down"),
+    ]
+    .iter()
+    .fold(part.to_string(), |p, (h, g)| p.replace(h, g));
+    format!("blk.{layer}.{part}")
+}
+
+/// llama.cpp's converter, in its conventions, on the random-weight
+/// Llama 3.1-style checkpoint (`arch/llama3-tiny`): `blk.N.*` names, the q
+/// and k rows reordered for its interleaved RoPE (`permute`: rows as
+/// `[heads, 2, half]` -> `[heads, half, 2]`), and the `llama3` RoPE scaling
+/// as per-frequency divisors in `rope_freqs.weight`. Loaded back, the file
+/// gives transformers' logits on the original, with its 700-token prompt
+/// (long enough that missing the scaling moves the logits by ~0.04).
+#[test]
+fn a_converted_llama3_checkpoint_matches_transformers() {
+    let Some(models) = common::shared_models() else {
+        return;
+    };
+    let src = models.join("arch/llama3-tiny");
+    let cfg = common::json(src.join("config.json"));
+    let n = |key: &str| cfg[key].as_u64().unwrap() as usize;
+    let (heads, kv_heads, hd) = (
+        n("num_attention_heads"),
+        n("num_key_value_heads"),
+        n("head_dim"),
+    );
+    let permute = |t: Tensor, n_head: usize| -> Tensor {
+        let (rows, cols) = t.dims2().unwrap();
+        t.reshape((n_head, 2, rows / n_head / 2, cols))
+            .unwrap()
+            .transpose(1, 2)
+            .unwrap()
+            .contiguous()
+            .unwrap()
+            .reshape((rows, cols))
+            .unwrap()
+    };
+    let f32_tensor = |t: &Tensor| {
+        QTensor::quantize(
+            &t.to_dtype(candle_core::DType::F32).unwrap(),
+            GgmlDType::F32,
+        )
+        .unwrap()
+    };
+    let mut tensors: Vec<(String, QTensor)> =
+        candle_core::safetensors::load(src.join("model.safetensors"), &Device::Cpu)
+            .unwrap()
+            .into_iter()
+            .map(|(name, t)| {
+                let t = if name.ends_with("q_proj.weight") {
+                    permute(t, heads)
+                } else if name.ends_with("k_proj.weight") {
+                    permute(t, kv_heads)
+                } else {
+                    t
+                };
+                (converted_name(&name), f32_tensor(&t))
+            })
+            .collect();
+    // convert_hf_to_gguf.py's rope factors for rope_type llama3.
+    let s = &cfg["rope_scaling"];
+    let f = |key: &str| s[key].as_f64().unwrap();
+    let (factor, low, high, old) = (
+        f("factor"),
+        f("low_freq_factor"),
+        f("high_freq_factor"),
+        f("original_max_position_embeddings"),
+    );
+    let theta = cfg["rope_theta"].as_f64().unwrap();
+    let factors: Vec<f32> = (0..hd / 2)
+        .map(|i| {
+            let freq = 1.0 / theta.powf((2 * i) as f64 / hd as f64);
+            let wavelen = 2.0 * std::f64::consts::PI / freq;
+            if wavelen < old / high {
+                1.0
+            } else if wavelen > old / low {
+                factor as f32
+            } else {
+                let smooth = (old / wavelen - low) / (high - low);
+                (1.0 / ((1.0 - smooth) / factor + smooth)) as f32
+            }
+        })
+        .collect();
+    assert!(factors.iter().any(|&x| x != 1.0));
+    let rope = Tensor::from_vec(factors, hd / 2, &Device::Cpu).unwrap();
+    tensors.push(("rope_freqs.weight".into(), f32_tensor(&rope)));
+    let u = |v: usize| Value::U32(v as u32);
+    let metadata: Vec<(String, Value)> = vec![
+        ("general.architecture".into(), Value::String("llama".into())),
+        ("llama.block_count".into(), u(n("num_hidden_layers"))),
+        (
+            "llama.context_length".into(),
+            u(n("max_position_embeddings")),
+        ),
+        ("llama.embedding_length".into(), u(n("hidden_size"))),
+        (
+            "llama.feed_forward_length".into(),
+            u(n("intermediate_size")),
+        ),
+        ("llama.attention.head_count".into(), u(heads)),
+        ("llama.attention.head_count_kv".into(), u(kv_heads)),
+        ("llama.rope.freq_base".into(), Value::F32(theta as f32)),
+        (
+            "llama.attention.layer_norm_rms_epsilon".into(),
+            Value::F32(cfg["rms_norm_eps"].as_f64().unwrap() as f32),
+        ),
+        ("llama.vocab_size".into(), u(n("vocab_size"))),
+    ];
+    let path = temp("llama3", "llama3-tiny.gguf");
+    write(&path, &metadata, &tensors);
+
+    let r = &common::json(models.join("arch/reference.json"))["models"]["llama3-tiny"];
+    let prompt = common::ids(&r["prompt_ids"]);
+    let want: Vec<f32> = r["logits_last"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap() as f32)
+        .collect();
+    for quantization in [Quantization::None, Quantization::AsStored] {
+        let mut m = load(&path, quantization, 1024);
+        let logits = m.forward(&prompt).unwrap();
+        let worst = logits
+            .row(prompt.len() - 1)
+            .iter()
+            .zip(&want)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
+        assert!(
+            worst < 1e-3,
+            "{quantization:?}: last logits differ by {worst}"
+        );
+        let greedy_16 = common::ids(&r["greedy_16"]);
+        assert_eq!(greedy(&mut m, &prompt, 16), greedy_16, "{quantization:?}");
+    }
+    let _ = std::fs::remove_dir_all(path.parent().unwrap());
 }

@@ -12,7 +12,10 @@
 //!   each head for its interleaved RoPE (`[2, half]` -> `[half, 2]`); we
 //!   compute RoPE on halves, as Hugging Face does, so the rows are put
 //!   back. A row permutation moves whole rows of blocks, so it applies to
-//!   quantized matrices as stored, and to dequantized ones alike.
+//!   quantized matrices as stored, and to dequantized ones alike;
+//! - Llama 3.1's RoPE scaling is not in the metadata but in a tensor,
+//!   `rope_freqs.weight` (`[head_dim / 2]` divisors of the inverse
+//!   frequencies).
 
 use std::cell::RefCell;
 use std::collections::BTreeSet;
@@ -684,6 +687,21 @@ impl GgufFile {
 impl WeightSource for GgufFile {
     fn contains(&self, name: &str) -> bool {
         gguf_name(name).is_some_and(|g| self.content.tensor_infos.contains_key(&g))
+    }
+
+    fn rope_factors(&self, half: usize) -> Result<Option<Vec<f64>>> {
+        const NAME: &str = "rope_freqs.weight";
+        if !self.content.tensor_infos.contains_key(NAME) {
+            return Ok(None);
+        }
+        let (e, data) = self.checked(NAME, &[half])?;
+        let factors: Vec<f32> = self.dense_f32(NAME, &e, &data)?.to_vec1()?;
+        match factors.iter().find(|f| !(f.is_finite() && **f > 0.0)) {
+            Some(bad) => Err(self.err(format!(
+                "tensor `{NAME}`: factor {bad} is not a positive number"
+            ))),
+            None => Ok(Some(factors.iter().map(|&f| f as f64).collect())),
+        }
     }
 
     fn tensor(
