@@ -611,25 +611,66 @@ fn converted_name(hf: &str) -> String {
 }
 
 /// llama.cpp's converter, in its conventions, on the random-weight
-/// Llama 3.1-style checkpoint (`arch/llama3-tiny`): `blk.N.*` names, the q
-/// and k rows reordered for its interleaved RoPE (`permute`: rows as
-/// `[heads, 2, half]` -> `[heads, half, 2]`), and the `llama3` RoPE scaling
-/// as per-frequency divisors in `rope_freqs.weight`. Loaded back, the file
-/// gives transformers' logits on the original, with its 700-token prompt
-/// (long enough that missing the scaling moves the logits by ~0.04).
+/// checkpoints of `arch/`: `blk.N.*` names; for the llama architecture
+/// (Llama, and Mistral, which it converts to llama) the q and k rows
+/// reordered for its interleaved RoPE (`permute`: rows as `[heads, 2, half]`
+/// -> `[heads, half, 2]`) and Llama 3.1's `llama3` RoPE scaling as
+/// per-frequency divisors in `rope_freqs.weight`; qwen2 (q/k/v biases, tied
+/// embeddings) as it is. Loaded back, each file gives transformers' logits
+/// on the original, with the 700-token prompt (long enough that missing the
+/// llama3 scaling moves the logits by ~0.04).
 #[test]
-fn a_converted_llama3_checkpoint_matches_transformers() {
+fn converted_checkpoints_match_transformers() {
     let Some(models) = common::shared_models() else {
         return;
     };
-    let src = models.join("arch/llama3-tiny");
+    for (name, arch) in [
+        ("llama3-tiny", "llama"),
+        ("mistral-tiny", "llama"),
+        ("qwen2-tiny", "qwen2"),
+    ] {
+        let path = convert(&models.join("arch").join(name), arch);
+        let r = &common::json(models.join("arch/reference.json"))["models"][name];
+        let prompt = common::ids(&r["prompt_ids"]);
+        let want: Vec<f32> = r["logits_last"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_f64().unwrap() as f32)
+            .collect();
+        for quantization in [Quantization::None, Quantization::AsStored] {
+            let mut m = load(&path, quantization, 1024);
+            let logits = m.forward(&prompt).unwrap();
+            let worst = logits
+                .row(prompt.len() - 1)
+                .iter()
+                .zip(&want)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0f32, f32::max);
+            assert!(
+                worst < 1e-3,
+                "{name} {quantization:?}: last logits differ by {worst}"
+            );
+            let greedy_16 = common::ids(&r["greedy_16"]);
+            assert_eq!(
+                greedy(&mut m, &prompt, 16),
+                greedy_16,
+                "{name} {quantization:?}"
+            );
+        }
+        std::fs::remove_file(&path).unwrap();
+    }
+}
+
+/// Writes the checkpoint in `src` as a GGUF file of architecture `arch`,
+/// f32, as llama.cpp's `convert_hf_to_gguf.py` lays it out.
+fn convert(src: &Path, arch: &str) -> PathBuf {
     let cfg = common::json(src.join("config.json"));
     let n = |key: &str| cfg[key].as_u64().unwrap() as usize;
-    let (heads, kv_heads, hd) = (
-        n("num_attention_heads"),
-        n("num_key_value_heads"),
-        n("head_dim"),
-    );
+    let (heads, kv_heads) = (n("num_attention_heads"), n("num_key_value_heads"));
+    let hd = cfg["head_dim"]
+        .as_u64()
+        .map_or(n("hidden_size") / heads, |d| d as usize);
     let permute = |t: Tensor, n_head: usize| -> Tensor {
         let (rows, cols) = t.dims2().unwrap();
         t.reshape((n_head, 2, rows / n_head / 2, cols))
@@ -653,91 +694,63 @@ fn a_converted_llama3_checkpoint_matches_transformers() {
             .unwrap()
             .into_iter()
             .map(|(name, t)| {
-                let t = if name.ends_with("q_proj.weight") {
-                    permute(t, heads)
-                } else if name.ends_with("k_proj.weight") {
-                    permute(t, kv_heads)
-                } else {
-                    t
+                let t = match arch {
+                    "llama" if name.ends_with("q_proj.weight") => permute(t, heads),
+                    "llama" if name.ends_with("k_proj.weight") => permute(t, kv_heads),
+                    _ => t,
                 };
                 (converted_name(&name), f32_tensor(&t))
             })
             .collect();
-    // convert_hf_to_gguf.py's rope factors for rope_type llama3.
-    let s = &cfg["rope_scaling"];
-    let f = |key: &str| s[key].as_f64().unwrap();
-    let (factor, low, high, old) = (
-        f("factor"),
-        f("low_freq_factor"),
-        f("high_freq_factor"),
-        f("original_max_position_embeddings"),
-    );
     let theta = cfg["rope_theta"].as_f64().unwrap();
-    let factors: Vec<f32> = (0..hd / 2)
-        .map(|i| {
-            let freq = 1.0 / theta.powf((2 * i) as f64 / hd as f64);
-            let wavelen = 2.0 * std::f64::consts::PI / freq;
-            if wavelen < old / high {
-                1.0
-            } else if wavelen > old / low {
-                factor as f32
-            } else {
-                let smooth = (old / wavelen - low) / (high - low);
-                (1.0 / ((1.0 - smooth) / factor + smooth)) as f32
-            }
-        })
-        .collect();
-    assert!(factors.iter().any(|&x| x != 1.0));
-    let rope = Tensor::from_vec(factors, hd / 2, &Device::Cpu).unwrap();
-    tensors.push(("rope_freqs.weight".into(), f32_tensor(&rope)));
+    let s = &cfg["rope_scaling"];
+    if s["rope_type"] == "llama3" {
+        // convert_hf_to_gguf.py's rope factors for rope_type llama3.
+        let f = |key: &str| s[key].as_f64().unwrap();
+        let (factor, low, high, old) = (
+            f("factor"),
+            f("low_freq_factor"),
+            f("high_freq_factor"),
+            f("original_max_position_embeddings"),
+        );
+        let factors: Vec<f32> = (0..hd / 2)
+            .map(|i| {
+                let freq = 1.0 / theta.powf((2 * i) as f64 / hd as f64);
+                let wavelen = 2.0 * std::f64::consts::PI / freq;
+                if wavelen < old / high {
+                    1.0
+                } else if wavelen > old / low {
+                    factor as f32
+                } else {
+                    let smooth = (old / wavelen - low) / (high - low);
+                    (1.0 / ((1.0 - smooth) / factor + smooth)) as f32
+                }
+            })
+            .collect();
+        assert!(factors.iter().any(|&x| x != 1.0));
+        let rope = Tensor::from_vec(factors, hd / 2, &Device::Cpu).unwrap();
+        tensors.push(("rope_freqs.weight".into(), f32_tensor(&rope)));
+    }
     let u = |v: usize| Value::U32(v as u32);
+    let key = |k: &str| format!("{arch}.{k}");
     let metadata: Vec<(String, Value)> = vec![
-        ("general.architecture".into(), Value::String("llama".into())),
-        ("llama.block_count".into(), u(n("num_hidden_layers"))),
+        ("general.architecture".into(), Value::String(arch.into())),
+        (key("block_count"), u(n("num_hidden_layers"))),
+        (key("context_length"), u(n("max_position_embeddings"))),
+        (key("embedding_length"), u(n("hidden_size"))),
+        (key("feed_forward_length"), u(n("intermediate_size"))),
+        (key("attention.head_count"), u(heads)),
+        (key("attention.head_count_kv"), u(kv_heads)),
+        (key("attention.key_length"), u(hd)),
+        (key("rope.freq_base"), Value::F32(theta as f32)),
         (
-            "llama.context_length".into(),
-            u(n("max_position_embeddings")),
-        ),
-        ("llama.embedding_length".into(), u(n("hidden_size"))),
-        (
-            "llama.feed_forward_length".into(),
-            u(n("intermediate_size")),
-        ),
-        ("llama.attention.head_count".into(), u(heads)),
-        ("llama.attention.head_count_kv".into(), u(kv_heads)),
-        ("llama.rope.freq_base".into(), Value::F32(theta as f32)),
-        (
-            "llama.attention.layer_norm_rms_epsilon".into(),
+            key("attention.layer_norm_rms_epsilon"),
             Value::F32(cfg["rms_norm_eps"].as_f64().unwrap() as f32),
         ),
-        ("llama.vocab_size".into(), u(n("vocab_size"))),
+        (key("vocab_size"), u(n("vocab_size"))),
     ];
-    let path = temp("llama3", "llama3-tiny.gguf");
+    let name = src.file_name().unwrap().to_string_lossy().into_owned();
+    let path = temp("converted", &format!("{name}.gguf"));
     write(&path, &metadata, &tensors);
-
-    let r = &common::json(models.join("arch/reference.json"))["models"]["llama3-tiny"];
-    let prompt = common::ids(&r["prompt_ids"]);
-    let want: Vec<f32> = r["logits_last"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_f64().unwrap() as f32)
-        .collect();
-    for quantization in [Quantization::None, Quantization::AsStored] {
-        let mut m = load(&path, quantization, 1024);
-        let logits = m.forward(&prompt).unwrap();
-        let worst = logits
-            .row(prompt.len() - 1)
-            .iter()
-            .zip(&want)
-            .map(|(a, b)| (a - b).abs())
-            .fold(0f32, f32::max);
-        assert!(
-            worst < 1e-3,
-            "{quantization:?}: last logits differ by {worst}"
-        );
-        let greedy_16 = common::ids(&r["greedy_16"]);
-        assert_eq!(greedy(&mut m, &prompt, 16), greedy_16, "{quantization:?}");
-    }
-    let _ = std::fs::remove_dir_all(path.parent().unwrap());
+    path
 }
