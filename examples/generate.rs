@@ -8,12 +8,15 @@
 //! cargo run --release --example generate -- --target DIR --draft DIR --k 5 --temperature 0.8 --prompt-file p.txt
 //! cargo run --release --example generate -- --target DIR --ngram 3 --prompt-file p.txt
 //! cargo run --release --example generate -- --temperature 0.8 --reproducible --seed 7 --prompt "def f(x):"
+//! cargo run --release --example generate -- --target M.gguf --draft M.gguf --draft-as-stored --chat "Hi!"
 //! ```
 //!
 //! `--target DIR` without `--draft` drafts with the n-gram drafter (prompt
 //! lookup, no draft model; `--ngram N` sets its longest match, 3 by default)
 //! and says so on stderr. `--reproducible` samples so that the seed alone
-//! decides the text, with any draft and any `--k`.
+//! decides the text, with any draft and any `--k`. The last one chats with a
+//! GGUF model through its own chat template, with the file's quantized blocks
+//! as the draft and the dequantized model as the target.
 //!
 //! Streams the text, then prints a one-line summary on stderr. `--json` prints
 //! one JSON object instead. Bad arguments or model files print one line on

@@ -90,7 +90,7 @@
 //!
 //! Anything that implements [`LanguageModel`] can be a draft or a target.
 //! [`CandleModel`] runs Hugging Face Llama / Mistral / Qwen2 checkpoints and
-//! llama-architecture GGUF files (dequantized, or computed on their 4- to
+//! llama / qwen2 GGUF files (dequantized, or computed on their 4- to
 //! 8-bit blocks) on the CPU (and on CUDA with the `cuda` feature); a model's
 //! [`ChatTemplate`] turns [`ChatMessage`]s into its prompt. On the CPU, call
 //! [`init_thread_pool`] once from the generating thread to save a thread

@@ -13,8 +13,8 @@ use candle_core::{Device, Tensor};
 use serde_json::Value as Json;
 use specdec::conformance::{check_all, Tolerance};
 use specdec::{
-    CandleModel, ChatMessage, ChatTemplate, Error, GenerationPrompt, LanguageModel, LoadOptions,
-    Quantization, Tokenizer,
+    CandleModel, ChatMessage, ChatTemplate, Error, GenerateConfig, GenerationPrompt, Generator,
+    LanguageModel, LoadOptions, Quantization, SamplingParams, StopReason, Tokenizer,
 };
 
 /// Largest `|logit - transformers' logit|` allowed on the quantized-compute
@@ -152,6 +152,42 @@ fn quantized_gguf_stays_close_to_transformers() {
         agree as f64 >= QUANTIZED_MIN_ARGMAX_AGREEMENT * positions as f64,
         "argmax agrees at {agree} of {positions} prompt positions"
     );
+}
+
+/// The 4-bit copy of the target as its own draft: one file loaded twice,
+/// the target dequantized, the draft on its blocks. Greedy speculation
+/// writes the target's own continuation (the reference's, per the golden
+/// test above), whatever the draft gets wrong.
+#[test]
+fn self_draft_greedy_equals_the_dequantized_target() {
+    let Some(dir) = smollm_dir() else { return };
+    let reference = reference(&dir);
+    let target = load(&smollm_file(&dir), Quantization::None, 128);
+    let draft = load(&smollm_file(&dir), Quantization::AsStored, 128);
+    let mut generator = Generator::new(target, draft).unwrap();
+    for i in [0, 3] {
+        let case = &reference["cases"][i];
+        let config = GenerateConfig {
+            max_new_tokens: 48,
+            k: 8,
+            sampling: SamplingParams::greedy(),
+            ..GenerateConfig::default()
+        };
+        let out = generator
+            .generate(&common::ids(&case["prompt_ids"]), &config)
+            .unwrap();
+        let mut want = common::ids(&case["greedy_48"]);
+        if out.stop_reason == StopReason::Eos(2) {
+            assert_eq!(want.pop(), Some(2), "{}", case["prompt"]);
+        }
+        assert_eq!(out.tokens, want, "{}", case["prompt"]);
+        eprintln!(
+            "self-draft, {:?}: acceptance {:.3}, {:.2} tokens per target pass",
+            case["prompt"].as_str().unwrap(),
+            out.stats.acceptance_rate(),
+            out.stats.tokens_per_target_call()
+        );
+    }
 }
 
 #[test]
@@ -447,17 +483,35 @@ fn hostile_gguf_files_give_errors_not_panics() {
     // A tensor the architecture does not use.
     let p = temp("hostile", "extra.gguf");
     let mut extra = tensors(GgmlDType::Q8_0);
-    let t = Tensor::ones(32, candle_core::DType::F32, &Device::Cpu).unwrap();
-    extra.push((
-        "rope_freqs.weight".into(),
-        QTensor::quantize(&t, GgmlDType::F32).unwrap(),
-    ));
+    let ones = |n: usize| {
+        let t = Tensor::ones(n, candle_core::DType::F32, &Device::Cpu).unwrap();
+        QTensor::quantize(&t, GgmlDType::F32).unwrap()
+    };
+    extra.push(("blk.0.attn_mystery.weight".into(), ones(32)));
     write(&p, &metadata(), &extra);
     let e = load_err(&p);
     assert!(
-        matches!(e, Error::Gguf { .. }) && e.to_string().contains("rope_freqs.weight"),
+        matches!(e, Error::Gguf { .. }) && e.to_string().contains("blk.0.attn_mystery.weight"),
         "{e}"
     );
+    // RoPE factors of the wrong length, or not positive.
+    let p = temp("hostile", "rope.gguf");
+    let mut rope = tensors(GgmlDType::Q8_0);
+    rope.push(("rope_freqs.weight".into(), ones(31)));
+    write(&p, &metadata(), &rope);
+    match load_err(&p) {
+        Error::ShapeMismatch { tensor, .. } => assert_eq!(tensor, "rope_freqs.weight"),
+        e => panic!("{e}"),
+    }
+    let mut rope = tensors(GgmlDType::Q8_0);
+    let t = Tensor::from_vec(vec![-1f32; 32], 32, &Device::Cpu).unwrap();
+    rope.push((
+        "rope_freqs.weight".into(),
+        QTensor::quantize(&t, GgmlDType::F32).unwrap(),
+    ));
+    write(&p, &metadata(), &rope);
+    let e = load_err(&p);
+    assert!(e.to_string().contains("rope_freqs.weight"), "{e}");
 
     // Metadata out of range or of the wrong type: each error names its key.
     let cases: Vec<(&str, Value)> = vec![
@@ -526,4 +580,177 @@ fn corrupted_headers_never_panic() {
         refused > header && loaded > 0,
         "{loaded} loads, {refused} errors"
     );
+}
+
+/// The GGUF name llama.cpp's converter gives a Hugging Face tensor.
+fn converted_name(hf: &str) -> String {
+    let fixed = [
+        ("model.embed_tokens.weight", "token_embd.weight"),
+        ("model.norm.weight", "output_norm.weight"),
+        ("lm_head.weight", "output.weight"),
+    ];
+    if let Some((_, g)) = fixed.iter().find(|(h, _)| *h == hf) {
+        return g.to_string();
+    }
+    let rest = hf.strip_prefix("model.layers.").unwrap();
+    let (layer, part) = rest.split_once('.').unwrap();
+    let part = [
+        ("input_layernorm", "attn_norm"),
+        ("post_attention_layernorm", "ffn_norm"),
+        ("self_attn.q_proj", "attn_q"),
+        ("self_attn.k_proj", "attn_k"),
+        ("self_attn.v_proj", "attn_v"),
+        ("self_attn.o_proj", "attn_output"),
+        ("mlp.gate_proj", "ffn_gate"),
+        ("mlp.up_proj", "ffn_up"),
+        ("mlp.down_proj", "ffn_down"),
+    ]
+    .iter()
+    .fold(part.to_string(), |p, (h, g)| p.replace(h, g));
+    format!("blk.{layer}.{part}")
+}
+
+/// llama.cpp's converter, in its conventions, on the random-weight
+/// checkpoints of `arch/`: `blk.N.*` names; for the llama architecture
+/// (Llama, and Mistral, which it converts to llama) the q and k rows
+/// reordered for its interleaved RoPE (`permute`: rows as `[heads, 2, half]`
+/// -> `[heads, half, 2]`) and Llama 3.1's `llama3` RoPE scaling as
+/// per-frequency divisors in `rope_freqs.weight`; qwen2 (q/k/v biases, tied
+/// embeddings) as it is. Loaded back, each file gives transformers' logits
+/// on the original, with the 700-token prompt (long enough that missing the
+/// llama3 scaling moves the logits by ~0.04).
+#[test]
+fn converted_checkpoints_match_transformers() {
+    let Some(models) = common::shared_models() else {
+        return;
+    };
+    for (name, arch) in [
+        ("llama3-tiny", "llama"),
+        ("mistral-tiny", "llama"),
+        ("qwen2-tiny", "qwen2"),
+    ] {
+        let path = convert(&models.join("arch").join(name), arch);
+        let r = &common::json(models.join("arch/reference.json"))["models"][name];
+        let prompt = common::ids(&r["prompt_ids"]);
+        let want: Vec<f32> = r["logits_last"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_f64().unwrap() as f32)
+            .collect();
+        for quantization in [Quantization::None, Quantization::AsStored] {
+            let mut m = load(&path, quantization, 1024);
+            let logits = m.forward(&prompt).unwrap();
+            let worst = logits
+                .row(prompt.len() - 1)
+                .iter()
+                .zip(&want)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0f32, f32::max);
+            assert!(
+                worst < 1e-3,
+                "{name} {quantization:?}: last logits differ by {worst}"
+            );
+            let greedy_16 = common::ids(&r["greedy_16"]);
+            assert_eq!(
+                greedy(&mut m, &prompt, 16),
+                greedy_16,
+                "{name} {quantization:?}"
+            );
+        }
+        std::fs::remove_file(&path).unwrap();
+    }
+}
+
+/// Writes the checkpoint in `src` as a GGUF file of architecture `arch`,
+/// f32, as llama.cpp's `convert_hf_to_gguf.py` lays it out.
+fn convert(src: &Path, arch: &str) -> PathBuf {
+    let cfg = common::json(src.join("config.json"));
+    let n = |key: &str| cfg[key].as_u64().unwrap() as usize;
+    let (heads, kv_heads) = (n("num_attention_heads"), n("num_key_value_heads"));
+    let hd = cfg["head_dim"]
+        .as_u64()
+        .map_or(n("hidden_size") / heads, |d| d as usize);
+    let permute = |t: Tensor, n_head: usize| -> Tensor {
+        let (rows, cols) = t.dims2().unwrap();
+        t.reshape((n_head, 2, rows / n_head / 2, cols))
+            .unwrap()
+            .transpose(1, 2)
+            .unwrap()
+            .contiguous()
+            .unwrap()
+            .reshape((rows, cols))
+            .unwrap()
+    };
+    let f32_tensor = |t: &Tensor| {
+        QTensor::quantize(
+            &t.to_dtype(candle_core::DType::F32).unwrap(),
+            GgmlDType::F32,
+        )
+        .unwrap()
+    };
+    let mut tensors: Vec<(String, QTensor)> =
+        candle_core::safetensors::load(src.join("model.safetensors"), &Device::Cpu)
+            .unwrap()
+            .into_iter()
+            .map(|(name, t)| {
+                let t = match arch {
+                    "llama" if name.ends_with("q_proj.weight") => permute(t, heads),
+                    "llama" if name.ends_with("k_proj.weight") => permute(t, kv_heads),
+                    _ => t,
+                };
+                (converted_name(&name), f32_tensor(&t))
+            })
+            .collect();
+    let theta = cfg["rope_theta"].as_f64().unwrap();
+    let s = &cfg["rope_scaling"];
+    if s["rope_type"] == "llama3" {
+        // convert_hf_to_gguf.py's rope factors for rope_type llama3.
+        let f = |key: &str| s[key].as_f64().unwrap();
+        let (factor, low, high, old) = (
+            f("factor"),
+            f("low_freq_factor"),
+            f("high_freq_factor"),
+            f("original_max_position_embeddings"),
+        );
+        let factors: Vec<f32> = (0..hd / 2)
+            .map(|i| {
+                let freq = 1.0 / theta.powf((2 * i) as f64 / hd as f64);
+                let wavelen = 2.0 * std::f64::consts::PI / freq;
+                if wavelen < old / high {
+                    1.0
+                } else if wavelen > old / low {
+                    factor as f32
+                } else {
+                    let smooth = (old / wavelen - low) / (high - low);
+                    (1.0 / ((1.0 - smooth) / factor + smooth)) as f32
+                }
+            })
+            .collect();
+        assert!(factors.iter().any(|&x| x != 1.0));
+        let rope = Tensor::from_vec(factors, hd / 2, &Device::Cpu).unwrap();
+        tensors.push(("rope_freqs.weight".into(), f32_tensor(&rope)));
+    }
+    let u = |v: usize| Value::U32(v as u32);
+    let key = |k: &str| format!("{arch}.{k}");
+    let metadata: Vec<(String, Value)> = vec![
+        ("general.architecture".into(), Value::String(arch.into())),
+        (key("block_count"), u(n("num_hidden_layers"))),
+        (key("context_length"), u(n("max_position_embeddings"))),
+        (key("embedding_length"), u(n("hidden_size"))),
+        (key("feed_forward_length"), u(n("intermediate_size"))),
+        (key("attention.head_count"), u(heads)),
+        (key("attention.head_count_kv"), u(kv_heads)),
+        (key("attention.key_length"), u(hd)),
+        (key("rope.freq_base"), Value::F32(theta as f32)),
+        (
+            key("attention.layer_norm_rms_epsilon"),
+            Value::F32(cfg["rms_norm_eps"].as_f64().unwrap() as f32),
+        ),
+        (key("vocab_size"), u(n("vocab_size"))),
+    ];
+    let name = src.file_name().unwrap().to_string_lossy().into_owned();
+    let path = temp("converted", &format!("{name}.gguf"));
+    write(&path, &metadata, &tensors);
+    path
 }

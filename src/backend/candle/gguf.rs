@@ -1,4 +1,4 @@
-//! GGUF files of the llama architecture: the header and metadata (read with
+//! GGUF files of the llama (and qwen2) architecture: the header and metadata (read with
 //! candle-core's `gguf_file`), the [`ModelConfig`] they imply, and their
 //! tensors under Hugging Face names, with every size range-checked before
 //! a byte is read.
@@ -12,7 +12,10 @@
 //!   each head for its interleaved RoPE (`[2, half]` -> `[half, 2]`); we
 //!   compute RoPE on halves, as Hugging Face does, so the rows are put
 //!   back. A row permutation moves whole rows of blocks, so it applies to
-//!   quantized matrices as stored, and to dequantized ones alike.
+//!   quantized matrices as stored, and to dequantized ones alike;
+//! - Llama 3.1's RoPE scaling is not in the metadata but in a tensor,
+//!   `rope_freqs.weight` (`[head_dim / 2]` divisors of the inverse
+//!   frequencies).
 
 use std::cell::RefCell;
 use std::collections::BTreeSet;
@@ -30,6 +33,10 @@ use super::gguf_header::header_alignment;
 use super::llama::{Blocks, Matrix, WeightSource};
 use crate::error::{Error, Result};
 
+/// `general.architecture` values we load: Llama (and Mistral, which
+/// llama.cpp converts to it) and Qwen2.
+pub(crate) const SUPPORTED_ARCHITECTURES: &[&str] = &["llama", "qwen2"];
+
 /// An open GGUF file: its parsed header and a handle to read tensors from.
 pub(crate) struct GgufFile {
     path: PathBuf,
@@ -38,8 +45,9 @@ pub(crate) struct GgufFile {
     file_size: u64,
     /// Tensors handed out so far, to check at the end that none was ignored.
     used: RefCell<BTreeSet<String>>,
-    /// Query and key-value heads, for undoing the q / k row order.
-    heads: (usize, usize),
+    /// Query and key-value heads, for undoing the q / k row order; `None`
+    /// for architectures whose converter keeps Hugging Face's order (qwen2).
+    heads: Option<(usize, usize)>,
     /// Keep ggml block matrices as stored (`true`) or dequantize to f32.
     keep_blocks: bool,
 }
@@ -93,7 +101,7 @@ impl GgufFile {
             file: RefCell::new(file),
             file_size,
             used: RefCell::new(BTreeSet::new()),
-            heads: (1, 1),
+            heads: None,
             keep_blocks: false,
         };
         for name in this.content.tensor_infos.keys() {
@@ -104,7 +112,10 @@ impl GgufFile {
 
     /// Sets how matrices are handed out, and the head counts `config` implies.
     pub(crate) fn prepare(&mut self, config: &ModelConfig, keep_blocks: bool) {
-        self.heads = (config.num_heads, config.num_kv_heads);
+        // llama.cpp permutes q / k for its interleaved RoPE only in the
+        // llama architecture; qwen2 uses the NeoX (halves) layout as stored.
+        self.heads =
+            (config.model_type == "llama").then_some((config.num_heads, config.num_kv_heads));
         self.keep_blocks = keep_blocks;
     }
 
@@ -249,63 +260,67 @@ impl GgufFile {
         }
     }
 
-    /// The model configuration the `llama.*` keys describe.
+    /// The model configuration the `<architecture>.*` keys describe.
     pub(crate) fn config(&self) -> Result<ModelConfig> {
         let arch = self
             .str_opt("general.architecture")?
             .ok_or_else(|| self.key_err("general.architecture", "missing"))?;
-        if arch != "llama" {
+        if !SUPPORTED_ARCHITECTURES.contains(&arch) {
             return Err(self.key_err(
                 "general.architecture",
-                format!("unsupported value {arch:?}; supported: llama"),
+                format!(
+                    "unsupported value {arch:?}; supported: {}",
+                    SUPPORTED_ARCHITECTURES.join(", ")
+                ),
             ));
         }
-        if let Some(n) = self.uint_opt("llama.expert_count")? {
+        let key = |k: &str| format!("{arch}.{k}");
+        if let Some(n) = self.uint_opt(&key("expert_count"))? {
             if n > 0 {
                 return Err(self.key_err(
-                    "llama.expert_count",
+                    &key("expert_count"),
                     format!("{n}: mixture-of-experts models are unsupported"),
                 ));
             }
         }
-        let hidden = self.size("llama.embedding_length")?;
-        let heads = self.size("llama.attention.head_count")?;
+        let hidden = self.size(&key("embedding_length"))?;
+        let heads = self.size(&key("attention.head_count"))?;
         let kv_heads = self
-            .size_opt("llama.attention.head_count_kv")?
+            .size_opt(&key("attention.head_count_kv"))?
             .unwrap_or(heads);
         if heads % kv_heads != 0 {
             return Err(self.key_err(
-                "llama.attention.head_count_kv",
-                format!("{kv_heads} does not divide llama.attention.head_count = {heads}"),
+                &key("attention.head_count_kv"),
+                format!("{kv_heads} does not divide {arch}.attention.head_count = {heads}"),
             ));
         }
-        let head_dim = match self.size_opt("llama.attention.key_length")? {
+        let head_dim = match self.size_opt(&key("attention.key_length"))? {
             Some(d) => d,
             None if hidden % heads == 0 => hidden / heads,
             None => {
                 return Err(self.key_err(
-                    "llama.attention.head_count",
-                    format!("{heads} does not divide llama.embedding_length = {hidden}"),
+                    &key("attention.head_count"),
+                    format!("{heads} does not divide {arch}.embedding_length = {hidden}"),
                 ))
             }
         };
-        if let Some(v) = self.size_opt("llama.attention.value_length")? {
+        if let Some(v) = self.size_opt(&key("attention.value_length"))? {
             if v != head_dim {
                 return Err(self.key_err(
-                    "llama.attention.value_length",
+                    &key("attention.value_length"),
                     format!("{v} differs from the key length {head_dim}; unsupported"),
                 ));
             }
         }
         if head_dim > 1 << 16 {
             return Err(self.key_err(
-                "llama.attention.key_length",
+                &key("attention.key_length"),
                 format!("head size {head_dim} is out of range (at most 65536)"),
             ));
         }
         for (key, n) in [
-            ("llama.attention.head_count", heads),
-            ("llama.attention.head_count_kv", kv_heads),
+            (&key("attention.head_count"), heads),
+            (&key("attention.head_count_kv"), kv_heads),
         ] {
             if n.checked_mul(head_dim).is_none_or(|w| w > 1 << 40) {
                 return Err(self.key_err(key, format!("{n} heads of {head_dim} overflow")));
@@ -313,39 +328,39 @@ impl GgufFile {
         }
         if head_dim % 2 != 0 {
             return Err(self.key_err(
-                "llama.attention.key_length",
+                &key("attention.key_length"),
                 format!("head size {head_dim} is odd; RoPE needs an even one"),
             ));
         }
-        if let Some(r) = self.size_opt("llama.rope.dimension_count")? {
+        if let Some(r) = self.size_opt(&key("rope.dimension_count"))? {
             if r != head_dim {
                 return Err(self.key_err(
-                    "llama.rope.dimension_count",
+                    &key("rope.dimension_count"),
                     format!("{r}: rotating only part of a head ({head_dim}) is unsupported"),
                 ));
             }
         }
-        let rope_scaling = match self.str_opt("llama.rope.scaling.type")? {
+        let rope_scaling = match self.str_opt(&key("rope.scaling.type"))? {
             None | Some("none") => RopeScaling::None,
             Some("linear") => RopeScaling::Linear {
                 factor: self
-                    .float_opt("llama.rope.scaling.factor")?
+                    .float_opt(&key("rope.scaling.factor"))?
                     .ok_or_else(|| {
                         self.key_err(
-                            "llama.rope.scaling.factor",
+                            &key("rope.scaling.factor"),
                             "missing (linear scaling needs it)",
                         )
                     })?,
             },
             Some(other) => {
                 return Err(self.key_err(
-                    "llama.rope.scaling.type",
+                    &key("rope.scaling.type"),
                     format!("unsupported value {other:?}; supported: none, linear"),
                 ))
             }
         };
         let embd = self.extent("token_embd.weight")?;
-        let vocab = match self.size_opt("llama.vocab_size")? {
+        let vocab = match self.size_opt(&key("vocab_size"))? {
             Some(v) => v,
             None => match self.strings_opt("tokenizer.ggml.tokens")? {
                 Some(t) if !t.is_empty() => t.len(),
@@ -353,10 +368,10 @@ impl GgufFile {
             },
         };
         let eos = self.end_tokens(vocab)?;
-        let layers = self.size("llama.block_count")?;
+        let layers = self.size(&key("block_count"))?;
         if layers > self.content.tensor_infos.len() {
             return Err(self.key_err(
-                "llama.block_count",
+                &key("block_count"),
                 format!(
                     "{layers} layers, but the file has only {} tensors",
                     self.content.tensor_infos.len()
@@ -371,20 +386,20 @@ impl GgufFile {
             .map(|t| format!("{:?}", t.ggml_dtype))
             .collect::<BTreeSet<_>>();
         Ok(ModelConfig {
-            model_type: "llama".into(),
+            model_type: arch.to_string(),
             hidden_size: hidden,
-            intermediate_size: self.size("llama.feed_forward_length")?,
+            intermediate_size: self.size(&key("feed_forward_length"))?,
             num_layers: layers,
             num_heads: heads,
             num_kv_heads: kv_heads,
             head_dim,
             vocab_size: vocab,
             rms_norm_eps: self
-                .float_opt("llama.attention.layer_norm_rms_epsilon")?
+                .float_opt(&key("attention.layer_norm_rms_epsilon"))?
                 .unwrap_or(1e-5),
-            rope_theta: self.float_opt("llama.rope.freq_base")?.unwrap_or(10_000.0),
+            rope_theta: self.float_opt(&key("rope.freq_base"))?.unwrap_or(10_000.0),
             rope_scaling,
-            max_position_embeddings: self.size_opt("llama.context_length")?.unwrap_or(2048),
+            max_position_embeddings: self.size_opt(&key("context_length"))?.unwrap_or(2048),
             tie_word_embeddings: !self.content.tensor_infos.contains_key("output.weight"),
             qkv_bias: self.content.tensor_infos.contains_key("blk.0.attn_q.bias"),
             mlp_bias: false,
@@ -671,10 +686,11 @@ impl GgufFile {
 
     /// The head count whose row order llama.cpp changed in `g`, if any.
     fn qk_heads(&self, g: &str) -> Option<usize> {
+        let (q, kv) = self.heads?;
         if g.ends_with(".attn_q.weight") || g.ends_with(".attn_q.bias") {
-            Some(self.heads.0)
+            Some(q)
         } else if g.ends_with(".attn_k.weight") || g.ends_with(".attn_k.bias") {
-            Some(self.heads.1)
+            Some(kv)
         } else {
             None
         }
@@ -684,6 +700,21 @@ impl GgufFile {
 impl WeightSource for GgufFile {
     fn contains(&self, name: &str) -> bool {
         gguf_name(name).is_some_and(|g| self.content.tensor_infos.contains_key(&g))
+    }
+
+    fn rope_factors(&self, half: usize) -> Result<Option<Vec<f64>>> {
+        const NAME: &str = "rope_freqs.weight";
+        if !self.content.tensor_infos.contains_key(NAME) {
+            return Ok(None);
+        }
+        let (e, data) = self.checked(NAME, &[half])?;
+        let factors: Vec<f32> = self.dense_f32(NAME, &e, &data)?.to_vec1()?;
+        match factors.iter().find(|f| !(f.is_finite() && **f > 0.0)) {
+            Some(bad) => Err(self.err(format!(
+                "tensor `{NAME}`: factor {bad} is not a positive number"
+            ))),
+            None => Ok(Some(factors.iter().map(|&f| f as f64).collect())),
+        }
     }
 
     fn tensor(

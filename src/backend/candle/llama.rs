@@ -89,6 +89,13 @@ pub(crate) trait WeightSource {
         device: &Device,
     ) -> Result<Tensor>;
 
+    /// Per-frequency divisors of the RoPE inverse frequencies, `[half]`
+    /// (`half` = head_dim / 2), if the source carries them (a GGUF file's
+    /// `rope_freqs.weight`, llama.cpp's form of Llama 3.1 scaling).
+    fn rope_factors(&self, _half: usize) -> Result<Option<Vec<f64>>> {
+        Ok(None)
+    }
+
     /// A weight matrix `(out, in)`; dense unless the source keeps blocks.
     fn matrix(
         &self,
@@ -454,8 +461,13 @@ impl Llama {
                 )?
             }
         };
-        let inv_freq = cfg.rope_inv_freq();
+        let mut inv_freq = cfg.rope_inv_freq();
         let half = inv_freq.len();
+        if let Some(factors) = ckpt.rope_factors(half)? {
+            for (f, d) in inv_freq.iter_mut().zip(factors) {
+                *f /= d;
+            }
+        }
         let mut cos = Vec::with_capacity(n_positions * half);
         let mut sin = Vec::with_capacity(n_positions * half);
         for pos in 0..n_positions {

@@ -1,5 +1,5 @@
 //! The candle backend: loads a Hugging Face Llama / Mistral / Qwen2 directory
-//! or a llama-architecture GGUF file and runs it on the CPU (f32) or, with
+//! or a llama / qwen2 GGUF file and runs it on the CPU (f32) or, with
 //! the `cuda` feature, an NVIDIA GPU.
 //!
 //! A model directory is what `save_pretrained` writes: `config.json`,
@@ -7,7 +7,7 @@
 //! f16 or f32, `tokenizer.json`, and optionally `generation_config.json`.
 //!
 //! A GGUF file (the format of llama.cpp and Ollama) holds all of that in
-//! one: the configuration in `llama.*` metadata, the tensors in f32, f16,
+//! one: the configuration in `llama.*` / `qwen2.*` metadata, the tensors in f32, f16,
 //! bf16 or ggml blocks (Q4_0, Q4_1, Q8_0, Q4_K, Q5_K, Q6_K; also Q5_0,
 //! Q5_1, Q2_K, Q3_K, always dequantized), the tokenizer (byte-level BPE)
 //! and the chat template. Its blocks are dequantized to f32 at load
