@@ -17,6 +17,8 @@
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 
+// Only part of the module is benched here.
+#[allow(dead_code)]
 #[path = "../src/backend/candle/cpu_quant.rs"]
 mod cpu_quant;
 

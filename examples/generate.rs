@@ -189,12 +189,10 @@ fn run(args: &Args) -> anyhow::Result<()> {
     let draft_dir = args.draft.clone().unwrap_or_else(|| embedded("py-xs"));
     let draft: Box<dyn Drafter> = match ngram {
         Some(n) => Box::new(NGram::new(n)?),
-        None => {
-            Box::new(CandleModel::load_with(
-                &draft_dir,
-                &args.device.draft_options()?,
-            )?)
-        }
+        None => Box::new(CandleModel::load_with(
+            &draft_dir,
+            &args.device.draft_options()?,
+        )?),
     };
     let mut generator = Generator::new(target, draft)?;
     let ids = generator.encode(&prompt)?;

@@ -482,7 +482,8 @@ fn run(args: &Args) -> anyhow::Result<()> {
                 "target": name(&args.target), "draft": draft_name,
                 "sampling_mode": if args.reproducible { "reproducible" } else { "rejection" },
                 "quantized_draft": args.device.quantize_draft,
-                "draft_as_stored": args.device.draft_as_stored, "temperature": args.temperature,
+                "draft_as_stored": args.device.draft_as_stored,
+                "target_as_stored": args.device.target_as_stored, "temperature": args.temperature,
                 "max_new_tokens": args.max_new_tokens, "prompts": ids.len() - 1, "rounds": args.rounds,
                 "threads": std::env::var("RAYON_NUM_THREADS").ok(),
                 "device": if args.device.cuda.is_some() { "cuda" } else { "cpu" },
@@ -496,8 +497,13 @@ fn run(args: &Args) -> anyhow::Result<()> {
         return Ok(());
     }
     println!(
-        "target {} | draft {}{} | {} prompts x {} rounds, {} tokens, temperature {}{}",
+        "target {}{} | draft {}{} | {} prompts x {} rounds, {} tokens, temperature {}{}",
         name(&args.target),
+        if args.device.target_as_stored {
+            " (blocks as stored)"
+        } else {
+            ""
+        },
         draft_name,
         if args.device.quantize_draft {
             " (Q8_0)"

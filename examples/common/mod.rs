@@ -5,8 +5,8 @@
 
 use specdec::{Error, LoadOptions, Quantization};
 
-/// `--threads`, `--cuda`, `--quantize-draft` and `--draft-as-stored`, and the load options they
-/// give.
+/// `--threads`, `--cuda`, `--quantize-draft`, `--draft-as-stored` and
+/// `--target-as-stored`, and the load options they give.
 #[derive(clap::Args, Debug)]
 pub struct Device {
     /// Compute threads (default: all cores; at most 8 per core).
@@ -27,6 +27,13 @@ pub struct Device {
     /// (exact) and the draft is its 4-bit copy.
     #[arg(long)]
     pub draft_as_stored: bool,
+    /// Compute the target on its weights as its file stores them (a GGUF
+    /// file's quantized blocks; CPU only). Its output is then that of the
+    /// quantized model, which is not the dequantized one's: activations are
+    /// rounded to 8 bits per block of 32 before each product, as llama.cpp
+    /// does.
+    #[arg(long)]
+    pub target_as_stored: bool,
 }
 
 impl Device {
@@ -42,8 +49,21 @@ impl Device {
         Ok(())
     }
 
-    /// Load options for the target: the CPU in f32, or `--cuda` in bf16.
+    /// Load options for the target: the CPU in f32 (with
+    /// `--target-as-stored`, on the file's blocks), or `--cuda` in bf16.
     pub fn target_options(&self) -> anyhow::Result<LoadOptions> {
+        let options = self.device_options()?;
+        Ok(match self.target_as_stored {
+            true => LoadOptions {
+                quantization: Quantization::AsStored,
+                ..options
+            },
+            false => options,
+        })
+    }
+
+    /// The CPU in f32, or `--cuda` in bf16, with dense weights.
+    fn device_options(&self) -> anyhow::Result<LoadOptions> {
         Ok(match self.cuda {
             // A bad flag for this build or machine: the caller's input.
             Some(ordinal) => LoadOptions::cuda(ordinal).map_err(|e| {
@@ -64,7 +84,7 @@ impl Device {
         };
         Ok(LoadOptions {
             quantization,
-            ..self.target_options()?
+            ..self.device_options()?
         })
     }
 }

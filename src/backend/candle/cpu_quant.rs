@@ -573,7 +573,6 @@ struct View {
 
 /// `x` `[n, cols]` quantized to 8 bits per block of 32.
 struct Acts {
-    cols: usize,
     /// `[n, cols]`.
     q: Vec<i8>,
     /// Scale per block, `[n, cols / 32]`.
@@ -590,7 +589,6 @@ impl Acts {
     fn quantize(x: &[f32], n: usize, cols: usize, kind: Kind) -> Self {
         let blocks = n * cols / XBLOCK;
         let mut a = Acts {
-            cols,
             q: vec![0; n * cols],
             d: vec![0.0; blocks],
             sum: vec![0.0; blocks],

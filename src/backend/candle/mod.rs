@@ -259,9 +259,12 @@ impl CandleModel {
         };
         // The KV cache and rotary tables are sized as for a checkpoint.
         let n = n_positions(options, &parts.config)?;
-        parts
-            .config
-            .check_positions(path, n, options.dtype.size_in_bytes(), options.device.is_cpu())?;
+        parts.config.check_positions(
+            path,
+            n,
+            options.dtype.size_in_bytes(),
+            options.device.is_cpu(),
+        )?;
         Self::assemble(path, parts, &file, options, |f, _| f.check_all_used())
     }
 
