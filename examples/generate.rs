@@ -200,11 +200,10 @@ fn run(args: &Args) -> anyhow::Result<()> {
     };
     let draft: Box<dyn Drafter> = match ngram {
         Some(n) => {
-            let ngram = NGram::new(n)?; // refuses n = 0 before saying anything
             if !args.quiet {
                 eprintln!("drafting with the n-gram drafter (n = {n}, no draft model)");
             }
-            Box::new(ngram)
+            Box::new(NGram::new(n)?)
         }
         None => {
             let draft_dir = args.draft.clone().unwrap_or_else(|| embedded("py-xs"));
