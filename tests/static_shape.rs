@@ -5,9 +5,9 @@
 mod common;
 
 use common::exact::{assert_same, reference, speculative};
-use common::toy::Toy;
+use common::toy::{Stubborn, Toy};
 use specdec::{
-    Error, GenerateConfig, Generator, LanguageModel, NGram, SamplingMode, SamplingParams,
+    Drafter, Error, GenerateConfig, Generator, LanguageModel, NGram, SamplingMode, SamplingParams,
     StaticShapeModel, StaticShapes,
 };
 
@@ -157,6 +157,53 @@ fn sampled_output_is_distributed_exactly_as_the_target_through_compiled_shapes()
         }
     }
     assert!(stops > 0, "no adaptive window stopped early");
+}
+
+/// Drafts with no distribution (the n-gram drafter, and one that always
+/// fills the window but is mostly wrong) through compiled shapes: an n-gram
+/// proposal that ends short is cut to the largest compiled window it fills,
+/// a cut that depends only on the committed tokens, so the output is still
+/// exactly the target's, sampled and greedy.
+#[test]
+fn point_mass_drafts_cut_to_compiled_windows_keep_the_targets_distribution() {
+    let target = Toy::new(4, 0.3).with_eos(3);
+    // The last token's first occurrence is followed by one token only, so
+    // proposals of every length come up, many of them cut.
+    let prompt = [2, 1, 0, 0];
+    let mut matched = 0;
+    for params in [
+        SamplingParams {
+            top_k: Some(3),
+            ..SamplingParams::with_temperature(0.8)
+        },
+        SamplingParams::greedy(),
+    ] {
+        for (windows, k) in [(&[1, 3][..], 4), (&[1, 2, 4][..], 5), (&[1, 4][..], 6)] {
+            let config = GenerateConfig {
+                max_new_tokens: 4,
+                k,
+                sampling: params.clone(),
+                ..GenerateConfig::default()
+            };
+            let want = reference(&target, &prompt, &config);
+            let drafters: [Box<dyn Drafter>; 3] = [
+                Box::new(NGram::new(1).unwrap()),
+                Box::new(NGram::new(3).unwrap()),
+                Box::new(Stubborn { vocab: 4 }),
+            ];
+            for (i, drafter) in drafters.into_iter().enumerate() {
+                let mut g =
+                    Generator::new(wrap(target.clone(), windows, &[8], 16), drafter).unwrap();
+                assert_same(
+                    &speculative(&mut g, &prompt, &config),
+                    &want,
+                    &format!("drafter {i} windows {windows:?} k={k} {params:?}"),
+                );
+                matched += g.generate(&prompt, &config).unwrap().stats.matched;
+            }
+        }
+    }
+    assert!(matched > 0, "no window had a proposal");
 }
 
 #[test]

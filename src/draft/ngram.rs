@@ -43,21 +43,41 @@ impl NGram {
 
     /// Up to `max` tokens that followed the first earlier occurrence of the
     /// longest matching suffix of `sequence`; empty when none matches.
+    ///
+    /// One pass over `sequence`: at each earlier occurrence of its last
+    /// token, the match is extended backwards (up to `n` tokens), keeping
+    /// the longest, and the first among equals. O(`len`) comparisons plus
+    /// at most `n` per occurrence of the last token.
     pub fn lookup(&self, sequence: &[u32], max: usize) -> Vec<u32> {
         let len = sequence.len();
         if max == 0 || len < 2 {
             return Vec::new();
         }
-        for size in (1..=self.n.min(len - 1)).rev() {
-            let suffix = &sequence[len - size..];
-            // Every earlier occurrence (it may overlap the suffix) starts
-            // before `len - size`, so tokens follow it.
-            if let Some(start) = sequence[..len - 1].windows(size).position(|w| w == suffix) {
-                let from = start + size;
-                return sequence[from..(from + max).min(len)].to_vec();
+        let longest = self.n.min(len - 1);
+        let last = sequence[len - 1];
+        // (match length, index of its last token) of the best match so far.
+        let mut best: Option<(usize, usize)> = None;
+        // An occurrence ends at `end <= len - 2`, so a token follows it.
+        for end in 0..len - 1 {
+            if sequence[end] != last {
+                continue;
+            }
+            let mut size = 1;
+            while size < longest && size <= end && sequence[end - size] == sequence[len - 1 - size]
+            {
+                size += 1;
+            }
+            if best.is_none_or(|(b, _)| size > b) {
+                best = Some((size, end));
+                if size == longest {
+                    break;
+                }
             }
         }
-        Vec::new()
+        match best {
+            Some((_, end)) => sequence[end + 1..(end + 1 + max).min(len)].to_vec(),
+            None => Vec::new(),
+        }
     }
 }
 
@@ -92,5 +112,49 @@ mod tests {
         assert_eq!(g.lookup(&[4, 4, 4], 5), vec![4]);
         assert_eq!(NGram::new(1).unwrap().lookup(&seq, 1), vec![4]);
         assert!(NGram::new(0).is_err());
+    }
+
+    /// The definition, searched plainly: for each suffix length from `n`
+    /// down, the first window of the sequence (but its last token) equal
+    /// to that suffix.
+    fn plain_lookup(n: usize, sequence: &[u32], max: usize) -> Vec<u32> {
+        let len = sequence.len();
+        if max == 0 || len < 2 {
+            return Vec::new();
+        }
+        for size in (1..=n.min(len - 1)).rev() {
+            let suffix = &sequence[len - size..];
+            if let Some(start) = sequence[..len - 1].windows(size).position(|w| w == suffix) {
+                let from = start + size;
+                return sequence[from..(from + max).min(len)].to_vec();
+            }
+        }
+        Vec::new()
+    }
+
+    #[test]
+    fn the_one_pass_search_equals_the_definition() {
+        let mut x: u64 = 7;
+        let mut next = |m: u64| {
+            x = x
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            ((x >> 33) % m) as u32
+        };
+        for case in 0..3000 {
+            // Small alphabets, so matches of every length come up.
+            let alphabet = [2, 3, 5, 20][case % 4];
+            let len = next(40) as usize;
+            let seq: Vec<u32> = (0..len).map(|_| next(alphabet)).collect();
+            for n in 1..=5 {
+                for max in [0, 1, 3, 8] {
+                    assert_eq!(
+                        NGram::new(n).unwrap().lookup(&seq, max),
+                        plain_lookup(n, &seq, max),
+                        "n {n} max {max} {seq:?}"
+                    );
+                }
+            }
+        }
     }
 }

@@ -27,6 +27,15 @@ pub enum SamplingMode {
     /// decoding in this mode writes, whatever the draft, `k` or adaptive
     /// windows. Acceptance is lower than rejection sampling's (at least
     /// `(1 - TV) / (1 + TV)`). The [`RandomSource`] is not used.
+    ///
+    /// "Token for token" assumes, as greedy identity does, that the target
+    /// gives a position the same logits bit for bit whatever the window it
+    /// is scored in (the candle CPU backend in f32 with dense weights does,
+    /// see [`LanguageModel`](crate::LanguageModel)). On a backend that only
+    /// meets the contract's 1e-4 (bf16 on an accelerator), two tokens whose
+    /// noisy scores are within that rounding can swap, and the texts of two
+    /// window settings can part there; each still follows the target's
+    /// distribution.
     Reproducible,
 }
 
