@@ -52,7 +52,7 @@ echo "== ours: dequantized target + its Q4_1 blocks as the draft, greedy"
 "$speedup" --target "$gguf" --draft "$gguf" --draft-as-stored --k 2,3,4,5,6,8 --adaptive-k 4,8 \
   "${common[@]}" 2>/dev/null | tee "$out/gguf-self-draft.txt"
 echo "== ours: dequantized target + its Q4_1 blocks as the draft, T = 0.7"
-"$speedup" --target "$gguf" --draft "$gguf" --draft-as-stored --k 4,6 --adaptive-k 8 \
+"$speedup" --target "$gguf" --draft "$gguf" --draft-as-stored --k 4,8 --adaptive-k 8 \
   --temperature 0.7 "${common[@]}" 2>/dev/null | tee "$out/gguf-self-draft-t07.txt"
 echo "== ours: dequantized target, n-gram drafter, prompts_repeat.json"
 "$speedup" --target "$gguf" --ngram 3 --k 4,8,12 --prompts "$repeat" --max-new-tokens "$tokens" \
