@@ -167,7 +167,7 @@ fn sampled_output_is_distributed_exactly_as_the_target_through_compiled_shapes()
 #[test]
 fn point_mass_drafts_cut_to_compiled_windows_keep_the_targets_distribution() {
     let target = Toy::new(4, 0.3).with_eos(3);
-    // The last token's first occurrence is followed by one token only, so
+    // The last token's earlier occurrence is followed by one token only, so
     // proposals of every length come up, many of them cut.
     let prompt = [2, 1, 0, 0];
     let mut matched = 0;

@@ -6,7 +6,7 @@ use crate::error::{Error, Result};
 /// The n-gram drafter (prompt lookup): finds the longest suffix of the
 /// committed sequence (prompt + output so far), `n` tokens at most and 1 at
 /// least, that occurred earlier in that sequence, and proposes the tokens
-/// that followed its first occurrence (up to the window less one). With no
+/// that followed its most recent occurrence (up to the window less one). With no
 /// match it proposes nothing and the window is plain decoding. It runs no
 /// forward pass: a search over the sequence, microseconds.
 ///
@@ -41,12 +41,18 @@ impl NGram {
         self.n
     }
 
-    /// Up to `max` tokens that followed the first earlier occurrence of the
-    /// longest matching suffix of `sequence`; empty when none matches.
+    /// Up to `max` tokens that followed the most recent earlier occurrence
+    /// of the longest matching suffix of `sequence`; empty when none matches.
+    ///
+    /// The most recent, not the first: on the copy prompts of
+    /// `prompts_repeat.json`, replaying py-m's greedy output, it gave 3.59
+    /// tokens per verify pass at `k = 8` against 3.13 for the first
+    /// occurrence (transformers' choice), as the text being written is more
+    /// often a continuation of what was written last.
     ///
     /// One pass over `sequence`: at each earlier occurrence of its last
-    /// token, the match is extended backwards (up to `n` tokens), keeping
-    /// the longest, and the first among equals. O(`len`) comparisons plus
+    /// token, latest first, the match is extended backwards (up to `n`
+    /// tokens), keeping the longest, and the latest among equals. O(`len`) comparisons plus
     /// at most `n` per occurrence of the last token.
     pub fn lookup(&self, sequence: &[u32], max: usize) -> Vec<u32> {
         let len = sequence.len();
@@ -58,7 +64,7 @@ impl NGram {
         // (match length, index of its last token) of the best match so far.
         let mut best: Option<(usize, usize)> = None;
         // An occurrence ends at `end <= len - 2`, so a token follows it.
-        for end in 0..len - 1 {
+        for end in (0..len - 1).rev() {
             if sequence[end] != last {
                 continue;
             }
@@ -95,27 +101,29 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_longest_suffix_wins_and_its_first_occurrence() {
+    fn the_longest_suffix_wins_and_its_most_recent_occurrence() {
         let g = NGram::new(3).unwrap();
         // Suffix [1, 2, 3] occurs at 0 (followed by 4, 5) and its shorter
         // suffix [3] at 6 (followed by 9): the 3-gram wins.
         let seq = [1, 2, 3, 4, 5, 0, 3, 9, 1, 2, 3];
         assert_eq!(g.lookup(&seq, 2), vec![4, 5]);
         assert_eq!(g.lookup(&seq, 10), vec![4, 5, 0, 3, 9, 1, 2, 3]);
-        // Only a 1-gram matches: its first occurrence.
-        assert_eq!(g.lookup(&[7, 8, 7, 6, 5, 7], 3), vec![8, 7, 6]);
+        // Only a 1-gram matches: its most recent occurrence.
+        assert_eq!(g.lookup(&[7, 8, 7, 6, 5, 7], 3), vec![6, 5, 7]);
+        // Two 2-gram matches: the later one.
+        assert_eq!(g.lookup(&[1, 2, 8, 1, 2, 9, 0, 1, 2], 2), vec![9, 0]);
         // No match, no room, too short.
         assert!(g.lookup(&[1, 2, 3], 4).is_empty());
         assert!(g.lookup(&seq, 0).is_empty());
         assert!(g.lookup(&[5], 4).is_empty());
         // An occurrence overlapping the suffix: a run of one token.
         assert_eq!(g.lookup(&[4, 4, 4], 5), vec![4]);
-        assert_eq!(NGram::new(1).unwrap().lookup(&seq, 1), vec![4]);
+        assert_eq!(NGram::new(1).unwrap().lookup(&seq, 1), vec![9]);
         assert!(NGram::new(0).is_err());
     }
 
     /// The definition, searched plainly: for each suffix length from `n`
-    /// down, the first window of the sequence (but its last token) equal
+    /// down, the last window of the sequence (but its last token) equal
     /// to that suffix.
     fn plain_lookup(n: usize, sequence: &[u32], max: usize) -> Vec<u32> {
         let len = sequence.len();
@@ -124,7 +132,7 @@ mod tests {
         }
         for size in (1..=n.min(len - 1)).rev() {
             let suffix = &sequence[len - size..];
-            if let Some(start) = sequence[..len - 1].windows(size).position(|w| w == suffix) {
+            if let Some(start) = sequence[..len - 1].windows(size).rposition(|w| w == suffix) {
                 let from = start + size;
                 return sequence[from..(from + max).min(len)].to_vec();
             }
