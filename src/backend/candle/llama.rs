@@ -43,7 +43,10 @@ pub enum Quantization {
     /// Q8_0, Q4_K, Q5_K and Q6_K matrices (the embedding and a tied output
     /// head included) stay in their ggml blocks and are computed on as they
     /// are (CPU, f32 compute only), reading a fraction of f32's bytes per
-    /// token; f32 / f16 / bf16 tensors stay dense. With
+    /// token; f32 / f16 / bf16 tensors stay dense. Each activation row is
+    /// rounded to 8 bits per block of 32 before a product (as llama.cpp
+    /// does), so the output is the quantized model's, not the dequantized
+    /// one's: right for a draft, a different model as a target. With
     /// [`Quantization::None`] a GGUF file is instead dequantized to f32 at
     /// load, the exact reference path. For a safetensors directory this is
     /// the same as `None` (bf16 / f16 / f32 matrices are kept as stored).
