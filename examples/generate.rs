@@ -118,9 +118,12 @@ fn main() -> ExitCode {
     common::finish(args.device.apply_threads().and_then(|()| run(&args)))
 }
 
+/// The embedded default pair: `models/` of the checkout this was built in,
+/// or `SPECDEC_MODELS` (for a binary carried to another machine).
 fn embedded(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("models")
+    std::env::var_os("SPECDEC_MODELS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("models"))
         .join(name)
 }
 

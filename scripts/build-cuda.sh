@@ -8,8 +8,11 @@
 #   .cuda-out/unpack.sh                      unpacks both in place
 # There:
 #   sh .cuda-out/unpack.sh
-#   LD_LIBRARY_PATH=/usr/local/cuda/lib64 .cuda-out/bin/generate ...
-#   SPECDEC_SHARED_MODELS=$PWD/.cuda-out/models LD_LIBRARY_PATH=/usr/local/cuda/lib64 .cuda-out/bin/test-cuda
+#   SPECDEC_MODELS=$PWD/models LD_LIBRARY_PATH=/usr/local/cuda/lib64 .cuda-out/bin/generate ...
+#   SPECDEC_MODELS=$PWD/models SPECDEC_SHARED_MODELS=$PWD/.cuda-out/models \
+#     LD_LIBRARY_PATH=/usr/local/cuda/lib64 .cuda-out/bin/test-cuda
+# (SPECDEC_MODELS: the embedded pair, which the binaries otherwise look for at
+# this machine's absolute path of the checkout.)
 # Everything that travels (tracked tree ~15 MiB + .cuda-out) must fit in
 # 64 MiB; the script checks this at the end and fails if it does not.
 #

@@ -22,10 +22,13 @@ pub fn shared_models() -> Option<PathBuf> {
     }
 }
 
-/// The embedded default pair shipped in the repository.
+/// The embedded default pair shipped in the repository: `models/` of the
+/// checkout the test was built in, or `SPECDEC_MODELS` (for a test binary
+/// carried to another machine, where the build machine's path is absent).
 pub fn embedded(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("models")
+    std::env::var_os("SPECDEC_MODELS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models"))
         .join(name)
 }
 
