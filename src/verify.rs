@@ -120,36 +120,13 @@ pub fn verify_sampled(
         draft.len() + 1,
         "one p row per draft token, plus one"
     );
-    for (i, &token) in draft.iter().enumerate() {
-        let (pi, qi) = (p[i].prob(token), q[i].prob(token));
-        // qi > 0 for a token drawn from q; qi == 0 (a caller's bug) rejects.
-        let accept = if pi >= qi && qi > 0.0 {
-            true
-        } else if pi <= 0.0 || qi <= 0.0 {
-            false
-        } else {
-            rng.bernoulli(pi / qi)
-        };
-        if !accept {
-            // Rejection only happens where p < q somewhere, so the residual
-            // has mass; if rounding left none, p is the limit it tends to.
-            let next = match residual(&p[i], &q[i]) {
-                Some(r) => rng.categorical(r.probs()),
-                None => rng.categorical(p[i].probs()),
-            } as u32;
-            return Verdict {
-                accepted: i,
-                next,
-                kind: NextKind::Recovered,
-            };
-        }
-    }
-    let m = draft.len();
-    Verdict {
-        accepted: m,
-        next: rng.categorical(p[m].probs()) as u32,
-        kind: NextKind::Bonus,
-    }
+    accept_or_recover(
+        draft,
+        p,
+        |i, token| q[i].prob(token),
+        |i, _| residual(&p[i], &q[i]),
+        rng,
+    )
 }
 
 /// Sampled verification of draft tokens chosen without a distribution (a
@@ -167,23 +144,44 @@ pub fn verify_point(draft: &[u32], p: &[Distribution], rng: &mut dyn RandomSourc
         draft.len() + 1,
         "one p row per draft token, plus one"
     );
+    // p without the rejected token: max(0, p - point mass), which has
+    // mass because p(d) < 1.
+    let without = |i: usize, token: u32| {
+        let mut rest = p[i].probs().to_vec();
+        if let Some(x) = rest.get_mut(token as usize) {
+            *x = 0.0;
+        }
+        Distribution::from_weights(rest)
+    };
+    accept_or_recover(draft, p, |_, _| 1.0, without, rng)
+}
+
+/// Rejection sampling over a window, shared by [`verify_sampled`] and
+/// [`verify_point`]: `q_of(i, d_i)` is `q_i(d_i)` and `residual_of(i, d_i)`
+/// the normalized `max(0, p_i - q_i)` (`None` if rounding left it no mass;
+/// then `p_i` is the limit it tends to). `d_i` is accepted with probability
+/// `min(1, p_i(d_i) / q_i(d_i))`, drawing only when that is not already
+/// certain; the first rejection draws the recovered token from the
+/// residual, and a window with none draws the bonus token from `p_m`.
+fn accept_or_recover(
+    draft: &[u32],
+    p: &[Distribution],
+    q_of: impl Fn(usize, u32) -> f64,
+    residual_of: impl Fn(usize, u32) -> Option<Distribution>,
+    rng: &mut dyn RandomSource,
+) -> Verdict {
     for (i, &token) in draft.iter().enumerate() {
-        let pi = p[i].prob(token);
-        let accept = if pi >= 1.0 {
+        let (pi, qi) = (p[i].prob(token), q_of(i, token));
+        // qi > 0 for a token drawn from q; qi == 0 (a caller's bug) rejects.
+        let accept = if pi >= qi && qi > 0.0 {
             true
-        } else if pi <= 0.0 {
+        } else if pi <= 0.0 || qi <= 0.0 {
             false
         } else {
-            rng.bernoulli(pi)
+            rng.bernoulli(pi / qi)
         };
         if !accept {
-            // p without the rejected token: max(0, p - point mass), which
-            // has mass because p(d) < 1.
-            let mut rest = p[i].probs().to_vec();
-            if let Some(x) = rest.get_mut(token as usize) {
-                *x = 0.0;
-            }
-            let next = match Distribution::from_weights(rest) {
+            let next = match residual_of(i, token) {
                 Some(r) => rng.categorical(r.probs()),
                 None => rng.categorical(p[i].probs()),
             } as u32;
