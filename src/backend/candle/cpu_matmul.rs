@@ -86,17 +86,10 @@ impl CustomOp1 for PackedWeight {
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        let CpuStorage::F32(xs) = s else {
-            candle_core::bail!("{}: x must be f32", self.name());
-        };
-        let Some((x0, x1)) = l.contiguous_offsets() else {
-            candle_core::bail!("{}: contiguous x only", self.name());
-        };
-        let (n, k) = l.shape().dims2()?;
+        let (x, n, k) = f32_rows(self.name(), s, l)?;
         if k != self.inp {
             candle_core::bail!("{}: x is (_, {k}) but W is (_, {})", self.name(), self.inp);
         }
-        let x = &xs[x0..x1];
         let y = match &self.data {
             Packed::F32(w) => matmul(x, w, n, k, self.out),
             Packed::BF16(w) => matmul(x, w, n, k, self.out),
@@ -104,6 +97,23 @@ impl CustomOp1 for PackedWeight {
         };
         Ok((CpuStorage::F32(y), Shape::from((n, self.out))))
     }
+}
+
+/// The input of one of our CPU ops: a contiguous f32 `(n, k)` tensor, as
+/// its `[n * k]` slice, `n` and `k`.
+pub(crate) fn f32_rows<'a>(
+    op: &str,
+    s: &'a CpuStorage,
+    l: &Layout,
+) -> candle_core::Result<(&'a [f32], usize, usize)> {
+    let CpuStorage::F32(xs) = s else {
+        candle_core::bail!("{op}: input must be f32");
+    };
+    let Some((a, b)) = l.contiguous_offsets() else {
+        candle_core::bail!("{op}: contiguous input only");
+    };
+    let (n, k) = l.shape().dims2()?;
+    Ok((&xs[a..b], n, k))
 }
 
 /// `w (out, in)` row-major into panels (see [`PackedWeight`]).

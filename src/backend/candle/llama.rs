@@ -24,7 +24,7 @@ use candle_core::{DType, Device, Module, Tensor};
 
 use super::config::ModelConfig;
 use super::cpu_attention::CachedAttention;
-use super::cpu_matmul::PackedWeight;
+use super::cpu_matmul::{f32_rows, PackedWeight};
 use super::cpu_quant::{QMatrix, QType};
 use super::weights::Checkpoint;
 use crate::error::Result;
@@ -270,13 +270,7 @@ impl candle_core::CustomOp1 for GgmlWeight {
         s: &candle_core::CpuStorage,
         l: &candle_core::Layout,
     ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
-        let candle_core::CpuStorage::F32(xs) = s else {
-            candle_core::bail!("{}: x must be f32", self.name());
-        };
-        let Some((a, b)) = l.contiguous_offsets() else {
-            candle_core::bail!("{}: contiguous x only", self.name());
-        };
-        let (n, k) = l.shape().dims2()?;
+        let (x, n, k) = f32_rows(self.name(), s, l)?;
         if k != self.inp {
             let formats: Vec<_> = self.parts.iter().map(|p| p.qtype()).collect();
             candle_core::bail!(
@@ -285,7 +279,6 @@ impl candle_core::CustomOp1 for GgmlWeight {
                 self.inp
             );
         }
-        let x = &xs[a..b];
         let mut y = vec![0f32; n * self.out];
         if let [one] = self.parts.as_slice() {
             one.matmul(x, n, &mut y);
@@ -669,13 +662,7 @@ impl candle_core::CustomOp1 for SwiGlu {
         s: &candle_core::CpuStorage,
         l: &candle_core::Layout,
     ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
-        let candle_core::CpuStorage::F32(v) = s else {
-            candle_core::bail!("{}: f32 only", self.name());
-        };
-        let Some((a, b)) = l.contiguous_offsets() else {
-            candle_core::bail!("{}: contiguous input only", self.name());
-        };
-        let (n, two_f) = l.shape().dims2()?;
+        let (v, n, two_f) = f32_rows(self.name(), s, l)?;
         if two_f % 2 != 0 {
             candle_core::bail!("{}: odd width {two_f}", self.name());
         }
@@ -690,11 +677,11 @@ impl candle_core::CustomOp1 for SwiGlu {
         if n > 1 && n * f >= 1 << 15 {
             use rayon::prelude::*;
             out.par_chunks_mut(f.max(1))
-                .zip(v[a..b].par_chunks(two_f.max(1)))
+                .zip(v.par_chunks(two_f.max(1)))
                 .for_each(row);
         } else {
             out.chunks_mut(f.max(1))
-                .zip(v[a..b].chunks(two_f.max(1)))
+                .zip(v.chunks(two_f.max(1)))
                 .for_each(row);
         }
         Ok((candle_core::CpuStorage::F32(out), (n, f).into()))
