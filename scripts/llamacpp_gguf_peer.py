@@ -27,39 +27,10 @@ token count.
 import argparse
 import json
 import os
-import re
 import statistics
-import subprocess
-import sys
 import tempfile
 
-
-def perf(err, which):
-    """The last perf line for `which` ("prompt eval" or "eval")."""
-    m = re.findall(
-        rf"_perf_(?:context_)?print:\s+{which} time =\s+([\d.]+) ms /\s+(\d+) (?:tokens|runs)", err
-    )
-    if not m:
-        sys.exit(f"no '{which} time' line in llama.cpp's output:\n{err[-2000:]}")
-    return float(m[-1][0]), int(m[-1][1])
-
-
-def run(cmd):
-    p = subprocess.run(cmd, capture_output=True, text=True, errors="replace")
-    if p.returncode != 0:
-        sys.exit(f"failed ({p.returncode}): {' '.join(cmd)}\n{p.stderr[-2000:]}")
-    return p.stderr
-
-
-def spec_row(err):
-    enc = re.search(r"encoded\s+(\d+) tokens in\s+([\d.]+) seconds", err)
-    dec = re.search(r"decoded\s+(\d+) tokens in\s+([\d.]+) seconds", err)
-    drafted = int(re.search(r"n_drafted\s*= (\d+)", err).group(1))
-    accepted = int(re.search(r"n_accept\s*= (\d+)", err).group(1))
-    tokens = int(dec.group(1))
-    enc_ms, dec_ms = float(enc.group(2)) * 1e3, float(dec.group(2)) * 1e3
-    return dict(e2e=(enc_ms + dec_ms) / tokens, decode=dec_ms / tokens,
-                acceptance=accepted / max(drafted, 1))
+from llamacpp_peer import perf, run, spec_row
 
 
 def main():

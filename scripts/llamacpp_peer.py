@@ -32,12 +32,26 @@ import tempfile
 
 def perf(err, which):
     """The last `llama_perf_context_print` line for `which` (the target's)."""
+    # `llama_perf_context_print` in older llama.cpp, `common_perf_print` in newer.
     m = re.findall(
-        rf"llama_perf_context_print:\s+{which} time =\s+([\d.]+) ms /\s+(\d+) (?:tokens|runs)", err
+        rf"_perf_(?:context_)?print:\s+{which} time =\s+([\d.]+) ms /\s+(\d+) (?:tokens|runs)", err
     )
     if not m:
         sys.exit(f"no '{which} time' line in llama.cpp's output:\n{err[-2000:]}")
     return float(m[-1][0]), int(m[-1][1])
+
+
+def spec_row(err):
+    """ms/token end to end and decoding, and acceptance, of a speculative run
+    (llama-speculative-simple, llama-lookup), each over its own token count."""
+    enc = re.search(r"encoded\s+(\d+) tokens in\s+([\d.]+) seconds", err)
+    dec = re.search(r"decoded\s+(\d+) tokens in\s+([\d.]+) seconds", err)
+    drafted = int(re.search(r"n_drafted\s*= (\d+)", err).group(1))
+    accepted = int(re.search(r"n_accept\s*= (\d+)", err).group(1))
+    tokens = int(dec.group(1))
+    enc_ms, dec_ms = float(enc.group(2)) * 1e3, float(dec.group(2)) * 1e3
+    return dict(e2e=(enc_ms + dec_ms) / tokens, decode=dec_ms / tokens,
+                acceptance=accepted / max(drafted, 1))
 
 
 def run(cmd):
@@ -95,14 +109,7 @@ def main():
                     ev_ms, ev_runs = perf(err, "eval")
                     rows[name].append(dict(e2e=(pp_ms + ev_ms) / n, decode=ev_ms / ev_runs))
                 else:
-                    enc = re.search(r"encoded\s+(\d+) tokens in\s+([\d.]+) seconds", err)
-                    dec = re.search(r"decoded\s+(\d+) tokens in\s+([\d.]+) seconds", err)
-                    drafted = int(re.search(r"n_drafted = (\d+)", err).group(1))
-                    accepted = int(re.search(r"n_accept\s*= (\d+)", err).group(1))
-                    tokens = int(dec.group(1))
-                    enc_ms, dec_ms = float(enc.group(2)) * 1e3, float(dec.group(2)) * 1e3
-                    rows[name].append(dict(e2e=(enc_ms + dec_ms) / tokens, decode=dec_ms / tokens,
-                                           acceptance=accepted / max(drafted, 1)))
+                    rows[name].append(spec_row(err))
     med = lambda name, key: statistics.median(r[key] for r in rows[name])
     plain = med("plain F32", "e2e")
     print(f"llama.cpp, {len(prompts) - 1} prompts (+1 warm-up), {n} tokens, {args.threads} threads, "
