@@ -9,26 +9,37 @@ use specdec::{CandleModel, GenerateConfig, Generator, LanguageModel, StopReason}
 
 // One target, loaded once, serves both drafts.
 
+/// py-m's reference prompts, then those of `prompts_py.json`.
 fn prompts(dir: &std::path::Path) -> Vec<String> {
-    let mut prompts: Vec<String> = common::json(dir.join("reference.json"))["models"]["py-m"]
+    let mut prompts = reference_prompts(dir);
+    prompts.extend(bench_prompts(dir, "prompts_py.json"));
+    prompts
+}
+
+/// The prompts of py-m's cases in reference.json.
+fn reference_prompts(dir: &std::path::Path) -> Vec<String> {
+    common::json(dir.join("reference.json"))["models"]["py-m"]
         .as_array()
         .unwrap()
         .iter()
         .map(|r| r["prompt"].as_str().unwrap().to_string())
-        .collect();
-    let bench = dir.join("../bench/prompts_py.json");
-    if bench.is_file() {
-        prompts.extend(
-            common::json(bench)
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|p| p.as_str().unwrap().to_string()),
-        );
-    } else {
-        eprintln!("SKIP part: {} not found", bench.display());
+        .collect()
+}
+
+/// The prompts of `../bench/NAME` beside the models, or none (said on
+/// stderr) when it is absent.
+fn bench_prompts(dir: &std::path::Path, name: &str) -> Vec<String> {
+    let path = dir.join("../bench").join(name);
+    if !path.is_file() {
+        eprintln!("SKIP part: {} not found", path.display());
+        return Vec::new();
     }
-    prompts
+    common::json(path)
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p.as_str().unwrap().to_string())
+        .collect()
 }
 
 #[test]
@@ -131,23 +142,12 @@ fn ngram_greedy_equals_plain_greedy() {
     let Some(dir) = common::shared_models() else {
         return;
     };
-    let mut prompts: Vec<String> = common::json(dir.join("reference.json"))["models"]["py-m"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| r["prompt"].as_str().unwrap().to_string())
-        .collect();
-    let repeat = dir.join("../bench/prompts_repeat.json");
-    if repeat.is_file() {
-        prompts.extend(
-            common::json(repeat)
-                .as_array()
-                .unwrap()
-                .iter()
-                .take(2)
-                .map(|p| p.as_str().unwrap().to_string()),
-        );
-    }
+    let mut prompts = reference_prompts(&dir);
+    prompts.extend(
+        bench_prompts(&dir, "prompts_repeat.json")
+            .into_iter()
+            .take(2),
+    );
     let target = common::load(dir.join("py-m"), 1024);
     let mut g = Generator::new(target, specdec::NGram::new(3).unwrap()).unwrap();
     let mut matched = 0;
