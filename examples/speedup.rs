@@ -487,6 +487,8 @@ fn run(args: &Args) -> anyhow::Result<()> {
                 "max_new_tokens": args.max_new_tokens, "prompts": ids.len() - 1, "rounds": args.rounds,
                 "threads": std::env::var("RAYON_NUM_THREADS").ok(),
                 "device": if args.device.cuda.is_some() { "cuda" } else { "cpu" },
+                "graph_widths": args.device.cuda.map(|_| &args.device.graph_widths.0),
+                "draft_graph_widths": args.device.cuda.map(|_| &args.device.draft_graph_widths.0),
                 "plain_ms_per_token": plain_ms, "plain_decode_ms_per_token": plain_decode_ms,
                 "target_pass_ms": one_pass_ms,
                 // No draft passes with the n-gram drafter: null.
@@ -522,6 +524,17 @@ fn run(args: &Args) -> anyhow::Result<()> {
             ""
         }
     );
+    if args.device.cuda.is_some() {
+        let show = |w: &[usize]| match w {
+            [] => "off (candle's ops)".to_string(),
+            w => format!("{w:?}"),
+        };
+        println!(
+            "CUDA graph widths: target {}, draft {}",
+            show(&args.device.graph_widths.0),
+            show(&args.device.draft_graph_widths.0)
+        );
+    }
     let draft_cost = if args.ngram.is_some() {
         "no draft passes (n-gram)".to_string()
     } else {

@@ -145,6 +145,7 @@ pub fn check_all(model: &mut dyn LanguageModel, tokens: &[u32], tol: &Tolerance)
     rollback_equals_never_fed(model, tokens, tol)?;
     deterministic(model, tokens)?;
     forward_last_is_last_row(model, tokens, tol)?;
+    forward_greedy_is_argmax(model, tokens)?;
     limits_are_errors(model, tokens)?;
     Ok(())
 }
@@ -245,6 +246,53 @@ pub fn deterministic(model: &mut dyn LanguageModel, tokens: &[u32]) -> Outcome {
             C,
             format!("two identical runs differ by up to {}", max_diff(&a, &b)),
         ));
+    }
+    Ok(())
+}
+
+/// [`LanguageModel::forward_greedy`] chooses what
+/// [`argmax`](crate::sampling::argmax) over [`LanguageModel::forward`]'s
+/// rows chooses, with and without suppressed ids (each row's own winner
+/// suppressed, which a device-side argmax must hand back to the host), and
+/// moves the cache like `forward`. Exact: a backend must not round
+/// differently for the two.
+pub fn forward_greedy_is_argmax(model: &mut dyn LanguageModel, tokens: &[u32]) -> Outcome {
+    const C: &str = "forward_greedy_is_argmax";
+    let e = backend(C);
+    let w = windows(model)
+        .into_iter()
+        .filter(|&w| w <= 4)
+        .max()
+        .unwrap_or(1);
+    let feed = &tokens[8..8 + w];
+    start(model, &tokens[..8]).map_err(&e)?;
+    let logits = model.forward(feed).map_err(&e)?;
+    let choose = |suppress: &[u32]| -> crate::Result<Vec<u32>> {
+        (0..w)
+            .map(|i| crate::sampling::argmax(logits.row(i), suppress, crate::Role::Target, i))
+            .collect()
+    };
+    let winners = choose(&[]).map_err(&e)?;
+    for suppress in [Vec::new(), winners] {
+        let want = choose(&suppress).map_err(&e)?;
+        start(model, &tokens[..8]).map_err(&e)?;
+        let got = model
+            .forward_greedy(feed, &suppress, crate::Role::Target)
+            .map_err(&e)?;
+        if got != want {
+            return Err(fail(
+                C,
+                format!(
+                    "suppressing {suppress:?}: chose {got:?}, argmax of forward's rows is {want:?}"
+                ),
+            ));
+        }
+        if model.cached_len() != 8 + w {
+            return Err(fail(
+                C,
+                format!("cached_len {} after feeding {}", model.cached_len(), 8 + w),
+            ));
+        }
     }
     Ok(())
 }

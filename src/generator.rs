@@ -19,7 +19,7 @@ use crate::output::{Chunk, Emitter, Output, Release, StopReason};
 use crate::sampling::{RandomSource, Sampler, SamplingMode, SeededRandom};
 use crate::stats::Stats;
 use crate::tokenizer::Tokenizer;
-use crate::verify::{NextKind, Verdict};
+use crate::verify::{verify_greedy, NextKind, Verdict};
 
 /// Exact speculative decoding: a drafter proposes, a target model verifies a
 /// window of `k` positions in one forward pass, and the verifier keeps the
@@ -277,11 +277,29 @@ impl<T: LanguageModel, D: Drafter> Generator<T, D> {
             let mut tokens = Vec::with_capacity(draft.tokens.len() + 1);
             tokens.push(run.committed[base - 1]);
             tokens.extend_from_slice(&draft.tokens);
-            let logits = self.target.forward(&tokens)?;
-            expect_rows(&logits, tokens.len(), &self.target)?;
-            let verdict = run
-                .sampler
-                .verify(&logits, base, &draft.tokens, &draft.q, rng)?;
+            let verdict = if run.sampler.is_greedy() {
+                // Ids, not logits: a device backend takes the argmax where
+                // the logits are.
+                let choices =
+                    self.target
+                        .forward_greedy(&tokens, run.sampler.suppressed(), Role::Target)?;
+                if choices.len() != tokens.len() {
+                    return Err(Error::Shape {
+                        model: self.target.name().to_string(),
+                        message: format!(
+                            "forward_greedy of {} tokens returned {} choices",
+                            tokens.len(),
+                            choices.len()
+                        ),
+                    });
+                }
+                verify_greedy(&draft.tokens, &choices)
+            } else {
+                let logits = self.target.forward(&tokens)?;
+                expect_rows(&logits, tokens.len(), &self.target)?;
+                run.sampler
+                    .verify(&logits, base, &draft.tokens, &draft.q, rng)?
+            };
 
             // 3. Roll the target and the drafter back to what is now
             // committed (the new last token stays pending for the next

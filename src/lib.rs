@@ -115,7 +115,10 @@ mod stats;
 mod tokenizer;
 pub mod verify;
 
-pub use backend::candle::{init_thread_pool, CandleModel, LoadOptions, ModelConfig, Quantization};
+pub use backend::candle::{
+    init_thread_pool, CandleModel, LoadOptions, ModelConfig, Quantization, DEFAULT_GRAPH_WIDTHS,
+    MAX_GRAPH_WIDTH,
+};
 pub use chat::{ChatMessage, ChatTemplate, GenerationPrompt};
 pub use config::{Eos, GenerateConfig, MAX_WINDOW};
 pub use draft::{Draft, DraftRequest, Drafter, NGram};

@@ -40,7 +40,8 @@
 //! [`crate::StaticShapeModel`] wraps any model and enforces exactly these rules,
 //! which is how the CPU backend stands in as the reference for such a backend.
 
-use crate::error::Result;
+use crate::error::{Result, Role};
+use crate::sampling::argmax;
 use crate::tokenizer::Tokenizer;
 
 /// Logits of a forward pass: `[n, vocab]` row-major `f32`, one row per new
@@ -148,6 +149,22 @@ pub trait LanguageModel {
         Ok(self.forward(tokens)?.last())
     }
 
+    /// Feeds `tokens` as [`forward`](Self::forward) does and returns each
+    /// row's greedy choice, `[n]`: the id of the largest logit not in
+    /// `suppress`, the lowest id among ties, with
+    /// [`argmax`](crate::sampling::argmax)'s errors (a NaN or `+inf`
+    /// logit, no choosable id) naming `role` and the row. The generator
+    /// verifies greedy windows through this, so a backend that keeps its
+    /// logits on a device can return ids instead of `[n, vocab]` floats;
+    /// it must choose exactly what `argmax` over `forward`'s rows would.
+    /// The default does just that.
+    fn forward_greedy(&mut self, tokens: &[u32], suppress: &[u32], role: Role) -> Result<Vec<u32>> {
+        let logits = self.forward(tokens)?;
+        (0..logits.rows())
+            .map(|i| argmax(logits.row(i), suppress, role, i))
+            .collect()
+    }
+
     /// Feeds a prompt (or the first part of one) whose logits are not needed.
     /// Static-shape backends run it as one context-encoding pass. The default
     /// calls [`forward_last`](Self::forward_last) and drops the logits.
@@ -200,6 +217,9 @@ impl<M: LanguageModel + ?Sized> LanguageModel for Box<M> {
     }
     fn forward_last(&mut self, tokens: &[u32]) -> Result<Logits> {
         (**self).forward_last(tokens)
+    }
+    fn forward_greedy(&mut self, tokens: &[u32], suppress: &[u32], role: Role) -> Result<Vec<u32>> {
+        (**self).forward_greedy(tokens, suppress, role)
     }
     fn prefill(&mut self, tokens: &[u32]) -> Result<()> {
         (**self).prefill(tokens)

@@ -11,7 +11,8 @@ use std::path::{Path, PathBuf};
 use common::setting_name;
 use common::toy::Toy;
 use specdec::{
-    CandleModel, Eos, Error, GenerateConfig, Generator, LanguageModel, Logits, Role, SamplingParams,
+    CandleModel, Eos, Error, GenerateConfig, Generator, LanguageModel, LoadOptions, Logits, Role,
+    SamplingParams,
 };
 
 /// Removes the scratch directories of earlier runs whose process is gone
@@ -1502,4 +1503,22 @@ fn the_fuzz_entry_point_runs_the_real_loading_path() {
         Err(Error::UnusedTensor { .. })
     ));
     assert!(load(&config, &weights[..1000], None, None, 16).is_err());
+}
+
+#[test]
+fn cuda_graph_widths_out_of_range_are_refused_by_name() {
+    for bad in [0usize, specdec::MAX_GRAPH_WIDTH + 1] {
+        let options = LoadOptions {
+            cuda_graph_widths: vec![8, bad],
+            ..LoadOptions::default()
+        };
+        let err = CandleModel::load_with(common::embedded("py-xs"), &options).unwrap_err();
+        let text = err.to_string();
+        assert!(
+            matches!(err, Error::InvalidSetting { .. })
+                && text.contains("cuda_graph_widths")
+                && text.contains(&bad.to_string()),
+            "{text}"
+        );
+    }
 }

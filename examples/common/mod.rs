@@ -34,6 +34,33 @@ pub struct Device {
     /// does.
     #[arg(long)]
     pub target_as_stored: bool,
+    /// With --cuda: the target's CUDA graph widths (comma-separated, each
+    /// 1..=64; `off`: candle's ops). One width makes every token's logits
+    /// the same bits in any window, so greedy output is exact by
+    /// construction.
+    #[arg(long, value_name = "LIST", default_value = "8", value_parser = widths)]
+    pub graph_widths: Widths,
+    /// With --cuda: the draft's CUDA graph widths (as --graph-widths). A
+    /// draft's rounding only moves acceptance, so it gets a width-1 graph
+    /// for its one-token passes.
+    #[arg(long, value_name = "LIST", default_value = "1,8", value_parser = widths)]
+    pub draft_graph_widths: Widths,
+}
+
+/// CUDA graph widths from the command line.
+#[derive(Debug, Clone)]
+pub struct Widths(pub Vec<usize>);
+
+/// `off`, or comma-separated widths in `1..=specdec::MAX_GRAPH_WIDTH`.
+fn widths(s: &str) -> Result<Widths, String> {
+    if s.trim() == "off" {
+        return Ok(Widths(Vec::new()));
+    }
+    s.split(',')
+        .map(|w| int_in(w, 1, specdec::MAX_GRAPH_WIDTH))
+        .collect::<Result<Vec<_>, _>>()
+        .map(Widths)
+        .map_err(|e| format!("{e} (or `off`)"))
 }
 
 impl Device {
@@ -52,7 +79,10 @@ impl Device {
     /// Load options for the target: the CPU in f32 (with
     /// `--target-as-stored`, on the file's blocks), or `--cuda` in bf16.
     pub fn target_options(&self) -> anyhow::Result<LoadOptions> {
-        let options = self.device_options()?;
+        let options = LoadOptions {
+            cuda_graph_widths: self.graph_widths.0.clone(),
+            ..self.device_options()?
+        };
         Ok(match self.target_as_stored {
             true => LoadOptions {
                 quantization: Quantization::AsStored,
@@ -84,6 +114,7 @@ impl Device {
         };
         Ok(LoadOptions {
             quantization,
+            cuda_graph_widths: self.draft_graph_widths.0.clone(),
             ..self.device_options()?
         })
     }

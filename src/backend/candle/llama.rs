@@ -128,7 +128,7 @@ impl WeightSource for Checkpoint {
 }
 
 /// A projection `x @ W^T (+ b)`; `W` is `(out, in)` as stored in checkpoints.
-pub(crate) struct Linear {
+pub(super) struct Linear {
     weight: Weight,
     bias: Option<Tensor>,
 }
@@ -226,6 +226,24 @@ impl Linear {
         Ok(Self { weight, bias })
     }
 
+    /// The dense `(out, in)` weight; errors for packed or quantized ones.
+    #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+    pub(super) fn dense(&self) -> Result<&Tensor> {
+        match &self.weight {
+            Weight::Dense(w) => Ok(w),
+            _ => Err(crate::error::Error::Backend {
+                model: "cuda graph".into(),
+                message: "a packed or quantized weight matrix".into(),
+            }),
+        }
+    }
+
+    /// The bias `[out]`, if any.
+    #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+    pub(super) fn bias(&self) -> Option<&Tensor> {
+        self.bias.as_ref()
+    }
+
     /// `x`: `(n, in)` -> `(n, out)`.
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let y = match &self.weight {
@@ -299,7 +317,7 @@ impl candle_core::CustomOp1 for GgmlWeight {
 }
 
 /// The token embedding `(vocab, hidden)`.
-enum Embedding {
+pub(super) enum Embedding {
     /// Dense, in the compute dtype.
     Dense(Tensor),
     /// ggml blocks; looked-up rows are dequantized to f32.
@@ -307,6 +325,18 @@ enum Embedding {
 }
 
 impl Embedding {
+    /// The dense `(vocab, hidden)` table; errors for ggml blocks.
+    #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+    pub(super) fn dense(&self) -> Result<&Tensor> {
+        match self {
+            Embedding::Dense(t) => Ok(t),
+            Embedding::Ggml(_) => Err(crate::error::Error::Backend {
+                model: "cuda graph".into(),
+                message: "a quantized embedding".into(),
+            }),
+        }
+    }
+
     /// Rows of `tokens` (ids checked against the vocabulary by the caller):
     /// `(n, hidden)`.
     fn forward(&self, tokens: &[u32], device: &Device) -> Result<Tensor> {
@@ -327,35 +357,37 @@ impl Embedding {
 /// Per-layer KV cache, allocated once for `n_positions`.
 pub(crate) struct LayerCache {
     /// `(kv_heads, n_positions, head_dim)`
-    k: Tensor,
+    pub(super) k: Tensor,
     /// `(kv_heads, n_positions, head_dim)`
-    v: Tensor,
+    pub(super) v: Tensor,
 }
 
-struct Layer {
-    input_norm: Tensor,
+pub(super) struct Layer {
+    pub(super) input_norm: Tensor,
     /// q, k and v projections fused into one: `(heads + 2 kv_heads) * head_dim` outputs.
-    qkv: Linear,
-    o: Linear,
-    post_norm: Tensor,
+    pub(super) qkv: Linear,
+    pub(super) o: Linear,
+    pub(super) post_norm: Tensor,
     /// gate and up fused: `2 * intermediate` outputs.
-    gate_up: Linear,
-    down: Linear,
+    pub(super) gate_up: Linear,
+    pub(super) down: Linear,
 }
 
 /// Weights and rotary tables of one model.
 pub(crate) struct Llama {
-    cfg: ModelConfig,
-    embed: Embedding,
-    layers: Vec<Layer>,
-    norm: Tensor,
-    lm_head: Linear,
+    pub(super) cfg: ModelConfig,
+    pub(super) embed: Embedding,
+    pub(super) layers: Vec<Layer>,
+    pub(super) norm: Tensor,
+    pub(super) lm_head: Linear,
+    /// RoPE inverse frequencies `[head_dim / 2]`, scaling applied.
+    inv_freq: Vec<f64>,
     /// `(n_positions, head_dim / 2)`
     cos: Tensor,
     /// `(n_positions, head_dim / 2)`
     sin: Tensor,
-    dtype: DType,
-    device: Device,
+    pub(super) dtype: DType,
+    pub(super) device: Device,
 }
 
 impl Llama {
@@ -464,16 +496,7 @@ impl Llama {
                 *f /= d;
             }
         }
-        let mut cos = Vec::with_capacity(n_positions * half);
-        let mut sin = Vec::with_capacity(n_positions * half);
-        for pos in 0..n_positions {
-            for f in &inv_freq {
-                // f32 angles, as transformers computes them.
-                let angle = (pos as f32 * *f as f32) as f64;
-                cos.push(angle.cos() as f32);
-                sin.push(angle.sin() as f32);
-            }
-        }
+        let (cos, sin) = rope_tables(&inv_freq, n_positions);
         let table = |v: Vec<f32>| -> Result<Tensor> {
             Ok(Tensor::from_vec(v, (n_positions, half), &Device::Cpu)?
                 .to_dtype(dtype)?
@@ -485,11 +508,19 @@ impl Llama {
             layers,
             norm,
             lm_head,
+            inv_freq,
             cos: table(cos)?,
             sin: table(sin)?,
             dtype,
             device: device.clone(),
         })
+    }
+
+    /// The RoPE tables `(n_positions, head_dim / 2)` in f32, row-major:
+    /// cos, then sin.
+    #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+    pub(super) fn rope_tables_f32(&self) -> (Vec<f32>, Vec<f32>) {
+        rope_tables(&self.inv_freq, self.cos.dim(0).unwrap_or(0))
     }
 
     /// Zeroed caches for `n_positions`.
@@ -686,6 +717,23 @@ impl candle_core::CustomOp1 for SwiGlu {
         }
         Ok((candle_core::CpuStorage::F32(out), (n, f).into()))
     }
+}
+
+/// cos and sin of `pos * f` for `pos < n_positions` and each inverse
+/// frequency `f`, `(n_positions, inv_freq.len())` row-major.
+fn rope_tables(inv_freq: &[f64], n_positions: usize) -> (Vec<f32>, Vec<f32>) {
+    let half = inv_freq.len();
+    let mut cos = Vec::with_capacity(n_positions * half);
+    let mut sin = Vec::with_capacity(n_positions * half);
+    for pos in 0..n_positions {
+        for f in inv_freq {
+            // f32 angles, as transformers computes them.
+            let angle = (pos as f32 * *f as f32) as f64;
+            cos.push(angle.cos() as f32);
+            sin.push(angle.sin() as f32);
+        }
+    }
+    (cos, sin)
 }
 
 fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {

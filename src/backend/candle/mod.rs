@@ -19,6 +19,7 @@ mod config;
 mod cpu_attention;
 mod cpu_matmul;
 mod cpu_quant;
+mod cuda;
 mod gguf;
 mod gguf_header;
 mod gguf_tokenizer;
@@ -37,9 +38,11 @@ pub use llama::Quantization;
 pub use weights::fuzz_load;
 
 use crate::chat::ChatTemplate;
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, Role};
 use crate::model::{LanguageModel, Logits};
+use crate::sampling::argmax;
 use crate::tokenizer::Tokenizer;
+use cuda::GraphDecoder;
 use llama::{LayerCache, Llama, WeightSource};
 
 /// Starts rayon's global thread pool, which the CPU backend computes on,
@@ -115,7 +118,26 @@ pub struct LoadOptions {
     pub n_positions: Option<usize>,
     /// Weight storage for the matrix products (Q8_0 and AsStored: CPU only).
     pub quantization: Quantization,
+    /// CUDA only: the widths (tokens per pass, each `1..=`[`MAX_GRAPH_WIDTH`])
+    /// of the decode step captured as CUDA graphs of fused kernels. A
+    /// forward of `n` tokens replays the smallest width `>= n`, padded, or
+    /// chunks of the largest; [`LanguageModel::prefill`] runs candle's ops.
+    /// With **one** width, each row's logits are the same bits whatever
+    /// window it is computed in, so greedy speculative output equals plain
+    /// decoding by construction; with several, a row can differ in the
+    /// last bits between widths (cuBLAS picks kernels by shape), which
+    /// suits a draft. Empty: every forward runs candle's ops (also the
+    /// case for dtypes other than bf16, head_dim not 16/32/64/128/256, MLP
+    /// biases). Ignored on the CPU.
+    pub cuda_graph_widths: Vec<usize>,
 }
+
+/// The widest CUDA graph [`LoadOptions::cuda_graph_widths`] may ask for.
+pub const MAX_GRAPH_WIDTH: usize = 64;
+
+/// The CUDA graph widths of [`LoadOptions::cuda`]: one width of 8, so that
+/// windows up to 8 verify in one replay and greedy output is exact.
+pub const DEFAULT_GRAPH_WIDTHS: [usize; 1] = [8];
 
 impl Default for LoadOptions {
     /// CPU, f32, dense.
@@ -125,17 +147,20 @@ impl Default for LoadOptions {
             dtype: DType::F32,
             n_positions: None,
             quantization: Quantization::None,
+            cuda_graph_widths: Vec::new(),
         }
     }
 }
 
 impl LoadOptions {
-    /// Options for a CUDA device (`ordinal` 0 for the first GPU) in bf16.
+    /// Options for a CUDA device (`ordinal` 0 for the first GPU) in bf16,
+    /// decoding through CUDA graphs of width [`DEFAULT_GRAPH_WIDTHS`].
     /// Errors when the crate was built without the `cuda` feature.
     pub fn cuda(ordinal: usize) -> Result<Self> {
         Ok(Self {
             device: Device::new_cuda(ordinal)?,
             dtype: DType::BF16,
+            cuda_graph_widths: DEFAULT_GRAPH_WIDTHS.to_vec(),
             ..Self::default()
         })
     }
@@ -148,6 +173,10 @@ pub struct CandleModel {
     config: ModelConfig,
     llama: Llama,
     cache: Vec<LayerCache>,
+    /// The CUDA decode step, when the model runs on one (declared after
+    /// `llama` and `cache`, whose device memory it addresses, so that it is
+    /// dropped first).
+    graph: Option<GraphDecoder>,
     len: usize,
     n_positions: usize,
     tokenizer: Option<Tokenizer>,
@@ -182,6 +211,17 @@ impl CandleModel {
                 "quantization",
                 format!("{:?}", options.quantization),
                 "None on a GPU (Q8_0 and AsStored weights are CPU-backend options)",
+            ));
+        }
+        if let Some(&w) = options
+            .cuda_graph_widths
+            .iter()
+            .find(|&&w| w == 0 || w > MAX_GRAPH_WIDTH)
+        {
+            return Err(Error::setting(
+                "cuda_graph_widths",
+                w,
+                format!("1..={MAX_GRAPH_WIDTH}"),
             ));
         }
         if options.quantization == Quantization::AsStored && options.dtype != DType::F32 {
@@ -289,6 +329,7 @@ impl CandleModel {
         )?;
         after_load(source, &config)?;
         let cache = llama.new_cache(n_positions)?;
+        let graph = GraphDecoder::new(&llama, &cache, &options.cuda_graph_widths)?;
         let name = path
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
@@ -299,6 +340,7 @@ impl CandleModel {
             config,
             llama,
             cache,
+            graph,
             len: 0,
             n_positions,
             tokenizer: parts.tokenizer,
@@ -353,6 +395,21 @@ impl CandleModel {
 
     fn run(&mut self, tokens: &[u32], last_only: bool) -> Result<Logits> {
         self.check_feed(tokens)?;
+        if let Some(graph) = &mut self.graph {
+            let width = graph.max_width();
+            let chunks = tokens.len().div_ceil(width);
+            let mut data = Vec::new();
+            for (i, chunk) in tokens.chunks(width).enumerate() {
+                graph.step(chunk, self.len + i * width)?;
+                if !last_only {
+                    data.extend(graph.logits(0)?);
+                } else if i + 1 == chunks {
+                    data = graph.logits(chunk.len() - 1)?;
+                }
+            }
+            self.len += tokens.len();
+            return Ok(Logits::new(data, self.config.vocab_size));
+        }
         let (llama, cache, pos) = (&self.llama, &mut self.cache, self.len);
         let mut pass = || -> Result<Vec<f32>> {
             let logits = llama.forward(tokens, pos, cache, last_only)?;
@@ -403,6 +460,54 @@ fn is_gguf(path: &Path) -> bool {
 impl LanguageModel for CandleModel {
     fn forward(&mut self, tokens: &[u32]) -> Result<Logits> {
         self.run(tokens, false)
+    }
+
+    /// On a CUDA graph, the argmax is taken on the device and only ids
+    /// come back; a row whose winner is suppressed, or that holds a NaN or
+    /// `+inf`, is copied back and decided on the host.
+    fn forward_greedy(&mut self, tokens: &[u32], suppress: &[u32], role: Role) -> Result<Vec<u32>> {
+        self.check_feed(tokens)?;
+        let Some(graph) = &mut self.graph else {
+            let logits = self.forward(tokens)?;
+            return (0..logits.rows())
+                .map(|i| argmax(logits.row(i), suppress, role, i))
+                .collect();
+        };
+        let width = graph.max_width();
+        let mut ids = Vec::with_capacity(tokens.len());
+        for (i, chunk) in tokens.chunks(width).enumerate() {
+            graph.step(chunk, self.len + i * width)?;
+            for (j, id) in graph.argmax()?.into_iter().enumerate() {
+                let row = i * width + j;
+                ids.push(match id {
+                    Some(id) if !suppress.contains(&id) => id,
+                    _ => {
+                        let logits = graph.logits(j)?;
+                        argmax(&logits[..self.config.vocab_size], suppress, role, row)?
+                    }
+                });
+            }
+        }
+        self.len += tokens.len();
+        Ok(ids)
+    }
+
+    /// Runs candle's ops (one batched pass), also on a CUDA graph model.
+    fn prefill(&mut self, tokens: &[u32]) -> Result<()> {
+        self.check_feed(tokens)?;
+        let (llama, cache, pos) = (&self.llama, &mut self.cache, self.len);
+        let mut pass = || -> Result<()> {
+            // Wait for the pass, so that a device fault is reported here.
+            llama.forward(tokens, pos, cache, true)?.to_vec2::<f32>()?;
+            Ok(())
+        };
+        if self.llama.is_cpu() {
+            rayon::scope(|_| pass())?;
+        } else {
+            pass()?;
+        }
+        self.len += tokens.len();
+        Ok(())
     }
 
     fn forward_last(&mut self, tokens: &[u32]) -> Result<Logits> {

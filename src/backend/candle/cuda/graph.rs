@@ -1,0 +1,596 @@
+//! The CUDA decode step as replayed graphs of fused kernels.
+//!
+//! candle runs a Llama layer as ~25 kernels, each launched from the host
+//! with its own allocation: a 1.1B-shape draft pass took 5.5 ms on an
+//! H200, almost all of it launch overhead, where its bytes take 0.5 ms.
+//! Here a step is 9 launches a layer into buffers allocated once (RMSNorm;
+//! the fused q/k/v product; RoPE with the KV-cache write; attention;
+//! the output product with the residual add folded into cuBLAS's `beta`;
+//! RMSNorm; the fused gate/up product; SwiGLU; the down product with its
+//! residual add), then the final norm, the head (f32 logits straight out of
+//! cuBLAS) and a per-row argmax. The whole step is captured once per width
+//! as a CUDA graph and replayed; the position, row count and token ids are
+//! read from a small device header (`meta`) that is rewritten before each
+//! replay, so one graph serves every position.
+//!
+//! A forward of `n` tokens runs in the smallest captured width `w >= n`
+//! (rows `n..w` are padding: computed, never written to the cache, never
+//! read back), or in chunks of the largest. Every kernel computes a row on
+//! its own with a reduction order fixed by the width, and cuBLAS's result
+//! for one column of a product does not depend on the others': with one
+//! width, a token's logits are the same bits whether it is decoded alone or
+//! verified in a window, which is what makes greedy speculative output
+//! identical to plain decoding by construction.
+
+use std::ffi::c_void;
+use std::sync::Arc;
+
+use candle_core::cuda_backend::cudarc::cublas::{sys as blas, CudaBlas};
+use candle_core::cuda_backend::cudarc::driver::{
+    sys, CudaFunction, CudaGraph, CudaSlice, CudaStream, DevicePtr, LaunchConfig, PushKernelArg,
+};
+use candle_core::cuda_backend::cudarc::nvrtc::Ptx;
+use candle_core::{DType, Device, Storage, Tensor};
+
+use super::super::llama::{LayerCache, Llama};
+use crate::error::{Error, Result};
+
+/// The kernels of `kernels.cu`, compiled to PTX by build.rs.
+const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/specdec_kernels.ptx"));
+
+/// cuBLAS workspace set on the handle before capture, so that no product
+/// allocates while a graph is being captured.
+const WORKSPACE_BYTES: usize = 32 << 20;
+
+/// Threads per block of the row kernels.
+const ROW_THREADS: u32 = 256;
+
+struct Kernels {
+    embed: CudaFunction,
+    rms_norm: CudaFunction,
+    rope_kv: CudaFunction,
+    attention: CudaFunction,
+    swiglu: CudaFunction,
+    argmax: CudaFunction,
+}
+
+/// Device addresses of one layer's weights and cache (owned by the
+/// [`Llama`] and its cache, which outlive the decoder).
+struct LayerPtrs {
+    input_norm: u64,
+    qkv: u64,
+    qkv_bias: u64,
+    o: u64,
+    post_norm: u64,
+    gate_up: u64,
+    down: u64,
+    k_cache: u64,
+    v_cache: u64,
+}
+
+/// Buffer addresses (see [`GraphDecoder::addr`]).
+#[derive(Clone, Copy, Default)]
+struct Addrs {
+    meta: u64,
+    x: u64,
+    xn: u64,
+    qkv: u64,
+    q: u64,
+    att: u64,
+    gu: u64,
+    act: u64,
+    logits: u64,
+    argmax: u64,
+    cos: u64,
+    sin: u64,
+}
+
+/// Model shapes the kernels need.
+#[derive(Clone, Copy)]
+struct Dims {
+    hidden: usize,
+    heads: usize,
+    kv_heads: usize,
+    head_dim: usize,
+    ffn: usize,
+    vocab: usize,
+    n_positions: usize,
+    window: usize,
+    eps: f32,
+}
+
+/// The replayed decode step of one model on one CUDA device.
+pub(crate) struct GraphDecoder {
+    stream: Arc<CudaStream>,
+    blas: Arc<CudaBlas>,
+    kernels: Kernels,
+    dims: Dims,
+    layers: Vec<LayerPtrs>,
+    embed: u64,
+    norm: u64,
+    lm_head: u64,
+    /// `[pos, n, ids[max_width]]`
+    meta: CudaSlice<i32>,
+    /// Activations, bf16 (as u16): x and xn `[w, hidden]`, qkv `[w, (heads
+    /// + 2 kv) * head_dim]`, q and att `[w, heads * head_dim]`, gu `[w, 2
+    /// ffn]`, act `[w, ffn]`.
+    x: CudaSlice<u16>,
+    xn: CudaSlice<u16>,
+    qkv: CudaSlice<u16>,
+    q: CudaSlice<u16>,
+    att: CudaSlice<u16>,
+    gu: CudaSlice<u16>,
+    act: CudaSlice<u16>,
+    /// `[w, vocab]` f32
+    logits: CudaSlice<f32>,
+    /// `[w, 2]`: argmax id, NaN/+inf flag
+    argmax: CudaSlice<i32>,
+    /// `[n_positions, head_dim / 2]` f32
+    cos: CudaSlice<f32>,
+    sin: CudaSlice<f32>,
+    _workspace: CudaSlice<u8>,
+    /// Device addresses of the buffers above, taken once before any
+    /// capture: asking a `CudaSlice` for its address makes the stream wait
+    /// on the slice's last write event, which a capture must not record.
+    addr: Addrs,
+    /// `(width, graph)`, widths ascending.
+    graphs: Vec<(usize, CudaGraph)>,
+    /// Rows of the last step.
+    rows: usize,
+}
+
+fn backend(message: impl std::fmt::Display) -> Error {
+    Error::Backend {
+        model: "cuda graph".into(),
+        message: message.to_string(),
+    }
+}
+
+/// The device address of a contiguous bf16 tensor's first element.
+fn bf16_ptr(t: &Tensor, stream: &CudaStream) -> Result<u64> {
+    if t.dtype() != DType::BF16 || !t.is_contiguous() {
+        return Err(backend(format!(
+            "expected a contiguous bf16 tensor, got {:?} {:?}",
+            t.dtype(),
+            t.shape()
+        )));
+    }
+    let (storage, layout) = t.storage_and_layout();
+    let Storage::Cuda(cs) = &*storage else {
+        return Err(backend("tensor is not on a CUDA device"));
+    };
+    let slice = cs.as_cuda_slice::<half::bf16>()?;
+    let (ptr, _sync) = slice.device_ptr(stream);
+    Ok(ptr + (layout.start_offset() * 2) as u64)
+}
+
+fn ptr<T>(s: &CudaSlice<T>, stream: &CudaStream) -> u64 {
+    s.device_ptr(stream).0
+}
+
+/// Why a model cannot take the graph path (`None`: it can).
+fn unsupported(llama: &Llama) -> Option<String> {
+    let c = &llama.cfg;
+    if llama.dtype != DType::BF16 {
+        return Some(format!(
+            "dtype {:?} (the fused kernels are bf16)",
+            llama.dtype
+        ));
+    }
+    if !matches!(c.head_dim, 16 | 32 | 64 | 128 | 256) {
+        return Some(format!(
+            "head_dim {} (not 16, 32, 64, 128 or 256)",
+            c.head_dim
+        ));
+    }
+    if c.mlp_bias {
+        return Some("mlp_bias".into());
+    }
+    if c.num_kv_heads == 0 || c.num_heads % c.num_kv_heads != 0 {
+        return Some("heads not a multiple of kv heads".into());
+    }
+    None
+}
+
+impl GraphDecoder {
+    /// Captures one graph per width of `widths` (each in `1..=64`, checked
+    /// by the caller) for `llama` writing `cache`. `None` when the model is
+    /// not on a CUDA device, `widths` is empty, or the model cannot take
+    /// this path (see [`unsupported`]); errors when a CUDA call fails.
+    pub(crate) fn new(
+        llama: &Llama,
+        cache: &[LayerCache],
+        widths: &[usize],
+    ) -> Result<Option<Self>> {
+        let Device::Cuda(dev) = &llama.device else {
+            return Ok(None);
+        };
+        if widths.is_empty() || unsupported(llama).is_some() {
+            return Ok(None);
+        }
+        let mut widths = widths.to_vec();
+        widths.sort_unstable();
+        widths.dedup();
+        let max_w = *widths.last().ok_or_else(|| backend("no graph width"))?;
+        let stream = dev.cuda_stream();
+        let blas = dev.cublas_handle();
+        let module = stream
+            .context()
+            .load_module(Ptx::from_src(PTX))
+            .map_err(backend)?;
+        let f = |name: &str| module.load_function(name).map_err(backend);
+        let c = &llama.cfg;
+        let kernels = Kernels {
+            embed: f("sd_embed")?,
+            rms_norm: f("sd_rms_norm")?,
+            rope_kv: f("sd_rope_kv")?,
+            attention: f(&format!("sd_attention_{}", c.head_dim))?,
+            swiglu: f("sd_swiglu")?,
+            argmax: f("sd_argmax")?,
+        };
+        let n_positions = cache.first().map(|l| l.k.dim(1)).transpose()?.unwrap_or(0);
+        let dims = Dims {
+            hidden: c.hidden_size,
+            heads: c.num_heads,
+            kv_heads: c.num_kv_heads,
+            head_dim: c.head_dim,
+            ffn: c.intermediate_size,
+            vocab: c.vocab_size,
+            n_positions,
+            window: c.sliding_window.unwrap_or(0),
+            eps: c.rms_norm_eps as f32,
+        };
+        let mut layers = Vec::with_capacity(llama.layers.len());
+        for (l, kv) in llama.layers.iter().zip(cache) {
+            layers.push(LayerPtrs {
+                input_norm: bf16_ptr(&l.input_norm, &stream)?,
+                qkv: bf16_ptr(l.qkv.dense()?, &stream)?,
+                qkv_bias: match l.qkv.bias() {
+                    Some(b) => bf16_ptr(b, &stream)?,
+                    None => 0,
+                },
+                o: bf16_ptr(l.o.dense()?, &stream)?,
+                post_norm: bf16_ptr(&l.post_norm, &stream)?,
+                gate_up: bf16_ptr(l.gate_up.dense()?, &stream)?,
+                down: bf16_ptr(l.down.dense()?, &stream)?,
+                k_cache: bf16_ptr(&kv.k, &stream)?,
+                v_cache: bf16_ptr(&kv.v, &stream)?,
+            });
+        }
+        let embed = bf16_ptr(llama.embed.dense()?, &stream)?;
+        let norm = bf16_ptr(&llama.norm, &stream)?;
+        let lm_head = bf16_ptr(llama.lm_head.dense()?, &stream)?;
+        let (cos, sin) = llama.rope_tables_f32();
+        let d = dims;
+        let zeros = |n: usize| stream.alloc_zeros::<u16>(n).map_err(backend);
+        let qkv_w = (d.heads + 2 * d.kv_heads) * d.head_dim;
+        let mut me = Self {
+            meta: stream.alloc_zeros::<i32>(2 + max_w).map_err(backend)?,
+            x: zeros(max_w * d.hidden)?,
+            xn: zeros(max_w * d.hidden)?,
+            qkv: zeros(max_w * qkv_w)?,
+            q: zeros(max_w * d.heads * d.head_dim)?,
+            att: zeros(max_w * d.heads * d.head_dim)?,
+            gu: zeros(max_w * 2 * d.ffn)?,
+            act: zeros(max_w * d.ffn)?,
+            logits: stream
+                .alloc_zeros::<f32>(max_w * d.vocab)
+                .map_err(backend)?,
+            argmax: stream.alloc_zeros::<i32>(max_w * 2).map_err(backend)?,
+            cos: stream.clone_htod(&cos).map_err(backend)?,
+            sin: stream.clone_htod(&sin).map_err(backend)?,
+            _workspace: stream.alloc_zeros::<u8>(WORKSPACE_BYTES).map_err(backend)?,
+            stream,
+            blas,
+            kernels,
+            dims,
+            layers,
+            embed,
+            norm,
+            lm_head,
+            addr: Addrs::default(),
+            graphs: Vec::new(),
+            rows: 0,
+        };
+        let s = &me.stream;
+        me.addr = Addrs {
+            meta: ptr(&me.meta, s),
+            x: ptr(&me.x, s),
+            xn: ptr(&me.xn, s),
+            qkv: ptr(&me.qkv, s),
+            q: ptr(&me.q, s),
+            att: ptr(&me.att, s),
+            gu: ptr(&me.gu, s),
+            act: ptr(&me.act, s),
+            logits: ptr(&me.logits, s),
+            argmax: ptr(&me.argmax, s),
+            cos: ptr(&me.cos, s),
+            sin: ptr(&me.sin, s),
+        };
+        let status = unsafe {
+            blas::cublasSetWorkspace_v2(
+                *me.blas.handle(),
+                ptr(&me._workspace, &me.stream) as *mut c_void,
+                WORKSPACE_BYTES,
+            )
+        };
+        check_blas(status)?;
+        for &w in &widths {
+            // One eager run (n = 0: nothing is written to the cache) loads
+            // cuBLAS's kernels and picks its algorithms before capture.
+            me.write_meta(&[], 0)?;
+            me.enqueue(w)?;
+            me.stream.synchronize().map_err(backend)?;
+            me.stream
+                .begin_capture(sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_RELAXED)
+                .map_err(backend)?;
+            let recorded = me.enqueue(w);
+            let graph = me
+                .stream
+                .end_capture(sys::CUgraphInstantiate_flags(0))
+                .map_err(backend)?;
+            recorded?;
+            let graph = graph.ok_or_else(|| backend("stream capture recorded nothing"))?;
+            graph.upload().map_err(backend)?;
+            me.graphs.push((w, graph));
+        }
+        me.stream.synchronize().map_err(backend)?;
+        Ok(Some(me))
+    }
+
+    /// The largest captured width: the most tokens one replay takes.
+    pub(crate) fn max_width(&self) -> usize {
+        self.graphs.last().map_or(0, |(w, _)| *w)
+    }
+
+    /// Runs `tokens` (`1..=max_width()`, ids checked by the caller) at
+    /// positions `pos..pos + n`, writing the cache there; the logits stay
+    /// on the device until [`Self::logits`] or [`Self::argmax`].
+    pub(crate) fn step(&mut self, tokens: &[u32], pos: usize) -> Result<()> {
+        let n = tokens.len();
+        let Some(i) = self.graphs.iter().position(|(w, _)| *w >= n) else {
+            return Err(backend(format!(
+                "{n} tokens exceed the widest graph, {}",
+                self.max_width()
+            )));
+        };
+        if n == 0 || pos + n > self.dims.n_positions {
+            return Err(backend(format!(
+                "positions {pos}..{} are not a window within n_positions {}",
+                pos + n,
+                self.dims.n_positions
+            )));
+        }
+        self.write_meta(tokens, pos)?;
+        self.graphs[i].1.launch().map_err(backend)?;
+        self.rows = n;
+        Ok(())
+    }
+
+    /// Logits of rows `first..rows` of the last step, `[rows - first, vocab]`.
+    pub(crate) fn logits(&self, first: usize) -> Result<Vec<f32>> {
+        let v = self.dims.vocab;
+        let view = self.logits.slice(first * v..self.rows * v);
+        let mut out = vec![0f32; (self.rows - first) * v];
+        self.stream.memcpy_dtoh(&view, &mut out).map_err(backend)?;
+        Ok(out)
+    }
+
+    /// Per row of the last step: the first id of the largest logit, or
+    /// `None` when the row needs a look on the host (a NaN or +inf in it,
+    /// or no finite value).
+    pub(crate) fn argmax(&self) -> Result<Vec<Option<u32>>> {
+        let mut out = vec![0i32; 2 * self.rows];
+        let view = self.argmax.slice(0..2 * self.rows);
+        self.stream.memcpy_dtoh(&view, &mut out).map_err(backend)?;
+        Ok(out
+            .chunks_exact(2)
+            .map(|r| {
+                let ok = r[1] == 0 && r[0] >= 0 && (r[0] as usize) < self.dims.vocab;
+                ok.then_some(r[0] as u32)
+            })
+            .collect())
+    }
+
+    /// Writes the step header: `pos`, the row count and the ids (padding
+    /// rows get id 0).
+    fn write_meta(&mut self, tokens: &[u32], pos: usize) -> Result<()> {
+        let mut meta = vec![0i32; self.meta.len()];
+        meta[0] = pos as i32;
+        meta[1] = tokens.len() as i32;
+        for (m, &t) in meta[2..].iter_mut().zip(tokens) {
+            *m = t as i32;
+        }
+        self.stream
+            .memcpy_htod(&meta, &mut self.meta)
+            .map_err(backend)
+    }
+
+    /// Enqueues one step of width `w` on the stream (eagerly, or into a
+    /// capture). Only plain values go to the launches, so nothing records
+    /// or waits on events.
+    fn enqueue(&self, w: usize) -> Result<()> {
+        let d = self.dims;
+        let s = &self.stream;
+        let Addrs {
+            meta,
+            x,
+            xn,
+            qkv,
+            q,
+            att,
+            gu,
+            act,
+            logits,
+            argmax,
+            cos,
+            sin,
+        } = self.addr;
+        let wi = w as u32;
+        let rows = |blocks: (u32, u32, u32), threads: u32| LaunchConfig {
+            grid_dim: blocks,
+            block_dim: (threads, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let (hidden, vocab) = (d.hidden as i32, d.vocab as i32);
+        unsafe {
+            s.launch_builder(&self.kernels.embed)
+                .arg(&meta)
+                .arg(&self.embed)
+                .arg(&x)
+                .arg(&hidden)
+                .arg(&vocab)
+                .launch(rows((wi, 1, 1), ROW_THREADS))
+                .map_err(backend)?;
+        }
+        let qkv_out = (d.heads + 2 * d.kv_heads) * d.head_dim;
+        let (heads, kv, hd, npos) = (
+            d.heads as i32,
+            d.kv_heads as i32,
+            d.head_dim as i32,
+            d.n_positions as i32,
+        );
+        let window = d.window as i32;
+        let scale = 1.0 / (d.head_dim as f32).sqrt();
+        let ffn = d.ffn as i32;
+        let swiglu_blocks = ((w * d.ffn).div_ceil(ROW_THREADS as usize)).min(4096) as u32;
+        for l in &self.layers {
+            self.rms_norm(w, x, l.input_norm, xn)?;
+            self.gemm(w, l.qkv, xn, qkv, qkv_out, d.hidden, 0.0, false)?;
+            unsafe {
+                s.launch_builder(&self.kernels.rope_kv)
+                    .arg(&meta)
+                    .arg(&qkv)
+                    .arg(&l.qkv_bias)
+                    .arg(&cos)
+                    .arg(&sin)
+                    .arg(&q)
+                    .arg(&l.k_cache)
+                    .arg(&l.v_cache)
+                    .arg(&heads)
+                    .arg(&kv)
+                    .arg(&hd)
+                    .arg(&npos)
+                    .launch(rows(
+                        (wi, (d.heads + 2 * d.kv_heads) as u32, 1),
+                        (d.head_dim as u32 / 2).clamp(32, 128),
+                    ))
+                    .map_err(backend)?;
+                s.launch_builder(&self.kernels.attention)
+                    .arg(&meta)
+                    .arg(&q)
+                    .arg(&l.k_cache)
+                    .arg(&l.v_cache)
+                    .arg(&att)
+                    .arg(&heads)
+                    .arg(&kv)
+                    .arg(&npos)
+                    .arg(&window)
+                    .arg(&scale)
+                    .launch(rows((d.heads as u32, wi, 1), 128))
+                    .map_err(backend)?;
+            }
+            self.gemm(w, l.o, att, x, d.hidden, d.heads * d.head_dim, 1.0, false)?;
+            self.rms_norm(w, x, l.post_norm, xn)?;
+            self.gemm(w, l.gate_up, xn, gu, 2 * d.ffn, d.hidden, 0.0, false)?;
+            unsafe {
+                s.launch_builder(&self.kernels.swiglu)
+                    .arg(&gu)
+                    .arg(&act)
+                    .arg(&(w as i32))
+                    .arg(&ffn)
+                    .launch(rows((swiglu_blocks, 1, 1), ROW_THREADS))
+                    .map_err(backend)?;
+            }
+            self.gemm(w, l.down, act, x, d.hidden, d.ffn, 1.0, false)?;
+        }
+        self.rms_norm(w, x, self.norm, xn)?;
+        self.gemm(w, self.lm_head, xn, logits, d.vocab, d.hidden, 0.0, true)?;
+        unsafe {
+            s.launch_builder(&self.kernels.argmax)
+                .arg(&logits)
+                .arg(&argmax)
+                .arg(&vocab)
+                .launch(rows((wi, 1, 1), 1024))
+                .map_err(backend)?;
+        }
+        Ok(())
+    }
+
+    fn rms_norm(&self, w: usize, x: u64, weight: u64, out: u64) -> Result<()> {
+        let hidden = self.dims.hidden as i32;
+        let eps = self.dims.eps;
+        unsafe {
+            self.stream
+                .launch_builder(&self.kernels.rms_norm)
+                .arg(&x)
+                .arg(&weight)
+                .arg(&out)
+                .arg(&hidden)
+                .arg(&eps)
+                .launch(LaunchConfig {
+                    grid_dim: (w as u32, 1, 1),
+                    block_dim: (ROW_THREADS, 1, 1),
+                    shared_mem_bytes: 0,
+                })
+                .map_err(backend)?;
+        }
+        Ok(())
+    }
+
+    /// `y[w, out] = x[w, inp] @ W[out, inp]^T (+ beta * y)`, bf16 inputs,
+    /// f32 accumulation, `y` in bf16 (or f32 when `y_f32`).
+    #[allow(clippy::too_many_arguments)]
+    fn gemm(
+        &self,
+        w: usize,
+        weight: u64,
+        x: u64,
+        y: u64,
+        out: usize,
+        inp: usize,
+        beta: f32,
+        y_f32: bool,
+    ) -> Result<()> {
+        let alpha = 1f32;
+        let y_type = if y_f32 {
+            blas::cudaDataType::CUDA_R_32F
+        } else {
+            blas::cudaDataType::CUDA_R_16BF
+        };
+        // Column-major: y^T (out x w) = W^T^T ... cuBLAS sees W (inp x out,
+        // ld inp) transposed, times x^T (inp x w, ld inp).
+        let status = unsafe {
+            blas::cublasGemmEx(
+                *self.blas.handle(),
+                blas::cublasOperation_t::CUBLAS_OP_T,
+                blas::cublasOperation_t::CUBLAS_OP_N,
+                out as i32,
+                w as i32,
+                inp as i32,
+                &alpha as *const f32 as *const c_void,
+                weight as *const c_void,
+                blas::cudaDataType::CUDA_R_16BF,
+                inp as i32,
+                x as *const c_void,
+                blas::cudaDataType::CUDA_R_16BF,
+                inp as i32,
+                &beta as *const f32 as *const c_void,
+                y as *mut c_void,
+                y_type,
+                out as i32,
+                blas::cublasComputeType_t::CUBLAS_COMPUTE_32F,
+                blas::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
+            )
+        };
+        check_blas(status)
+    }
+}
+
+fn check_blas(status: blas::cublasStatus_t) -> Result<()> {
+    if status == blas::cublasStatus_t::CUBLAS_STATUS_SUCCESS {
+        Ok(())
+    } else {
+        Err(backend(format!("cuBLAS: {status:?}")))
+    }
+}

@@ -1,0 +1,295 @@
+// specdec's fused CUDA kernels for the decode step (see cuda/mod.rs).
+//
+// Every kernel computes each row (token) of a window on its own, with a
+// reduction order fixed by the shapes alone, never by how many rows are
+// valid: a token's numbers are the same bits whether it is decoded alone or
+// verified among seven draft tokens. `meta` is the step's device-side
+// header, rewritten before each graph replay:
+//   meta[0] = pos (first position of the window), meta[1] = n (valid rows),
+//   meta[2 .. 2 + width] = token ids (rows >= n hold 0).
+#include <cuda_bf16.h>
+#include <stdint.h>
+
+typedef __nv_bfloat16 bf16;
+
+#define FULL 0xffffffffu
+
+__device__ __forceinline__ float warp_sum(float v) {
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(FULL, v, o);
+  return v;
+}
+
+__device__ __forceinline__ float warp_max(float v) {
+  for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(FULL, v, o));
+  return v;
+}
+
+// Sum over a block of blockDim.x (a multiple of 32, at most 1024) threads,
+// in a fixed order; every thread gets the result.
+__device__ float block_sum(float v) {
+  __shared__ float partial[32];
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  v = warp_sum(v);
+  if (lane == 0) partial[warp] = v;
+  __syncthreads();
+  const int warps = blockDim.x >> 5;
+  v = lane < warps ? partial[lane] : 0.f;
+  v = warp_sum(v);
+  __syncthreads();
+  return v;
+}
+
+// x[row] = table[meta ids[row]]; grid (width), any block size.
+extern "C" __global__ void sd_embed(const int* meta, const bf16* table, bf16* x,
+                                    int hidden, int vocab) {
+  const int row = blockIdx.x;
+  int id = meta[2 + row];
+  if (id < 0 || id >= vocab) id = 0;
+  const bf16* src = table + (size_t)id * hidden;
+  bf16* dst = x + (size_t)row * hidden;
+  for (int i = threadIdx.x; i < hidden; i += blockDim.x) dst[i] = src[i];
+}
+
+// out[row] = x[row] / rms(x[row]) * w, computed in f32; grid (width).
+extern "C" __global__ void sd_rms_norm(const bf16* x, const bf16* w, bf16* out,
+                                       int hidden, float eps) {
+  const int row = blockIdx.x;
+  const bf16* xr = x + (size_t)row * hidden;
+  float acc = 0.f;
+  for (int i = threadIdx.x; i < hidden; i += blockDim.x) {
+    const float v = __bfloat162float(xr[i]);
+    acc += v * v;
+  }
+  const float r = rsqrtf(block_sum(acc) / (float)hidden + eps);
+  bf16* o = out + (size_t)row * hidden;
+  for (int i = threadIdx.x; i < hidden; i += blockDim.x)
+    o[i] = __float2bfloat16(__bfloat162float(xr[i]) * r * __bfloat162float(w[i]));
+}
+
+// Splits the fused projection qkv [width, (heads + 2 kv) * D] (plus `bias`,
+// same length, or null), rotates q and k by RoPE (halves rotated, as Hugging
+// Face's Llama does; cos/sin [n_positions, D/2] in f32) and writes q to
+// q_out [width, heads, D], k and v into the caches [kv, n_positions, D] at
+// pos + row. Rows >= n write nothing. Grid (width, heads + 2 kv), block >= D/2.
+extern "C" __global__ void sd_rope_kv(const int* meta, const bf16* qkv, const bf16* bias,
+                                      const float* cos_t, const float* sin_t,
+                                      bf16* q_out, bf16* k_cache, bf16* v_cache,
+                                      int heads, int kv, int d, int n_positions) {
+  const int row = blockIdx.x, slot = blockIdx.y;
+  const int pos = meta[0], n = meta[1];
+  if (row >= n) return;
+  const int at = pos + row;
+  const int width_qkv = (heads + 2 * kv) * d;
+  const bf16* src = qkv + (size_t)row * width_qkv + (size_t)slot * d;
+  const bf16* b = bias ? bias + (size_t)slot * d : nullptr;
+  const int half = d / 2;
+  if (slot < heads + kv) {
+    bf16* dst = slot < heads
+        ? q_out + ((size_t)row * heads + slot) * d
+        : k_cache + ((size_t)(slot - heads) * n_positions + at) * d;
+    for (int j = threadIdx.x; j < half; j += blockDim.x) {
+      float x1 = __bfloat162float(src[j]);
+      float x2 = __bfloat162float(src[j + half]);
+      if (b) {
+        x1 = __bfloat162float(__float2bfloat16(x1 + __bfloat162float(b[j])));
+        x2 = __bfloat162float(__float2bfloat16(x2 + __bfloat162float(b[j + half])));
+      }
+      const float c = cos_t[(size_t)at * half + j], s = sin_t[(size_t)at * half + j];
+      dst[j] = __float2bfloat16(x1 * c - x2 * s);
+      dst[j + half] = __float2bfloat16(x2 * c + x1 * s);
+    }
+  } else {
+    bf16* dst = v_cache + ((size_t)(slot - heads - kv) * n_positions + at) * d;
+    for (int j = threadIdx.x; j < d; j += blockDim.x) {
+      float v = __bfloat162float(src[j]);
+      if (b) v += __bfloat162float(b[j]);
+      dst[j] = __float2bfloat16(v);
+    }
+  }
+}
+
+// Causal attention of one query (row, head) over the cache, flash-decoding
+// style in one block of ATT_WARPS warps: warp w scores keys in chunks of 32
+// (a key per lane), chunk c covering keys start + 32 (w + ATT_WARPS i);
+// each warp keeps an online softmax, and the warps are merged in order.
+// Which keys a warp sees depends on the query's position only.
+// q [width, heads, D]; caches [kv, n_positions, D]; out [width, heads * D].
+// window > 0: a key more than window - 1 positions back is not seen.
+// D is 16, 32, 64, 128 or 256. Grid (heads, width), block 32 * ATT_WARPS.
+#define ATT_WARPS 4
+
+template <int D>
+__device__ void attend(const int* meta, const bf16* q, const bf16* k_cache,
+                       const bf16* v_cache, bf16* out, int heads, int kv,
+                       int n_positions, int window, float scale) {
+  // Output dims per lane; for D < 32, lanes D.. hold none.
+  constexpr int DPL = D >= 32 ? D / 32 : 1;
+  const bool owns = D >= 32 || (int)(threadIdx.x & 31) < D;
+  __shared__ float qs[D];
+  __shared__ float wm[ATT_WARPS], wl[ATT_WARPS];
+  __shared__ float wacc[ATT_WARPS][D];
+  const int head = blockIdx.x, row = blockIdx.y;
+  const int pos = meta[0], n = meta[1];
+  if (row >= n) return;
+  const int kvh = head / (heads / kv);
+  const int last = pos + row;
+  const int start = (window > 0 && last + 1 > window) ? last + 1 - window : 0;
+  const bf16* qr = q + ((size_t)row * heads + head) * D;
+  for (int i = threadIdx.x; i < D; i += blockDim.x) qs[i] = __bfloat162float(qr[i]) * scale;
+  __syncthreads();
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const bf16* kb = k_cache + (size_t)kvh * n_positions * D;
+  const bf16* vb = v_cache + (size_t)kvh * n_positions * D;
+  float m = -INFINITY, l = 0.f;
+  float acc[DPL];
+#pragma unroll
+  for (int t = 0; t < DPL; t++) acc[t] = 0.f;
+  for (int c = start + warp * 32; c <= last; c += ATT_WARPS * 32) {
+    const int j = c + lane;
+    float s = -INFINITY;
+    if (j <= last) {
+      const bf16* kr = kb + (size_t)j * D;
+      float dot = 0.f;
+#pragma unroll
+      for (int i = 0; i < D; i += 8) {
+        const uint4 raw = *reinterpret_cast<const uint4*>(kr + i);
+        const __nv_bfloat162* e = reinterpret_cast<const __nv_bfloat162*>(&raw);
+#pragma unroll
+        for (int t = 0; t < 4; t++) {
+          const float2 f = __bfloat1622float2(e[t]);
+          dot += qs[i + 2 * t] * f.x;
+          dot += qs[i + 2 * t + 1] * f.y;
+        }
+      }
+      s = dot;
+    }
+    const float new_m = fmaxf(m, warp_max(s));  // lane 0's key exists: finite
+    const float corr = __expf(m - new_m);
+    const float p = j <= last ? __expf(s - new_m) : 0.f;
+    l = l * corr + warp_sum(p);
+#pragma unroll
+    for (int t = 0; t < DPL; t++) acc[t] *= corr;
+    const int count = min(32, last - c + 1);
+    for (int jj = 0; jj < count; jj++) {
+      const float pj = __shfl_sync(FULL, p, jj);
+      const bf16* vr = vb + (size_t)(c + jj) * D + lane * DPL;
+      if constexpr (DPL % 2 == 0) {
+#pragma unroll
+        for (int t = 0; t < DPL; t += 2) {
+          const float2 f = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(vr + t));
+          acc[t] += pj * f.x;
+          acc[t + 1] += pj * f.y;
+        }
+      } else {
+        if (owns) acc[0] += pj * __bfloat162float(vr[0]);
+      }
+    }
+    m = new_m;
+  }
+  if (lane == 0) {
+    wm[warp] = m;
+    wl[warp] = l;
+  }
+  if (owns) {
+#pragma unroll
+    for (int t = 0; t < DPL; t++) wacc[warp][lane * DPL + t] = acc[t];
+  }
+  __syncthreads();
+  float big = -INFINITY;
+  for (int w = 0; w < ATT_WARPS; w++) big = fmaxf(big, wm[w]);
+  bf16* o = out + ((size_t)row * heads + head) * D;
+  for (int i = threadIdx.x; i < D; i += blockDim.x) {
+    float total = 0.f, sum = 0.f;
+    for (int w = 0; w < ATT_WARPS; w++) {
+      if (wl[w] > 0.f) {
+        const float e = __expf(wm[w] - big);
+        total += wl[w] * e;
+        sum += wacc[w][i] * e;
+      }
+    }
+    o[i] = __float2bfloat16(sum / total);
+  }
+}
+
+#define ATTEND(D)                                                                    \
+  extern "C" __global__ void sd_attention_##D(const int* meta, const bf16* q,       \
+                                              const bf16* k_cache, const bf16* v_cache, \
+                                              bf16* out, int heads, int kv,         \
+                                              int n_positions, int window, float scale) { \
+    attend<D>(meta, q, k_cache, v_cache, out, heads, kv, n_positions, window, scale); \
+  }
+ATTEND(16)
+ATTEND(32)
+ATTEND(64)
+ATTEND(128)
+ATTEND(256)
+
+// act[row, j] = silu(gu[row, j]) * gu[row, f + j] in f32; grid-stride over width * f.
+extern "C" __global__ void sd_swiglu(const bf16* gu, bf16* act, int rows, int f) {
+  const size_t total = (size_t)rows * f;
+  for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < total;
+       i += (size_t)gridDim.x * blockDim.x) {
+    const size_t row = i / f, j = i % f;
+    const float g = __bfloat162float(gu[row * 2 * f + j]);
+    const float u = __bfloat162float(gu[row * 2 * f + f + j]);
+    act[i] = __float2bfloat16(g / (1.f + __expf(-g)) * u);
+  }
+}
+
+// Per row of logits [width, vocab] (f32): the first id holding the largest
+// value, and whether the row holds a NaN or +inf (then the host looks at the
+// row itself). out[2 * row] = id, out[2 * row + 1] = 1 if bad. Grid (width),
+// block 1024.
+extern "C" __global__ void sd_argmax(const float* logits, int* out, int vocab) {
+  __shared__ float best_v[32];
+  __shared__ int best_i[32];
+  __shared__ int any_bad;
+  const int row = blockIdx.x;
+  const float* r = logits + (size_t)row * vocab;
+  if (threadIdx.x == 0) any_bad = 0;
+  __syncthreads();
+  float bv = -INFINITY;
+  int bi = 0x7fffffff;
+  int bad = 0;
+  for (int i = threadIdx.x; i < vocab; i += blockDim.x) {
+    const float v = r[i];
+    if (isnan(v) || v == INFINITY) bad = 1;
+    if (v > bv) {
+      bv = v;
+      bi = i;
+    }
+  }
+  if (bad) atomicOr(&any_bad, 1);
+  for (int o = 16; o > 0; o >>= 1) {
+    const float ov = __shfl_xor_sync(FULL, bv, o);
+    const int oi = __shfl_xor_sync(FULL, bi, o);
+    if (ov > bv || (ov == bv && oi < bi)) {
+      bv = ov;
+      bi = oi;
+    }
+  }
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  if (lane == 0) {
+    best_v[warp] = bv;
+    best_i[warp] = bi;
+  }
+  __syncthreads();
+  if (warp == 0) {
+    const int warps = blockDim.x >> 5;
+    bv = lane < warps ? best_v[lane] : -INFINITY;
+    bi = lane < warps ? best_i[lane] : 0x7fffffff;
+    for (int o = 16; o > 0; o >>= 1) {
+      const float ov = __shfl_xor_sync(FULL, bv, o);
+      const int oi = __shfl_xor_sync(FULL, bi, o);
+      if (ov > bv || (ov == bv && oi < bi)) {
+        bv = ov;
+        bi = oi;
+      }
+    }
+    if (lane == 0) {
+      // An all -inf row: id 0x7fffffff marks "no finite best"; the host decides.
+      out[2 * row] = bi;
+      out[2 * row + 1] = any_bad;
+    }
+  }
+}
