@@ -23,7 +23,9 @@
 #   CUDA_SETUP      toolchain script to source   (default: <repo>/../shared/cuda/setup-toolchain.sh)
 #   CUDA_TOOLCHAIN  where the CUDA wheels live   (default: /opt/cuda13)
 #   CARGO_TARGET_DIR cargo target dir            (default: <repo>/target-cuda)
-#   MODELS          space-separated model dirs  (default: <repo>/../shared/models/py-m <repo>/../shared/models/py-s)
+#   MODELS          space-separated model dirs  (default: py-m, py-s and
+#                   arch/qwen2-tiny of <repo>/../shared/models: q/k/v biases,
+#                   head_dim 16; the other tiny ones would not fit in 64 MiB)
 #   CARGO_NICE      niceness for cargo           (default: 10)
 #
 # A cold build (candle's CUDA kernels) takes ~15 minutes on 2 cores; keep the
@@ -36,7 +38,8 @@ cd "$repo"
 CUDA_SETUP="${CUDA_SETUP:-$repo/../shared/cuda/setup-toolchain.sh}"
 CUDA_TOOLCHAIN="${CUDA_TOOLCHAIN:-/opt/cuda13}"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$repo/target-cuda}"
-MODELS="${MODELS:-$repo/../shared/models/py-m $repo/../shared/models/py-s}"
+shared="$repo/../shared"
+MODELS="${MODELS:-$shared/models/py-m $shared/models/py-s $shared/models/arch/qwen2-tiny}"
 CARGO_NICE="${CARGO_NICE:-10}"
 out="$repo/.cuda-out"
 
@@ -203,6 +206,17 @@ for d in "$out/models"/*/; do
   n="$(basename "$d")"
   [[ " ${wanted[*]-} " == *" $n "* ]] || rm -rf "$d"
 done
+
+# --- 4b. what scripts/bench-gpu-7b.sh needs from ../shared, and the commit -----
+# (../shared does not travel to the GPU machine; .cuda-out does.)
+mkdir -p "$out/shared"
+for f in models/grow.py bench/prompts_py.json bench/prompts_repeat.json; do
+  if [[ -f "$shared/$f" ]]; then install -m 0644 "$shared/$f" "$out/shared/"; else echo "warning: $shared/$f missing" >&2; fi
+done
+commit="$(git rev-parse --short HEAD)"
+git diff --quiet HEAD -- src examples tests build.rs Cargo.toml || commit="$commit+dirty"
+echo "$commit" > "$out/commit.txt"
+echo "commit $commit -> $out/commit.txt"
 
 # --- 5. unpack script for the GPU machine --------------------------------------
 cat > "$out/unpack.sh" <<'UNPACK'

@@ -35,14 +35,12 @@ pub struct Device {
     #[arg(long)]
     pub target_as_stored: bool,
     /// With --cuda: the target's CUDA graph widths (comma-separated, each
-    /// 1..=64; `off`: candle's ops). One width makes every token's logits
-    /// the same bits in any window, so greedy output is exact by
-    /// construction.
+    /// 1..=16; `off`: candle's ops). A token's logits are the same bits at
+    /// any width, so greedy output is exact by construction.
     #[arg(long, value_name = "LIST", default_value = "8", value_parser = widths)]
     pub graph_widths: Widths,
-    /// With --cuda: the draft's CUDA graph widths (as --graph-widths). A
-    /// draft's rounding only moves acceptance, so it gets a width-1 graph
-    /// for its one-token passes.
+    /// With --cuda: the draft's CUDA graph widths (as --graph-widths): a
+    /// width-1 graph for its one-token passes, 8 for catching up.
     #[arg(long, value_name = "LIST", default_value = "1,8", value_parser = widths)]
     pub draft_graph_widths: Widths,
 }

@@ -122,21 +122,21 @@ pub struct LoadOptions {
     /// of the decode step captured as CUDA graphs of fused kernels. A
     /// forward of `n` tokens replays the smallest width `>= n`, padded, or
     /// chunks of the largest; [`LanguageModel::prefill`] runs candle's ops.
-    /// With **one** width, each row's logits are the same bits whatever
-    /// window it is computed in, so greedy speculative output equals plain
-    /// decoding by construction; with several, a row can differ in the
-    /// last bits between widths (cuBLAS picks kernels by shape), which
-    /// suits a draft. Empty: every forward runs candle's ops (also the
-    /// case for dtypes other than bf16, head_dim not 16/32/64/128/256, MLP
-    /// biases). Ignored on the CPU.
+    /// Each row's logits are the same bits whatever window or width it is
+    /// computed in, so greedy speculative output equals plain decoding by
+    /// construction (for matrices whose sides are not multiples of 32,
+    /// computed by cuBLAS instead, only within one width). Empty: every
+    /// forward runs candle's ops (also the case for dtypes other than bf16,
+    /// head_dim not 16/32/64/128/256, MLP biases, hidden sizes that are not
+    /// multiples of 8 or exceed 16384). Ignored on the CPU.
     pub cuda_graph_widths: Vec<usize>,
 }
 
 /// The widest CUDA graph [`LoadOptions::cuda_graph_widths`] may ask for.
-pub const MAX_GRAPH_WIDTH: usize = 64;
+pub const MAX_GRAPH_WIDTH: usize = 16;
 
-/// The CUDA graph widths of [`LoadOptions::cuda`]: one width of 8, so that
-/// windows up to 8 verify in one replay and greedy output is exact.
+/// The CUDA graph widths of [`LoadOptions::cuda`]: windows up to 8 verify
+/// in one replay.
 pub const DEFAULT_GRAPH_WIDTHS: [usize; 1] = [8];
 
 impl Default for LoadOptions {

@@ -3,24 +3,28 @@
 //! candle runs a Llama layer as ~25 kernels, each launched from the host
 //! with its own allocation: a 1.1B-shape draft pass took 5.5 ms on an
 //! H200, almost all of it launch overhead, where its bytes take 0.5 ms.
-//! Here a step is 9 launches a layer into buffers allocated once (RMSNorm;
-//! the fused q/k/v product; RoPE with the KV-cache write; attention;
-//! the output product with the residual add folded into cuBLAS's `beta`;
+//! Here a step is 9 launches a layer into buffers allocated once: RMSNorm;
+//! the fused q/k/v product; RoPE with the KV-cache write; attention over the
+//! cache; the output product with the residual add in its epilogue;
 //! RMSNorm; the fused gate/up product; SwiGLU; the down product with its
-//! residual add), then the final norm, the head (f32 logits straight out of
-//! cuBLAS) and a per-row argmax. The whole step is captured once per width
-//! as a CUDA graph and replayed; the position, row count and token ids are
-//! read from a small device header (`meta`) that is rewritten before each
-//! replay, so one graph serves every position.
+//! residual add. Then the final norm, the head (f32 logits) and a per-row
+//! argmax. The products are our own tensor-core matrix-vector kernel
+//! (`sd_gemv_*`), which reads each weight once with 16-byte loads; cuBLAS
+//! (one column per token) is the fallback for matrices whose sides are not
+//! multiples of 32. The whole step is captured once per width as a CUDA
+//! graph and replayed; the position, row count and token ids are read from
+//! a small device header (`meta`) rewritten before each replay, so one
+//! graph serves every position.
 //!
 //! A forward of `n` tokens runs in the smallest captured width `w >= n`
 //! (rows `n..w` are padding: computed, never written to the cache, never
 //! read back), or in chunks of the largest. Every kernel computes a row on
-//! its own with a reduction order fixed by the width, and cuBLAS's result
-//! for one column of a product does not depend on the others': with one
-//! width, a token's logits are the same bits whether it is decoded alone or
-//! verified in a window, which is what makes greedy speculative output
-//! identical to plain decoding by construction.
+//! its own with a reduction order that does not depend on how many rows
+//! are valid, and the product kernel always computes 8 columns on the
+//! tensor cores, each from its own row alone: a token's logits are the same
+//! bits whether it is decoded alone or verified in a window, at any width,
+//! which makes greedy speculative output identical to plain decoding by
+//! construction. (On the cuBLAS fallback this holds within one width.)
 
 use std::ffi::c_void;
 use std::sync::Arc;
@@ -45,8 +49,20 @@ const WORKSPACE_BYTES: usize = 32 << 20;
 /// Threads per block of the row kernels.
 const ROW_THREADS: u32 = 256;
 
+/// Rows of W per block of `sd_gemv_*` (GEMV_ROWS in kernels.cu).
+const GEMV_ROWS: usize = 32;
+
+/// Threads per block of `sd_gemv_*` (32 * GEMV_WARPS in kernels.cu).
+const GEMV_THREADS: u32 = 256;
+
+/// The widest hidden size `sd_rms_norm` takes: 8 bf16 a load, NORM_CHUNKS
+/// loads for each of NORM_THREADS threads (kernels.cu).
+const MAX_NORM_HIDDEN: usize = 8 * 8 * 256;
+
 struct Kernels {
     embed: CudaFunction,
+    /// `sd_gemv_{NG}_{MODE}`: `[NG - 1][MODE]` (see kernels.cu).
+    gemv: [[CudaFunction; 3]; 2],
     rms_norm: CudaFunction,
     rope_kv: CudaFunction,
     attention: CudaFunction,
@@ -186,6 +202,12 @@ fn unsupported(llama: &Llama) -> Option<String> {
     if c.mlp_bias {
         return Some("mlp_bias".into());
     }
+    if c.hidden_size % 8 != 0 || c.hidden_size > MAX_NORM_HIDDEN {
+        return Some(format!(
+            "hidden_size {} (the norm kernel takes multiples of 8 up to {MAX_NORM_HIDDEN})",
+            c.hidden_size
+        ));
+    }
     if c.num_kv_heads == 0 || c.num_heads % c.num_kv_heads != 0 {
         return Some("heads not a multiple of kv heads".into());
     }
@@ -193,7 +215,7 @@ fn unsupported(llama: &Llama) -> Option<String> {
 }
 
 impl GraphDecoder {
-    /// Captures one graph per width of `widths` (each in `1..=64`, checked
+    /// Captures one graph per width of `widths` (each in `1..=16`, checked
     /// by the caller) for `llama` writing `cache`. `None` when the model is
     /// not on a CUDA device, `widths` is empty, or the model cannot take
     /// this path (see [`unsupported`]); errors when a CUDA call fails.
@@ -220,8 +242,16 @@ impl GraphDecoder {
             .map_err(backend)?;
         let f = |name: &str| module.load_function(name).map_err(backend);
         let c = &llama.cfg;
+        let gemv = |ng: usize| -> Result<[CudaFunction; 3]> {
+            Ok([
+                f(&format!("sd_gemv_{ng}_0"))?,
+                f(&format!("sd_gemv_{ng}_1"))?,
+                f(&format!("sd_gemv_{ng}_2"))?,
+            ])
+        };
         let kernels = Kernels {
             embed: f("sd_embed")?,
+            gemv: [gemv(1)?, gemv(2)?],
             rms_norm: f("sd_rms_norm")?,
             rope_kv: f("sd_rope_kv")?,
             attention: f(&format!("sd_attention_{}", c.head_dim))?,
@@ -264,19 +294,19 @@ impl GraphDecoder {
         let d = dims;
         let zeros = |n: usize| stream.alloc_zeros::<u16>(n).map_err(backend);
         let qkv_w = (d.heads + 2 * d.kv_heads) * d.head_dim;
+        // The product kernel reads whole groups of 8 rows (tokens).
+        let rows = max_w.next_multiple_of(8);
         let mut me = Self {
             meta: stream.alloc_zeros::<i32>(2 + max_w).map_err(backend)?,
-            x: zeros(max_w * d.hidden)?,
-            xn: zeros(max_w * d.hidden)?,
-            qkv: zeros(max_w * qkv_w)?,
-            q: zeros(max_w * d.heads * d.head_dim)?,
-            att: zeros(max_w * d.heads * d.head_dim)?,
-            gu: zeros(max_w * 2 * d.ffn)?,
-            act: zeros(max_w * d.ffn)?,
-            logits: stream
-                .alloc_zeros::<f32>(max_w * d.vocab)
-                .map_err(backend)?,
-            argmax: stream.alloc_zeros::<i32>(max_w * 2).map_err(backend)?,
+            x: zeros(rows * d.hidden)?,
+            xn: zeros(rows * d.hidden)?,
+            qkv: zeros(rows * qkv_w)?,
+            q: zeros(rows * d.heads * d.head_dim)?,
+            att: zeros(rows * d.heads * d.head_dim)?,
+            gu: zeros(rows * 2 * d.ffn)?,
+            act: zeros(rows * d.ffn)?,
+            logits: stream.alloc_zeros::<f32>(rows * d.vocab).map_err(backend)?,
+            argmax: stream.alloc_zeros::<i32>(rows * 2).map_err(backend)?,
             cos: stream.clone_htod(&cos).map_err(backend)?,
             sin: stream.clone_htod(&sin).map_err(backend)?,
             _workspace: stream.alloc_zeros::<u8>(WORKSPACE_BYTES).map_err(backend)?,
@@ -552,6 +582,33 @@ impl GraphDecoder {
         beta: f32,
         y_f32: bool,
     ) -> Result<()> {
+        let aligned = |p: u64| p % 16 == 0;
+        if out % 32 == 0 && inp % 32 == 0 && w <= 16 && aligned(weight) && aligned(x) {
+            let mode = match (y_f32, beta != 0.0) {
+                (true, _) => 2,
+                (false, true) => 1,
+                (false, false) => 0,
+            };
+            let f = &self.kernels.gemv[w.div_ceil(8) - 1][mode];
+            let (out_i, inp_i, cols) = (out as i32, inp as i32, w as i32);
+            unsafe {
+                self.stream
+                    .launch_builder(f)
+                    .arg(&weight)
+                    .arg(&x)
+                    .arg(&y)
+                    .arg(&out_i)
+                    .arg(&inp_i)
+                    .arg(&cols)
+                    .launch(LaunchConfig {
+                        grid_dim: ((out / GEMV_ROWS) as u32, 1, 1),
+                        block_dim: (GEMV_THREADS, 1, 1),
+                        shared_mem_bytes: 0,
+                    })
+                    .map_err(backend)?;
+            }
+            return Ok(());
+        }
         let alpha = 1f32;
         let y_type = if y_f32 {
             blas::cudaDataType::CUDA_R_32F

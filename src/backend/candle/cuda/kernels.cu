@@ -50,21 +50,182 @@ extern "C" __global__ void sd_embed(const int* meta, const bf16* table, bf16* x,
   for (int i = threadIdx.x; i < hidden; i += blockDim.x) dst[i] = src[i];
 }
 
-// out[row] = x[row] / rms(x[row]) * w, computed in f32; grid (width).
+// out[row] = x[row] / rms(x[row]) * w, computed in f32; grid (width),
+// block NORM_THREADS. hidden % 8 == 0 and hidden <= 8 * NORM_THREADS *
+// NORM_CHUNKS (the host checks): the row is read once, 16 bytes a load, all
+// loads in flight together.
+#define NORM_THREADS 256
+#define NORM_CHUNKS 8
+
 extern "C" __global__ void sd_rms_norm(const bf16* x, const bf16* w, bf16* out,
                                        int hidden, float eps) {
   const int row = blockIdx.x;
-  const bf16* xr = x + (size_t)row * hidden;
+  const uint4* xr = reinterpret_cast<const uint4*>(x + (size_t)row * hidden);
+  const uint4* wr = reinterpret_cast<const uint4*>(w);
+  uint4* o = reinterpret_cast<uint4*>(out + (size_t)row * hidden);
+  const int chunks = hidden / 8;
+  uint4 v[NORM_CHUNKS];
+#pragma unroll
+  for (int c = 0; c < NORM_CHUNKS; c++) {
+    const int i = threadIdx.x + c * NORM_THREADS;
+    if (i < chunks) v[c] = xr[i];
+  }
   float acc = 0.f;
-  for (int i = threadIdx.x; i < hidden; i += blockDim.x) {
-    const float v = __bfloat162float(xr[i]);
-    acc += v * v;
+#pragma unroll
+  for (int c = 0; c < NORM_CHUNKS; c++) {
+    const int i = threadIdx.x + c * NORM_THREADS;
+    if (i < chunks) {
+      const __nv_bfloat162* e = reinterpret_cast<const __nv_bfloat162*>(&v[c]);
+#pragma unroll
+      for (int t = 0; t < 4; t++) {
+        const float2 f = __bfloat1622float2(e[t]);
+        acc += f.x * f.x;
+        acc += f.y * f.y;
+      }
+    }
   }
   const float r = rsqrtf(block_sum(acc) / (float)hidden + eps);
-  bf16* o = out + (size_t)row * hidden;
-  for (int i = threadIdx.x; i < hidden; i += blockDim.x)
-    o[i] = __float2bfloat16(__bfloat162float(xr[i]) * r * __bfloat162float(w[i]));
+#pragma unroll
+  for (int c = 0; c < NORM_CHUNKS; c++) {
+    const int i = threadIdx.x + c * NORM_THREADS;
+    if (i < chunks) {
+      const uint4 wv = wr[i];
+      const __nv_bfloat162* e = reinterpret_cast<const __nv_bfloat162*>(&v[c]);
+      const __nv_bfloat162* we = reinterpret_cast<const __nv_bfloat162*>(&wv);
+      uint4 res;
+      __nv_bfloat162* re = reinterpret_cast<__nv_bfloat162*>(&res);
+#pragma unroll
+      for (int t = 0; t < 4; t++) {
+        const float2 f = __bfloat1622float2(e[t]);
+        const float2 g = __bfloat1622float2(we[t]);
+        re[t] = __floats2bfloat162_rn(f.x * r * g.x, f.y * r * g.y);
+      }
+      o[i] = res;
+    }
+  }
 }
+
+// y[n, out] = x[n, k] @ W[out, k]^T for the 8 * NG columns (tokens) n of x,
+// on the tensor cores (mma m16n8k16, bf16 in, f32 accumulate). A decode
+// step has at most a few tokens, so this is a matrix-vector product bound
+// by reading W once: a block takes GEMV_ROWS rows of W and its GEMV_WARPS
+// warps split k between them (warp w takes 32-wide slabs w, w + WARPS,
+// ...), keeping GEMV_UNROLL slabs of loads in flight, and the warps' sums
+// are added in warp order. Each thread loads 16 contiguous bytes of two
+// rows of W and of one row of x per slab; the k order inside a slab is
+// permuted alike for W and x, which a dot product does not see. The
+// tensor cores compute each column from its own x row alone, and nothing
+// here depends on how many columns are valid: a token's result is the same
+// bits at any width.
+// MODE 0: y (bf16) = result; 1: y (bf16) += result (the residual add);
+// 2: y (f32) = result. Only columns < ncols are written. out % 32 == 0,
+// k % 32 == 0, x has 8 * NG rows, W, x 16-byte aligned (the host checks).
+// Grid (out / GEMV_ROWS), block 32 * GEMV_WARPS.
+#define GEMV_WARPS 8
+#define GEMV_ROWS 32
+#define GEMV_UNROLL 4
+
+__device__ __forceinline__ void mma_bf16(float* c, uint32_t a0, uint32_t a1, uint32_t a2,
+                                         uint32_t a3, uint32_t b0, uint32_t b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, "
+      "{%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+      : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+}
+
+template <int NG, int MODE>
+__device__ void gemv(const bf16* __restrict__ w, const bf16* __restrict__ x, void* y,
+                     int out, int k, int ncols) {
+  __shared__ float part[GEMV_WARPS][GEMV_ROWS][8 * NG];
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int g = lane >> 2, t = lane & 3;
+  const int row0 = blockIdx.x * GEMV_ROWS;
+  const int slabs = k / 32;
+  // Rows g, g + 8, g + 16, g + 24 of the block; 4 uint4 per row per slab.
+  const uint4* wr[4];
+#pragma unroll
+  for (int i = 0; i < 4; i++)
+    wr[i] = reinterpret_cast<const uint4*>(w + (size_t)(row0 + g + 8 * i) * k) + t;
+  const uint4* xr[NG];
+#pragma unroll
+  for (int q = 0; q < NG; q++)
+    xr[q] = reinterpret_cast<const uint4*>(x + (size_t)(8 * q + g) * k) + t;
+  float c[2][NG][4];
+#pragma unroll
+  for (int m = 0; m < 2; m++)
+#pragma unroll
+    for (int q = 0; q < NG; q++)
+#pragma unroll
+      for (int e = 0; e < 4; e++) c[m][q][e] = 0.f;
+  for (int s0 = warp; s0 < slabs; s0 += GEMV_WARPS * GEMV_UNROLL) {
+    uint4 a[GEMV_UNROLL][4];
+    uint4 b[GEMV_UNROLL][NG];
+#pragma unroll
+    for (int u = 0; u < GEMV_UNROLL; u++) {
+      const int s = s0 + u * GEMV_WARPS;
+      if (s < slabs) {
+#pragma unroll
+        for (int i = 0; i < 4; i++) a[u][i] = __ldcs(wr[i] + 4 * (size_t)s);
+#pragma unroll
+        for (int q = 0; q < NG; q++) b[u][q] = __ldg(xr[q] + 4 * (size_t)s);
+      }
+    }
+#pragma unroll
+    for (int u = 0; u < GEMV_UNROLL; u++) {
+      if (s0 + u * GEMV_WARPS < slabs) {
+#pragma unroll
+        for (int m = 0; m < 2; m++) {
+          const uint4 lo = a[u][2 * m], hi = a[u][2 * m + 1];
+#pragma unroll
+          for (int q = 0; q < NG; q++) {
+            mma_bf16(c[m][q], lo.x, hi.x, lo.y, hi.y, b[u][q].x, b[u][q].y);
+            mma_bf16(c[m][q], lo.z, hi.z, lo.w, hi.w, b[u][q].z, b[u][q].w);
+          }
+        }
+      }
+    }
+  }
+#pragma unroll
+  for (int m = 0; m < 2; m++)
+#pragma unroll
+    for (int q = 0; q < NG; q++) {
+      part[warp][16 * m + g][8 * q + 2 * t] = c[m][q][0];
+      part[warp][16 * m + g][8 * q + 2 * t + 1] = c[m][q][1];
+      part[warp][16 * m + g + 8][8 * q + 2 * t] = c[m][q][2];
+      part[warp][16 * m + g + 8][8 * q + 2 * t + 1] = c[m][q][3];
+    }
+  __syncthreads();
+  for (int i = threadIdx.x; i < GEMV_ROWS * 8 * NG; i += blockDim.x) {
+    const int r = i % GEMV_ROWS, col = i / GEMV_ROWS;
+    if (col >= ncols) continue;
+    float v = 0.f;
+#pragma unroll
+    for (int ww = 0; ww < GEMV_WARPS; ww++) v += part[ww][r][col];
+    const size_t at = (size_t)col * out + row0 + r;
+    if (MODE == 2) {
+      reinterpret_cast<float*>(y)[at] = v;
+    } else if (MODE == 1) {
+      bf16* yb = reinterpret_cast<bf16*>(y);
+      yb[at] = __float2bfloat16(__bfloat162float(yb[at]) + v);
+    } else {
+      reinterpret_cast<bf16*>(y)[at] = __float2bfloat16(v);
+    }
+  }
+}
+
+#define GEMV(NG, MODE)                                                                   \
+  extern "C" __global__ void __launch_bounds__(32 * GEMV_WARPS)                         \
+      sd_gemv_##NG##_##MODE(const bf16* w, const bf16* x, void* y, int out, int k,     \
+                            int ncols) {                                                 \
+    gemv<NG, MODE>(w, x, y, out, k, ncols);                                              \
+  }
+GEMV(1, 0)
+GEMV(1, 1)
+GEMV(1, 2)
+GEMV(2, 0)
+GEMV(2, 1)
+GEMV(2, 2)
 
 // Splits the fused projection qkv [width, (heads + 2 kv) * D] (plus `bias`,
 // same length, or null), rotates q and k by RoPE (halves rotated, as Hugging
