@@ -388,6 +388,9 @@ pub(crate) struct Llama {
     sin: Tensor,
     pub(super) dtype: DType,
     pub(super) device: Device,
+    /// The CUDA graph decoder has re-laid out the weight matrices for its
+    /// own kernel: [`Llama::forward`] (candle's ops) refuses to run.
+    graph_only: bool,
 }
 
 impl Llama {
@@ -513,7 +516,15 @@ impl Llama {
             sin: table(sin)?,
             dtype,
             device: device.clone(),
+            graph_only: false,
         })
+    }
+
+    /// Hands the weight matrices to the CUDA graph decoder, which re-lays
+    /// them out: from now on [`Llama::forward`] errors.
+    #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+    pub(super) fn mark_graph_only(&mut self) {
+        self.graph_only = true;
     }
 
     /// The RoPE tables `(n_positions, head_dim / 2)` in f32, row-major:
@@ -546,6 +557,13 @@ impl Llama {
         cache: &mut [LayerCache],
         last_only: bool,
     ) -> Result<Tensor> {
+        if self.graph_only {
+            return Err(crate::error::Error::Backend {
+                model: "cuda graph".into(),
+                message: "candle's ops asked to run on weights laid out for the graph decoder"
+                    .into(),
+            });
+        }
         let n = tokens.len();
         let mut x = self.embed.forward(tokens, &self.device)?; // (n, hidden)
         let cos = self.cos.narrow(0, pos, n)?;

@@ -121,7 +121,8 @@ pub struct LoadOptions {
     /// CUDA only: the widths (tokens per pass, each `1..=`[`MAX_GRAPH_WIDTH`])
     /// of the decode step captured as CUDA graphs of fused kernels. A
     /// forward of `n` tokens replays the smallest width `>= n`, padded, or
-    /// chunks of the largest; [`LanguageModel::prefill`] runs candle's ops.
+    /// chunks of the largest (a prompt too: the graph's kernel reads weights
+    /// re-laid out for it, which candle's ops then cannot).
     /// Each row's logits are the same bits whatever window or width it is
     /// computed in, so greedy speculative output equals plain decoding by
     /// construction (for matrices whose sides are not multiples of 32,
@@ -319,7 +320,7 @@ impl CandleModel {
     ) -> Result<Self> {
         let config = parts.config;
         let n_positions = n_positions(options, &config)?;
-        let llama = Llama::load(
+        let mut llama = Llama::load(
             &config,
             source,
             n_positions,
@@ -329,7 +330,7 @@ impl CandleModel {
         )?;
         after_load(source, &config)?;
         let cache = llama.new_cache(n_positions)?;
-        let graph = GraphDecoder::new(&llama, &cache, &options.cuda_graph_widths)?;
+        let graph = GraphDecoder::new(&mut llama, &cache, &options.cuda_graph_widths)?;
         let name = path
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
@@ -492,9 +493,20 @@ impl LanguageModel for CandleModel {
         Ok(ids)
     }
 
-    /// Runs candle's ops (one batched pass), also on a CUDA graph model.
+    /// One batched pass of candle's ops; on a CUDA graph, replays of the
+    /// widest graph (whose weights candle's ops can no longer read).
     fn prefill(&mut self, tokens: &[u32]) -> Result<()> {
         self.check_feed(tokens)?;
+        if let Some(graph) = &mut self.graph {
+            let width = graph.max_width();
+            for (i, chunk) in tokens.chunks(width).enumerate() {
+                graph.step(chunk, self.len + i * width)?;
+            }
+            // Wait for the replays, so that a device fault is reported here.
+            graph.argmax()?;
+            self.len += tokens.len();
+            return Ok(());
+        }
         let (llama, cache, pos) = (&self.llama, &mut self.cache, self.len);
         let mut pass = || -> Result<()> {
             // Wait for the pass, so that a device fault is reported here.

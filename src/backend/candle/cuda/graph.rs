@@ -31,7 +31,8 @@ use std::sync::Arc;
 
 use candle_core::cuda_backend::cudarc::cublas::{sys as blas, CudaBlas};
 use candle_core::cuda_backend::cudarc::driver::{
-    sys, CudaFunction, CudaGraph, CudaSlice, CudaStream, DevicePtr, LaunchConfig, PushKernelArg,
+    result, sys, CudaFunction, CudaGraph, CudaSlice, CudaStream, DevicePtr, LaunchConfig,
+    PushKernelArg,
 };
 use candle_core::cuda_backend::cudarc::nvrtc::Ptx;
 use candle_core::{DType, Device, Storage, Tensor};
@@ -49,8 +50,8 @@ const WORKSPACE_BYTES: usize = 32 << 20;
 /// Threads per block of the row kernels.
 const ROW_THREADS: u32 = 256;
 
-/// Rows of W per block of `sd_gemv_*` (GEMV_ROWS in kernels.cu).
-const GEMV_ROWS: usize = 32;
+/// Rows of W per block of `sd_gemv_*` (one 16-row tile).
+const GEMV_ROWS: usize = 16;
 
 /// Threads per block of `sd_gemv_*` (32 * GEMV_WARPS in kernels.cu).
 const GEMV_THREADS: u32 = 256;
@@ -70,16 +71,27 @@ struct Kernels {
     argmax: CudaFunction,
 }
 
+/// A weight matrix `[rows, cols]` in device memory owned by the [`Llama`]:
+/// tile-major for `sd_gemv` (re-laid out in place at load) when its sides
+/// allow, else row-major for cuBLAS.
+#[derive(Clone, Copy)]
+struct Mat {
+    ptr: u64,
+    rows: usize,
+    cols: usize,
+    tiled: bool,
+}
+
 /// Device addresses of one layer's weights and cache (owned by the
 /// [`Llama`] and its cache, which outlive the decoder).
 struct LayerPtrs {
     input_norm: u64,
-    qkv: u64,
+    qkv: Mat,
     qkv_bias: u64,
-    o: u64,
+    o: Mat,
     post_norm: u64,
-    gate_up: u64,
-    down: u64,
+    gate_up: Mat,
+    down: Mat,
     k_cache: u64,
     v_cache: u64,
 }
@@ -124,7 +136,7 @@ pub(crate) struct GraphDecoder {
     layers: Vec<LayerPtrs>,
     embed: u64,
     norm: u64,
-    lm_head: u64,
+    lm_head: Mat,
     /// `[pos, n, ids[max_width]]`
     meta: CudaSlice<i32>,
     /// Activations, bf16 (as u16): x and xn `[w, hidden]`, qkv `[w, (heads
@@ -220,7 +232,7 @@ impl GraphDecoder {
     /// not on a CUDA device, `widths` is empty, or the model cannot take
     /// this path (see [`unsupported`]); errors when a CUDA call fails.
     pub(crate) fn new(
-        llama: &Llama,
+        llama: &mut Llama,
         cache: &[LayerCache],
         widths: &[usize],
     ) -> Result<Option<Self>> {
@@ -258,6 +270,7 @@ impl GraphDecoder {
             swiglu: f("sd_swiglu")?,
             argmax: f("sd_argmax")?,
         };
+        let relayout = f("sd_relayout")?;
         let n_positions = cache.first().map(|l| l.k.dim(1)).transpose()?.unwrap_or(0);
         let dims = Dims {
             hidden: c.hidden_size,
@@ -270,26 +283,37 @@ impl GraphDecoder {
             window: c.sliding_window.unwrap_or(0),
             eps: c.rms_norm_eps as f32,
         };
+        let mat = |t: &Tensor| -> Result<Mat> {
+            let (rows, cols) = t.dims2()?;
+            let ptr = bf16_ptr(t, &stream)?;
+            let tiled = rows % GEMV_ROWS == 0 && cols % 32 == 0 && ptr % 16 == 0;
+            Ok(Mat {
+                ptr,
+                rows,
+                cols,
+                tiled,
+            })
+        };
         let mut layers = Vec::with_capacity(llama.layers.len());
         for (l, kv) in llama.layers.iter().zip(cache) {
             layers.push(LayerPtrs {
                 input_norm: bf16_ptr(&l.input_norm, &stream)?,
-                qkv: bf16_ptr(l.qkv.dense()?, &stream)?,
+                qkv: mat(l.qkv.dense()?)?,
                 qkv_bias: match l.qkv.bias() {
                     Some(b) => bf16_ptr(b, &stream)?,
                     None => 0,
                 },
-                o: bf16_ptr(l.o.dense()?, &stream)?,
+                o: mat(l.o.dense()?)?,
                 post_norm: bf16_ptr(&l.post_norm, &stream)?,
-                gate_up: bf16_ptr(l.gate_up.dense()?, &stream)?,
-                down: bf16_ptr(l.down.dense()?, &stream)?,
+                gate_up: mat(l.gate_up.dense()?)?,
+                down: mat(l.down.dense()?)?,
                 k_cache: bf16_ptr(&kv.k, &stream)?,
                 v_cache: bf16_ptr(&kv.v, &stream)?,
             });
         }
         let embed = bf16_ptr(llama.embed.dense()?, &stream)?;
         let norm = bf16_ptr(&llama.norm, &stream)?;
-        let lm_head = bf16_ptr(llama.lm_head.dense()?, &stream)?;
+        let lm_head = mat(llama.lm_head.dense()?)?;
         let (cos, sin) = llama.rope_tables_f32();
         let d = dims;
         let zeros = |n: usize| stream.alloc_zeros::<u16>(n).map_err(backend);
@@ -337,6 +361,45 @@ impl GraphDecoder {
             cos: ptr(&me.cos, s),
             sin: ptr(&me.sin, s),
         };
+        // From here on the model's matrices are the decoder's layout:
+        // candle's ops must not run on them again.
+        let mats: Vec<Mat> = me
+            .layers
+            .iter()
+            .flat_map(|l| [l.qkv, l.o, l.gate_up, l.down])
+            .chain([me.lm_head])
+            .filter(|m| m.tiled)
+            .collect();
+        if let Some(largest) = mats.iter().map(|m| m.rows * m.cols).max() {
+            llama.mark_graph_only();
+            let scratch = me.stream.alloc_zeros::<u16>(largest).map_err(backend)?;
+            let tmp = ptr(&scratch, &me.stream);
+            for m in &mats {
+                let (rows, cols) = (m.rows as i32, m.cols as i32);
+                unsafe {
+                    me.stream
+                        .launch_builder(&relayout)
+                        .arg(&m.ptr)
+                        .arg(&tmp)
+                        .arg(&rows)
+                        .arg(&cols)
+                        .launch(LaunchConfig {
+                            grid_dim: (1024, 1, 1),
+                            block_dim: (256, 1, 1),
+                            shared_mem_bytes: 0,
+                        })
+                        .map_err(backend)?;
+                    result::memcpy_dtod_async(
+                        m.ptr,
+                        tmp,
+                        m.rows * m.cols * 2,
+                        me.stream.cu_stream(),
+                    )
+                    .map_err(backend)?;
+                }
+            }
+            me.stream.synchronize().map_err(backend)?;
+        }
         let status = unsafe {
             blas::cublasSetWorkspace_v2(
                 *me.blas.handle(),
@@ -473,7 +536,6 @@ impl GraphDecoder {
                 .launch(rows((wi, 1, 1), ROW_THREADS))
                 .map_err(backend)?;
         }
-        let qkv_out = (d.heads + 2 * d.kv_heads) * d.head_dim;
         let (heads, kv, hd, npos) = (
             d.heads as i32,
             d.kv_heads as i32,
@@ -486,7 +548,7 @@ impl GraphDecoder {
         let swiglu_blocks = ((w * d.ffn).div_ceil(ROW_THREADS as usize)).min(4096) as u32;
         for l in &self.layers {
             self.rms_norm(w, x, l.input_norm, xn)?;
-            self.gemm(w, l.qkv, xn, qkv, qkv_out, d.hidden, 0.0, false)?;
+            self.gemm(w, l.qkv, xn, qkv, 0.0, false)?;
             unsafe {
                 s.launch_builder(&self.kernels.rope_kv)
                     .arg(&meta)
@@ -520,9 +582,9 @@ impl GraphDecoder {
                     .launch(rows((d.heads as u32, wi, 1), 128))
                     .map_err(backend)?;
             }
-            self.gemm(w, l.o, att, x, d.hidden, d.heads * d.head_dim, 1.0, false)?;
+            self.gemm(w, l.o, att, x, 1.0, false)?;
             self.rms_norm(w, x, l.post_norm, xn)?;
-            self.gemm(w, l.gate_up, xn, gu, 2 * d.ffn, d.hidden, 0.0, false)?;
+            self.gemm(w, l.gate_up, xn, gu, 0.0, false)?;
             unsafe {
                 s.launch_builder(&self.kernels.swiglu)
                     .arg(&gu)
@@ -532,10 +594,10 @@ impl GraphDecoder {
                     .launch(rows((swiglu_blocks, 1, 1), ROW_THREADS))
                     .map_err(backend)?;
             }
-            self.gemm(w, l.down, act, x, d.hidden, d.ffn, 1.0, false)?;
+            self.gemm(w, l.down, act, x, 1.0, false)?;
         }
         self.rms_norm(w, x, self.norm, xn)?;
-        self.gemm(w, self.lm_head, xn, logits, d.vocab, d.hidden, 0.0, true)?;
+        self.gemm(w, self.lm_head, xn, logits, 0.0, true)?;
         unsafe {
             s.launch_builder(&self.kernels.argmax)
                 .arg(&logits)
@@ -568,22 +630,12 @@ impl GraphDecoder {
         Ok(())
     }
 
-    /// `y[w, out] = x[w, inp] @ W[out, inp]^T (+ beta * y)`, bf16 inputs,
-    /// f32 accumulation, `y` in bf16 (or f32 when `y_f32`).
-    #[allow(clippy::too_many_arguments)]
-    fn gemm(
-        &self,
-        w: usize,
-        weight: u64,
-        x: u64,
-        y: u64,
-        out: usize,
-        inp: usize,
-        beta: f32,
-        y_f32: bool,
-    ) -> Result<()> {
-        let aligned = |p: u64| p % 16 == 0;
-        if out % 32 == 0 && inp % 32 == 0 && w <= 16 && aligned(weight) && aligned(x) {
+    /// `y[w, out] = x[w, inp] @ W[out, inp]^T (+ beta * y)` for `W` =
+    /// `m` (`[out, inp]`), bf16 inputs, f32 accumulation, `y` in bf16 (or
+    /// f32 when `y_f32`); `beta` is 0 or 1.
+    fn gemm(&self, w: usize, m: Mat, x: u64, y: u64, beta: f32, y_f32: bool) -> Result<()> {
+        let (out, inp, weight) = (m.rows, m.cols, m.ptr);
+        if m.tiled && x % 16 == 0 {
             let mode = match (y_f32, beta != 0.0) {
                 (true, _) => 2,
                 (false, true) => 1,
@@ -594,6 +646,7 @@ impl GraphDecoder {
             unsafe {
                 self.stream
                     .launch_builder(f)
+                    .arg(&self.addr.meta)
                     .arg(&weight)
                     .arg(&x)
                     .arg(&y)
@@ -608,6 +661,9 @@ impl GraphDecoder {
                     .map_err(backend)?;
             }
             return Ok(());
+        }
+        if m.tiled {
+            return Err(backend("an unaligned activation buffer for a tiled matrix"));
         }
         let alpha = 1f32;
         let y_type = if y_f32 {

@@ -107,22 +107,29 @@ extern "C" __global__ void sd_rms_norm(const bf16* x, const bf16* w, bf16* out,
 
 // y[n, out] = x[n, k] @ W[out, k]^T for the 8 * NG columns (tokens) n of x,
 // on the tensor cores (mma m16n8k16, bf16 in, f32 accumulate). A decode
-// step has at most a few tokens, so this is a matrix-vector product bound
-// by reading W once: a block takes GEMV_ROWS rows of W and its GEMV_WARPS
-// warps split k between them (warp w takes 32-wide slabs w, w + WARPS,
-// ...), keeping GEMV_UNROLL slabs of loads in flight, and the warps' sums
-// are added in warp order. Each thread loads 16 contiguous bytes of two
-// rows of W and of one row of x per slab; the k order inside a slab is
-// permuted alike for W and x, which a dot product does not see. The
-// tensor cores compute each column from its own x row alone, and nothing
-// here depends on how many columns are valid: a token's result is the same
-// bits at any width.
+// step has a few tokens, so this is a matrix-vector product bound by
+// reading W once.
+//
+// W is stored tile-major (sd_relayout writes it so at load): tile (16 rows
+// R, 32-wide k slab s) is 1 KB at uint4 (R * slabs + s) * 64, holding lane
+// L's 8 values of row 16R + L/4 at uint4 L and of row 16R + 8 + L/4 at
+// uint4 32 + L, columns 32s + 8 (L % 4) ... + 7. So every load instruction
+// of a warp reads 512 contiguous bytes (4.0 TB/s on an H200 where
+// row-major 64-byte pieces gave 3.6). The k order inside a slab is
+// permuted alike for W and x, which a dot product does not see.
+//
+// A block takes 16 rows; its GEMV_WARPS warps split the slabs (warp w takes
+// w, w + WARPS, ...) with GEMV_UNROLL slabs of loads in flight, and the
+// warps' sums are added in warp order. The tensor cores compute each column
+// from its own x row alone, and nothing here depends on how many columns
+// are valid: a token's result is the same bits at any width. x rows >=
+// min(ncols, meta n) are not read (their columns come out 0).
 // MODE 0: y (bf16) = result; 1: y (bf16) += result (the residual add);
-// 2: y (f32) = result. Only columns < ncols are written. out % 32 == 0,
-// k % 32 == 0, x has 8 * NG rows, W, x 16-byte aligned (the host checks).
-// Grid (out / GEMV_ROWS), block 32 * GEMV_WARPS.
+// 2: y (f32) = result. Only columns < ncols are written. out % 16 == 0,
+// k % 32 == 0, x has 8 * NG rows, x 16-byte aligned (the host checks).
+// Grid (out / 16), block 32 * GEMV_WARPS. The tiling was picked with
+// scripts/gemv_bench.cu.
 #define GEMV_WARPS 8
-#define GEMV_ROWS 32
 #define GEMV_UNROLL 4
 
 __device__ __forceinline__ void mma_bf16(float* c, uint32_t a0, uint32_t a1, uint32_t a2,
@@ -135,74 +142,65 @@ __device__ __forceinline__ void mma_bf16(float* c, uint32_t a0, uint32_t a1, uin
 }
 
 template <int NG, int MODE>
-__device__ void gemv(const bf16* __restrict__ w, const bf16* __restrict__ x, void* y,
-                     int out, int k, int ncols) {
-  __shared__ float part[GEMV_WARPS][GEMV_ROWS][8 * NG];
+__device__ void gemv(const int* meta, const bf16* __restrict__ w, const bf16* __restrict__ x,
+                     void* y, int out, int k, int ncols) {
+  __shared__ float part[GEMV_WARPS][16][8 * NG];
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int g = lane >> 2, t = lane & 3;
-  const int row0 = blockIdx.x * GEMV_ROWS;
   const int slabs = k / 32;
-  // Rows g, g + 8, g + 16, g + 24 of the block; 4 uint4 per row per slab.
-  const uint4* wr[4];
-#pragma unroll
-  for (int i = 0; i < 4; i++)
-    wr[i] = reinterpret_cast<const uint4*>(w + (size_t)(row0 + g + 8 * i) * k) + t;
+  const int cols = min(ncols, meta[1]);
+  const uint4* wt = reinterpret_cast<const uint4*>(w) + (size_t)blockIdx.x * slabs * 64 + lane;
   const uint4* xr[NG];
+  bool live[NG];
+#pragma unroll
+  for (int q = 0; q < NG; q++) {
+    xr[q] = reinterpret_cast<const uint4*>(x + (size_t)(8 * q + g) * k) + t;
+    live[q] = 8 * q + g < cols;
+  }
+  float c[NG][4];
 #pragma unroll
   for (int q = 0; q < NG; q++)
-    xr[q] = reinterpret_cast<const uint4*>(x + (size_t)(8 * q + g) * k) + t;
-  float c[2][NG][4];
 #pragma unroll
-  for (int m = 0; m < 2; m++)
-#pragma unroll
-    for (int q = 0; q < NG; q++)
-#pragma unroll
-      for (int e = 0; e < 4; e++) c[m][q][e] = 0.f;
+    for (int e = 0; e < 4; e++) c[q][e] = 0.f;
   for (int s0 = warp; s0 < slabs; s0 += GEMV_WARPS * GEMV_UNROLL) {
-    uint4 a[GEMV_UNROLL][4];
-    uint4 b[GEMV_UNROLL][NG];
+    uint4 lo[GEMV_UNROLL], hi[GEMV_UNROLL], b[GEMV_UNROLL][NG];
 #pragma unroll
     for (int u = 0; u < GEMV_UNROLL; u++) {
       const int s = s0 + u * GEMV_WARPS;
       if (s < slabs) {
+        lo[u] = __ldcs(wt + 64 * (size_t)s);
+        hi[u] = __ldcs(wt + 64 * (size_t)s + 32);
 #pragma unroll
-        for (int i = 0; i < 4; i++) a[u][i] = __ldcs(wr[i] + 4 * (size_t)s);
-#pragma unroll
-        for (int q = 0; q < NG; q++) b[u][q] = __ldg(xr[q] + 4 * (size_t)s);
+        for (int q = 0; q < NG; q++)
+          b[u][q] = live[q] ? __ldg(xr[q] + 4 * (size_t)s) : make_uint4(0, 0, 0, 0);
       }
     }
 #pragma unroll
     for (int u = 0; u < GEMV_UNROLL; u++) {
       if (s0 + u * GEMV_WARPS < slabs) {
 #pragma unroll
-        for (int m = 0; m < 2; m++) {
-          const uint4 lo = a[u][2 * m], hi = a[u][2 * m + 1];
-#pragma unroll
-          for (int q = 0; q < NG; q++) {
-            mma_bf16(c[m][q], lo.x, hi.x, lo.y, hi.y, b[u][q].x, b[u][q].y);
-            mma_bf16(c[m][q], lo.z, hi.z, lo.w, hi.w, b[u][q].z, b[u][q].w);
-          }
+        for (int q = 0; q < NG; q++) {
+          mma_bf16(c[q], lo[u].x, hi[u].x, lo[u].y, hi[u].y, b[u][q].x, b[u][q].y);
+          mma_bf16(c[q], lo[u].z, hi[u].z, lo[u].w, hi[u].w, b[u][q].z, b[u][q].w);
         }
       }
     }
   }
 #pragma unroll
-  for (int m = 0; m < 2; m++)
-#pragma unroll
-    for (int q = 0; q < NG; q++) {
-      part[warp][16 * m + g][8 * q + 2 * t] = c[m][q][0];
-      part[warp][16 * m + g][8 * q + 2 * t + 1] = c[m][q][1];
-      part[warp][16 * m + g + 8][8 * q + 2 * t] = c[m][q][2];
-      part[warp][16 * m + g + 8][8 * q + 2 * t + 1] = c[m][q][3];
-    }
+  for (int q = 0; q < NG; q++) {
+    part[warp][g][8 * q + 2 * t] = c[q][0];
+    part[warp][g][8 * q + 2 * t + 1] = c[q][1];
+    part[warp][g + 8][8 * q + 2 * t] = c[q][2];
+    part[warp][g + 8][8 * q + 2 * t + 1] = c[q][3];
+  }
   __syncthreads();
-  for (int i = threadIdx.x; i < GEMV_ROWS * 8 * NG; i += blockDim.x) {
-    const int r = i % GEMV_ROWS, col = i / GEMV_ROWS;
+  for (int i = threadIdx.x; i < 16 * 8 * NG; i += blockDim.x) {
+    const int r = i % 16, col = i / 16;
     if (col >= ncols) continue;
     float v = 0.f;
 #pragma unroll
     for (int ww = 0; ww < GEMV_WARPS; ww++) v += part[ww][r][col];
-    const size_t at = (size_t)col * out + row0 + r;
+    const size_t at = (size_t)col * out + blockIdx.x * 16 + r;
     if (MODE == 2) {
       reinterpret_cast<float*>(y)[at] = v;
     } else if (MODE == 1) {
@@ -214,11 +212,11 @@ __device__ void gemv(const bf16* __restrict__ w, const bf16* __restrict__ x, voi
   }
 }
 
-#define GEMV(NG, MODE)                                                                   \
-  extern "C" __global__ void __launch_bounds__(32 * GEMV_WARPS)                         \
-      sd_gemv_##NG##_##MODE(const bf16* w, const bf16* x, void* y, int out, int k,     \
-                            int ncols) {                                                 \
-    gemv<NG, MODE>(w, x, y, out, k, ncols);                                              \
+#define GEMV(NG, MODE)                                                                 \
+  extern "C" __global__ void __launch_bounds__(32 * GEMV_WARPS, 2)                    \
+      sd_gemv_##NG##_##MODE(const int* meta, const bf16* w, const bf16* x, void* y,   \
+                            int out, int k, int ncols) {                               \
+    gemv<NG, MODE>(meta, w, x, y, out, k, ncols);                                      \
   }
 GEMV(1, 0)
 GEMV(1, 1)
@@ -226,6 +224,22 @@ GEMV(1, 2)
 GEMV(2, 0)
 GEMV(2, 1)
 GEMV(2, 2)
+
+// dst = W [out, k] row-major re-laid out tile-major for sd_gemv (see there).
+// out % 16 == 0, k % 32 == 0; grid-stride over the 16-byte pieces.
+extern "C" __global__ void sd_relayout(const bf16* w, bf16* dst, int out, int k) {
+  const int slabs = k / 32;
+  const size_t pieces = (size_t)(out / 16) * slabs * 64;
+  for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < pieces;
+       i += (size_t)gridDim.x * blockDim.x) {
+    const size_t tile = i / 64;
+    const int piece = i % 64, lane = piece % 32, half = piece / 32;
+    const int tile_row = tile / slabs, s = tile % slabs;
+    const int row = 16 * tile_row + (lane >> 2) + 8 * half, col = 32 * s + 8 * (lane & 3);
+    reinterpret_cast<uint4*>(dst)[i] =
+        *reinterpret_cast<const uint4*>(w + (size_t)row * k + col);
+  }
+}
 
 // Splits the fused projection qkv [width, (heads + 2 kv) * D] (plus `bias`,
 // same length, or null), rotates q and k by RoPE (halves rotated, as Hugging

@@ -17,7 +17,11 @@ mod stub {
     pub(crate) enum GraphDecoder {}
 
     impl GraphDecoder {
-        pub(crate) fn new(llama: &Llama, _: &[LayerCache], _: &[usize]) -> Result<Option<Self>> {
+        pub(crate) fn new(
+            llama: &mut Llama,
+            _: &[LayerCache],
+            _: &[usize],
+        ) -> Result<Option<Self>> {
             if llama.is_cpu() {
                 return Ok(None);
             }
