@@ -137,8 +137,8 @@ pub struct LoadOptions {
 pub const MAX_GRAPH_WIDTH: usize = 16;
 
 /// The CUDA graph widths of [`LoadOptions::cuda`]: windows up to 8 verify
-/// in one replay.
-pub const DEFAULT_GRAPH_WIDTHS: [usize; 1] = [8];
+/// in one replay of the width-8 graph; prompts go through in chunks of 16.
+pub const DEFAULT_GRAPH_WIDTHS: [usize; 2] = [8, 16];
 
 impl Default for LoadOptions {
     /// CPU, f32, dense.

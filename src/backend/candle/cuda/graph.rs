@@ -3,18 +3,21 @@
 //! candle runs a Llama layer as ~25 kernels, each launched from the host
 //! with its own allocation: a 1.1B-shape draft pass took 5.5 ms on an
 //! H200, almost all of it launch overhead, where its bytes take 0.5 ms.
-//! Here a step is 9 launches a layer into buffers allocated once: RMSNorm;
-//! the fused q/k/v product; RoPE with the KV-cache write; attention over the
-//! cache; the output product with the residual add in its epilogue;
-//! RMSNorm; the fused gate/up product; SwiGLU; the down product with its
-//! residual add. Then the final norm, the head (f32 logits) and a per-row
-//! argmax. The products are our own tensor-core matrix-vector kernel
-//! (`sd_gemv_*`), which reads each weight once with 16-byte loads; cuBLAS
-//! (one column per token) is the fallback for matrices whose sides are not
-//! multiples of 32. The whole step is captured once per width as a CUDA
-//! graph and replayed; the position, row count and token ids are read from
-//! a small device header (`meta`) rewritten before each replay, so one
-//! graph serves every position.
+//! Here a step is 7 launches a layer into buffers allocated once: RMSNorm;
+//! the fused q/k/v product with RoPE and the KV-cache write in its
+//! epilogue; attention over the cache; the output product adding into the
+//! residual; RMSNorm; the fused gate/up product with SwiGLU in its
+//! epilogue; the down product adding into the residual. Then the final
+//! norm, the head (f32 logits) and a per-row argmax. The products are our
+//! own tensor-core matrix-vector kernel (`sd_gemv_*`), which reads each
+//! weight once, 512 contiguous bytes per warp load, from matrices re-laid
+//! out tile-major in place at load (so candle's ops can no longer run on
+//! the model, and its prompt goes through the graphs too). cuBLAS, with
+//! separate RoPE and SwiGLU kernels, is the fallback for matrices whose
+//! sides are not multiples of 16 and 32. The whole step is captured once
+//! per width as a CUDA graph and replayed; the position, row count and
+//! token ids are read from a small device header (`meta`) rewritten before
+//! each replay, so one graph serves every position.
 //!
 //! A forward of `n` tokens runs in the smallest captured width `w >= n`
 //! (rows `n..w` are padding: computed, never written to the cache, never
@@ -50,6 +53,9 @@ const WORKSPACE_BYTES: usize = 32 << 20;
 /// Threads per block of the row kernels.
 const ROW_THREADS: u32 = 256;
 
+/// Threads per block of `sd_attention_*` (32 * ATT_WARPS in kernels.cu).
+const ATT_THREADS: u32 = 256;
+
 /// Rows of W per block of `sd_gemv_*` (one 16-row tile).
 const GEMV_ROWS: usize = 16;
 
@@ -63,7 +69,9 @@ const MAX_NORM_HIDDEN: usize = 8 * 8 * 256;
 struct Kernels {
     embed: CudaFunction,
     /// `sd_gemv_{NG}_{MODE}`: `[NG - 1][MODE]` (see kernels.cu).
-    gemv: [[CudaFunction; 3]; 2],
+    gemv: [[CudaFunction; 4]; 2],
+    /// `sd_gemv_qkv_{NG}`: `[NG - 1]`.
+    gemv_qkv: [CudaFunction; 2],
     rms_norm: CudaFunction,
     rope_kv: CudaFunction,
     attention: CudaFunction,
@@ -80,6 +88,10 @@ struct Mat {
     rows: usize,
     cols: usize,
     tiled: bool,
+    /// Row order of the tiles (`sd_relayout`'s perm): 0 as stored, 1
+    /// gate/up interleaved for the SwiGLU epilogue, 2 RoPE halves together
+    /// for the q/k/v epilogue.
+    perm: i32,
 }
 
 /// Device addresses of one layer's weights and cache (owned by the
@@ -254,16 +266,18 @@ impl GraphDecoder {
             .map_err(backend)?;
         let f = |name: &str| module.load_function(name).map_err(backend);
         let c = &llama.cfg;
-        let gemv = |ng: usize| -> Result<[CudaFunction; 3]> {
+        let gemv = |ng: usize| -> Result<[CudaFunction; 4]> {
             Ok([
                 f(&format!("sd_gemv_{ng}_0"))?,
                 f(&format!("sd_gemv_{ng}_1"))?,
                 f(&format!("sd_gemv_{ng}_2"))?,
+                f(&format!("sd_gemv_{ng}_3"))?,
             ])
         };
         let kernels = Kernels {
             embed: f("sd_embed")?,
             gemv: [gemv(1)?, gemv(2)?],
+            gemv_qkv: [f("sd_gemv_qkv_1")?, f("sd_gemv_qkv_2")?],
             rms_norm: f("sd_rms_norm")?,
             rope_kv: f("sd_rope_kv")?,
             attention: f(&format!("sd_attention_{}", c.head_dim))?,
@@ -283,7 +297,7 @@ impl GraphDecoder {
             window: c.sliding_window.unwrap_or(0),
             eps: c.rms_norm_eps as f32,
         };
-        let mat = |t: &Tensor| -> Result<Mat> {
+        let mat = |t: &Tensor, perm: i32| -> Result<Mat> {
             let (rows, cols) = t.dims2()?;
             let ptr = bf16_ptr(t, &stream)?;
             let tiled = rows % GEMV_ROWS == 0 && cols % 32 == 0 && ptr % 16 == 0;
@@ -292,28 +306,29 @@ impl GraphDecoder {
                 rows,
                 cols,
                 tiled,
+                perm: if tiled { perm } else { 0 },
             })
         };
         let mut layers = Vec::with_capacity(llama.layers.len());
         for (l, kv) in llama.layers.iter().zip(cache) {
             layers.push(LayerPtrs {
                 input_norm: bf16_ptr(&l.input_norm, &stream)?,
-                qkv: mat(l.qkv.dense()?)?,
+                qkv: mat(l.qkv.dense()?, 2)?,
                 qkv_bias: match l.qkv.bias() {
                     Some(b) => bf16_ptr(b, &stream)?,
                     None => 0,
                 },
-                o: mat(l.o.dense()?)?,
+                o: mat(l.o.dense()?, 0)?,
                 post_norm: bf16_ptr(&l.post_norm, &stream)?,
-                gate_up: mat(l.gate_up.dense()?)?,
-                down: mat(l.down.dense()?)?,
+                gate_up: mat(l.gate_up.dense()?, 1)?,
+                down: mat(l.down.dense()?, 0)?,
                 k_cache: bf16_ptr(&kv.k, &stream)?,
                 v_cache: bf16_ptr(&kv.v, &stream)?,
             });
         }
         let embed = bf16_ptr(llama.embed.dense()?, &stream)?;
         let norm = bf16_ptr(&llama.norm, &stream)?;
-        let lm_head = mat(llama.lm_head.dense()?)?;
+        let lm_head = mat(llama.lm_head.dense()?, 0)?;
         let (cos, sin) = llama.rope_tables_f32();
         let d = dims;
         let zeros = |n: usize| stream.alloc_zeros::<u16>(n).map_err(backend);
@@ -374,6 +389,7 @@ impl GraphDecoder {
             llama.mark_graph_only();
             let scratch = me.stream.alloc_zeros::<u16>(largest).map_err(backend)?;
             let tmp = ptr(&scratch, &me.stream);
+            let hd = me.dims.head_dim as i32;
             for m in &mats {
                 let (rows, cols) = (m.rows as i32, m.cols as i32);
                 unsafe {
@@ -383,6 +399,8 @@ impl GraphDecoder {
                         .arg(&tmp)
                         .arg(&rows)
                         .arg(&cols)
+                        .arg(&m.perm)
+                        .arg(&hd)
                         .launch(LaunchConfig {
                             grid_dim: (1024, 1, 1),
                             block_dim: (256, 1, 1),
@@ -548,26 +566,55 @@ impl GraphDecoder {
         let swiglu_blocks = ((w * d.ffn).div_ceil(ROW_THREADS as usize)).min(4096) as u32;
         for l in &self.layers {
             self.rms_norm(w, x, l.input_norm, xn)?;
-            self.gemm(w, l.qkv, xn, qkv, 0.0, false)?;
+            if l.qkv.tiled {
+                // RoPE and the KV-cache write in the product's epilogue.
+                let m = l.qkv;
+                let (out, inp, cols) = (m.rows as i32, m.cols as i32, w as i32);
+                unsafe {
+                    s.launch_builder(&self.kernels.gemv_qkv[w.div_ceil(8) - 1])
+                        .arg(&meta)
+                        .arg(&m.ptr)
+                        .arg(&xn)
+                        .arg(&out)
+                        .arg(&inp)
+                        .arg(&cols)
+                        .arg(&l.qkv_bias)
+                        .arg(&cos)
+                        .arg(&sin)
+                        .arg(&q)
+                        .arg(&l.k_cache)
+                        .arg(&l.v_cache)
+                        .arg(&heads)
+                        .arg(&kv)
+                        .arg(&hd)
+                        .arg(&npos)
+                        .launch(rows(((m.rows / GEMV_ROWS) as u32, 1, 1), GEMV_THREADS))
+                        .map_err(backend)?;
+                }
+            } else {
+                self.gemm(w, l.qkv, xn, qkv, 0.0, false)?;
+                unsafe {
+                    s.launch_builder(&self.kernels.rope_kv)
+                        .arg(&meta)
+                        .arg(&qkv)
+                        .arg(&l.qkv_bias)
+                        .arg(&cos)
+                        .arg(&sin)
+                        .arg(&q)
+                        .arg(&l.k_cache)
+                        .arg(&l.v_cache)
+                        .arg(&heads)
+                        .arg(&kv)
+                        .arg(&hd)
+                        .arg(&npos)
+                        .launch(rows(
+                            (wi, (d.heads + 2 * d.kv_heads) as u32, 1),
+                            (d.head_dim as u32 / 2).clamp(32, 128),
+                        ))
+                        .map_err(backend)?;
+                }
+            }
             unsafe {
-                s.launch_builder(&self.kernels.rope_kv)
-                    .arg(&meta)
-                    .arg(&qkv)
-                    .arg(&l.qkv_bias)
-                    .arg(&cos)
-                    .arg(&sin)
-                    .arg(&q)
-                    .arg(&l.k_cache)
-                    .arg(&l.v_cache)
-                    .arg(&heads)
-                    .arg(&kv)
-                    .arg(&hd)
-                    .arg(&npos)
-                    .launch(rows(
-                        (wi, (d.heads + 2 * d.kv_heads) as u32, 1),
-                        (d.head_dim as u32 / 2).clamp(32, 128),
-                    ))
-                    .map_err(backend)?;
                 s.launch_builder(&self.kernels.attention)
                     .arg(&meta)
                     .arg(&q)
@@ -579,20 +626,25 @@ impl GraphDecoder {
                     .arg(&npos)
                     .arg(&window)
                     .arg(&scale)
-                    .launch(rows((d.heads as u32, wi, 1), 128))
+                    .launch(rows((d.heads as u32, wi, 1), ATT_THREADS))
                     .map_err(backend)?;
             }
             self.gemm(w, l.o, att, x, 1.0, false)?;
             self.rms_norm(w, x, l.post_norm, xn)?;
-            self.gemm(w, l.gate_up, xn, gu, 0.0, false)?;
-            unsafe {
-                s.launch_builder(&self.kernels.swiglu)
-                    .arg(&gu)
-                    .arg(&act)
-                    .arg(&(w as i32))
-                    .arg(&ffn)
-                    .launch(rows((swiglu_blocks, 1, 1), ROW_THREADS))
-                    .map_err(backend)?;
+            if l.gate_up.tiled {
+                // SwiGLU in the product's epilogue (mode 3), straight to act.
+                self.gemv(w, l.gate_up, xn, act, 3)?;
+            } else {
+                self.gemm(w, l.gate_up, xn, gu, 0.0, false)?;
+                unsafe {
+                    s.launch_builder(&self.kernels.swiglu)
+                        .arg(&gu)
+                        .arg(&act)
+                        .arg(&(w as i32))
+                        .arg(&ffn)
+                        .launch(rows((swiglu_blocks, 1, 1), ROW_THREADS))
+                        .map_err(backend)?;
+                }
             }
             self.gemm(w, l.down, act, x, 1.0, false)?;
         }
@@ -604,6 +656,30 @@ impl GraphDecoder {
                 .arg(&argmax)
                 .arg(&vocab)
                 .launch(rows((wi, 1, 1), 1024))
+                .map_err(backend)?;
+        }
+        Ok(())
+    }
+
+    /// `sd_gemv_{NG}_{mode}` on the tiled matrix `m` (see kernels.cu).
+    fn gemv(&self, w: usize, m: Mat, x: u64, y: u64, mode: usize) -> Result<()> {
+        let f = &self.kernels.gemv[w.div_ceil(8) - 1][mode];
+        let (out, inp, cols) = (m.rows as i32, m.cols as i32, w as i32);
+        unsafe {
+            self.stream
+                .launch_builder(f)
+                .arg(&self.addr.meta)
+                .arg(&m.ptr)
+                .arg(&x)
+                .arg(&y)
+                .arg(&out)
+                .arg(&inp)
+                .arg(&cols)
+                .launch(LaunchConfig {
+                    grid_dim: ((m.rows / GEMV_ROWS) as u32, 1, 1),
+                    block_dim: (GEMV_THREADS, 1, 1),
+                    shared_mem_bytes: 0,
+                })
                 .map_err(backend)?;
         }
         Ok(())
@@ -635,35 +711,13 @@ impl GraphDecoder {
     /// f32 when `y_f32`); `beta` is 0 or 1.
     fn gemm(&self, w: usize, m: Mat, x: u64, y: u64, beta: f32, y_f32: bool) -> Result<()> {
         let (out, inp, weight) = (m.rows, m.cols, m.ptr);
-        if m.tiled && x % 16 == 0 {
+        if m.tiled {
             let mode = match (y_f32, beta != 0.0) {
                 (true, _) => 2,
                 (false, true) => 1,
                 (false, false) => 0,
             };
-            let f = &self.kernels.gemv[w.div_ceil(8) - 1][mode];
-            let (out_i, inp_i, cols) = (out as i32, inp as i32, w as i32);
-            unsafe {
-                self.stream
-                    .launch_builder(f)
-                    .arg(&self.addr.meta)
-                    .arg(&weight)
-                    .arg(&x)
-                    .arg(&y)
-                    .arg(&out_i)
-                    .arg(&inp_i)
-                    .arg(&cols)
-                    .launch(LaunchConfig {
-                        grid_dim: ((out / GEMV_ROWS) as u32, 1, 1),
-                        block_dim: (GEMV_THREADS, 1, 1),
-                        shared_mem_bytes: 0,
-                    })
-                    .map_err(backend)?;
-            }
-            return Ok(());
-        }
-        if m.tiled {
-            return Err(backend("an unaligned activation buffer for a tiled matrix"));
+            return self.gemv(w, m, x, y, mode);
         }
         let alpha = 1f32;
         let y_type = if y_f32 {

@@ -64,11 +64,14 @@ extern "C" __global__ void sd_rms_norm(const bf16* x, const bf16* w, bf16* out,
   const uint4* wr = reinterpret_cast<const uint4*>(w);
   uint4* o = reinterpret_cast<uint4*>(out + (size_t)row * hidden);
   const int chunks = hidden / 8;
-  uint4 v[NORM_CHUNKS];
+  uint4 v[NORM_CHUNKS], wv[NORM_CHUNKS];
 #pragma unroll
   for (int c = 0; c < NORM_CHUNKS; c++) {
     const int i = threadIdx.x + c * NORM_THREADS;
-    if (i < chunks) v[c] = xr[i];
+    if (i < chunks) {
+      v[c] = xr[i];
+      wv[c] = wr[i];
+    }
   }
   float acc = 0.f;
 #pragma unroll
@@ -89,9 +92,8 @@ extern "C" __global__ void sd_rms_norm(const bf16* x, const bf16* w, bf16* out,
   for (int c = 0; c < NORM_CHUNKS; c++) {
     const int i = threadIdx.x + c * NORM_THREADS;
     if (i < chunks) {
-      const uint4 wv = wr[i];
       const __nv_bfloat162* e = reinterpret_cast<const __nv_bfloat162*>(&v[c]);
-      const __nv_bfloat162* we = reinterpret_cast<const __nv_bfloat162*>(&wv);
+      const __nv_bfloat162* we = reinterpret_cast<const __nv_bfloat162*>(&wv[c]);
       uint4 res;
       __nv_bfloat162* re = reinterpret_cast<__nv_bfloat162*>(&res);
 #pragma unroll
@@ -125,7 +127,10 @@ extern "C" __global__ void sd_rms_norm(const bf16* x, const bf16* w, bf16* out,
 // are valid: a token's result is the same bits at any width. x rows >=
 // min(ncols, meta n) are not read (their columns come out 0).
 // MODE 0: y (bf16) = result; 1: y (bf16) += result (the residual add);
-// 2: y (f32) = result. Only columns < ncols are written. out % 16 == 0,
+// 2: y (f32) = result; 3: y = act [n, out / 2] = silu(gate) * up, W being
+// the gate/up matrix with rows interleaved by sd_relayout's perm 1; 4: RoPE
+// and the KV-cache write of W = the q/k/v matrix interleaved by perm 2 (see
+// QkvOut). Only columns < ncols are written (< min(ncols, n) for 3 and 4). out % 16 == 0,
 // k % 32 == 0, x has 8 * NG rows, x 16-byte aligned (the host checks).
 // Grid (out / 16), block 32 * GEMV_WARPS. The tiling was picked with
 // scripts/gemv_bench.cu.
@@ -141,9 +146,21 @@ __device__ __forceinline__ void mma_bf16(float* c, uint32_t a0, uint32_t a1, uin
       : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
 }
 
+// What the q/k/v epilogue (MODE 4) needs: the RoPE tables, the bias and
+// where q, k and v go (as sd_rope_kv, which it replaces on tiled weights).
+struct QkvOut {
+  const bf16* bias;
+  const float* cos_t;
+  const float* sin_t;
+  bf16* q_out;
+  bf16* k_cache;
+  bf16* v_cache;
+  int heads, kv, d, n_positions;
+};
+
 template <int NG, int MODE>
 __device__ void gemv(const int* meta, const bf16* __restrict__ w, const bf16* __restrict__ x,
-                     void* y, int out, int k, int ncols) {
+                     void* y, int out, int k, int ncols, QkvOut qo = QkvOut{}) {
   __shared__ float part[GEMV_WARPS][16][8 * NG];
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int g = lane >> 2, t = lane & 3;
@@ -194,6 +211,52 @@ __device__ void gemv(const int* meta, const bf16* __restrict__ w, const bf16* __
     part[warp][g + 8][8 * q + 2 * t + 1] = c[q][3];
   }
   __syncthreads();
+  if (MODE >= 3) {
+    // Pair epilogues: tile rows r and r + 8 hold a gate and its up row
+    // (MODE 3), or the two halves RoPE rotates together (MODE 4).
+    for (int i = threadIdx.x; i < 8 * 8 * NG; i += blockDim.x) {
+      const int r = i % 8, col = i / 8;
+      if (col >= cols) continue;
+      float lo = 0.f, hi = 0.f;
+#pragma unroll
+      for (int ww = 0; ww < GEMV_WARPS; ww++) {
+        lo += part[ww][r][col];
+        hi += part[ww][r + 8][col];
+      }
+      // Rounded as the product's bf16 output would be.
+      lo = __bfloat162float(__float2bfloat16(lo));
+      hi = __bfloat162float(__float2bfloat16(hi));
+      if (MODE == 3) {
+        const int f = out / 2;
+        reinterpret_cast<bf16*>(y)[(size_t)col * f + 8 * blockIdx.x + r] =
+            __float2bfloat16(lo / (1.f + __expf(-lo)) * hi);
+      } else {
+        const int tiles = qo.d / 16, half = qo.d / 2;
+        const int slot = blockIdx.x / tiles, j = 8 * (blockIdx.x % tiles) + r;
+        if (qo.bias) {
+          lo = __bfloat162float(__float2bfloat16(lo + __bfloat162float(qo.bias[slot * qo.d + j])));
+          hi = __bfloat162float(
+              __float2bfloat16(hi + __bfloat162float(qo.bias[slot * qo.d + half + j])));
+        }
+        const int at = meta[0] + col;
+        bf16* dst;
+        if (slot < qo.heads + qo.kv) {
+          const float c = qo.cos_t[(size_t)at * half + j], sn = qo.sin_t[(size_t)at * half + j];
+          const float a1 = lo * c - hi * sn, a2 = hi * c + lo * sn;
+          lo = a1;
+          hi = a2;
+          dst = slot < qo.heads
+              ? qo.q_out + ((size_t)col * qo.heads + slot) * qo.d
+              : qo.k_cache + ((size_t)(slot - qo.heads) * qo.n_positions + at) * qo.d;
+        } else {
+          dst = qo.v_cache + ((size_t)(slot - qo.heads - qo.kv) * qo.n_positions + at) * qo.d;
+        }
+        dst[j] = __float2bfloat16(lo);
+        dst[j + half] = __float2bfloat16(hi);
+      }
+    }
+    return;
+  }
   for (int i = threadIdx.x; i < 16 * 8 * NG; i += blockDim.x) {
     const int r = i % 16, col = i / 16;
     if (col >= ncols) continue;
@@ -221,13 +284,33 @@ __device__ void gemv(const int* meta, const bf16* __restrict__ w, const bf16* __
 GEMV(1, 0)
 GEMV(1, 1)
 GEMV(1, 2)
+GEMV(1, 3)
 GEMV(2, 0)
 GEMV(2, 1)
 GEMV(2, 2)
+GEMV(2, 3)
 
-// dst = W [out, k] row-major re-laid out tile-major for sd_gemv (see there).
-// out % 16 == 0, k % 32 == 0; grid-stride over the 16-byte pieces.
-extern "C" __global__ void sd_relayout(const bf16* w, bf16* dst, int out, int k) {
+#define GEMV_QKV(NG)                                                                    \
+  extern "C" __global__ void __launch_bounds__(32 * GEMV_WARPS, 2) sd_gemv_qkv_##NG(    \
+      const int* meta, const bf16* w, const bf16* x, int out, int k, int ncols,         \
+      const bf16* bias, const float* cos_t, const float* sin_t, bf16* q_out,            \
+      bf16* k_cache, bf16* v_cache, int heads, int kv, int d, int n_positions) {        \
+    gemv<NG, 4>(meta, w, x, nullptr, out, k, ncols,                                     \
+                QkvOut{bias, cos_t, sin_t, q_out, k_cache, v_cache, heads, kv, d,       \
+                       n_positions});                                                   \
+  }
+GEMV_QKV(1)
+GEMV_QKV(2)
+
+// dst = W [out, k] row-major re-laid out tile-major for sd_gemv (see
+// there); tile row r of tile R is source row src_row(R, r): perm 0: 16 R +
+// r; perm 1 (gate/up, out = 2 f): gate row 8 R + r for r < 8, up row f +
+// 8 R + r - 8 after it; perm 2 (q/k/v, heads of `d` rows): in head R / (d /
+// 16), block jb = R % (d / 16), the rows 8 jb + r and d / 2 + 8 jb + r - 8
+// that RoPE rotates together. out % 16 == 0, k % 32 == 0, d % 16 == 0;
+// grid-stride over the 16-byte pieces.
+extern "C" __global__ void sd_relayout(const bf16* w, bf16* dst, int out, int k, int perm,
+                                       int d) {
   const int slabs = k / 32;
   const size_t pieces = (size_t)(out / 16) * slabs * 64;
   for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < pieces;
@@ -235,7 +318,17 @@ extern "C" __global__ void sd_relayout(const bf16* w, bf16* dst, int out, int k)
     const size_t tile = i / 64;
     const int piece = i % 64, lane = piece % 32, half = piece / 32;
     const int tile_row = tile / slabs, s = tile % slabs;
-    const int row = 16 * tile_row + (lane >> 2) + 8 * half, col = 32 * s + 8 * (lane & 3);
+    const int r = (lane >> 2) + 8 * half;
+    int row;
+    if (perm == 1) {
+      row = r < 8 ? 8 * tile_row + r : out / 2 + 8 * tile_row + r - 8;
+    } else if (perm == 2) {
+      const int tiles = d / 16, head = tile_row / tiles, jb = tile_row % tiles;
+      row = head * d + (r < 8 ? 8 * jb + r : d / 2 + 8 * jb + r - 8);
+    } else {
+      row = 16 * tile_row + r;
+    }
+    const int col = 32 * s + 8 * (lane & 3);
     reinterpret_cast<uint4*>(dst)[i] =
         *reinterpret_cast<const uint4*>(w + (size_t)row * k + col);
   }
@@ -291,7 +384,7 @@ extern "C" __global__ void sd_rope_kv(const int* meta, const bf16* qkv, const bf
 // q [width, heads, D]; caches [kv, n_positions, D]; out [width, heads * D].
 // window > 0: a key more than window - 1 positions back is not seen.
 // D is 16, 32, 64, 128 or 256. Grid (heads, width), block 32 * ATT_WARPS.
-#define ATT_WARPS 4
+#define ATT_WARPS 8
 
 template <int D>
 __device__ void attend(const int* meta, const bf16* q, const bf16* k_cache,
@@ -345,6 +438,7 @@ __device__ void attend(const int* meta, const bf16* q, const bf16* k_cache,
 #pragma unroll
     for (int t = 0; t < DPL; t++) acc[t] *= corr;
     const int count = min(32, last - c + 1);
+#pragma unroll 4
     for (int jj = 0; jj < count; jj++) {
       const float pj = __shfl_sync(FULL, p, jj);
       const bf16* vr = vb + (size_t)(c + jj) * D + lane * DPL;
