@@ -3,13 +3,13 @@
 # Llama-2-7B-shape target and py-s to a TinyLlama-1.1B-shape draft
 # (../shared/models/grow.py; same logits up to bf16 rounding), measures the
 # card's copy bandwidth (the limit), runs the CUDA tests, ours (plain,
-# speculative greedy, temperature 0.7, and the tiny py-s draft) and
+# speculative greedy, temperature 0.7, the tiny py-s draft, candle's ops) and
 # transformers (plain and assisted) on the same checkpoints and prompts, and
 # writes everything plus a JSON summary (gpu-7b.json) under $OUT.
 #
 # Here, first:   scripts/build-cuda.sh        (binaries, models, grow.py, prompts -> .cuda-out)
 # Then, in one device call from the repo root, carrying .cuda-out:
-#   scripts/bench-gpu-7b.sh            full table (~6 minutes on an H200)
+#   scripts/bench-gpu-7b.sh            full table (~5 minutes on an H200)
 #   QUICK=1 scripts/bench-gpu-7b.sh    tests, then a short run of ours only
 # The grown checkpoints (13 GB + 2 GB) go to $WORK (default /tmp/specdec-7b),
 # never into the repository.
@@ -99,16 +99,20 @@ fi
 #    as JSON; temperature 0.7; the tiny py-s draft.
 ours_json greedy --draft "$work/py-1b" --k 2,3,4,5,6,8 --adaptive-k 4,8
 say "ours greedy ($(elapsed))"
-ours t07 --draft "$work/py-1b" --k 4,6,8 --adaptive-k 8 --temperature 0.7
-ours_json t07 --draft "$work/py-1b" --k 4,6,8 --adaptive-k 8 --temperature 0.7
+python3 - "$out/ours-greedy.json" <<'PY'
+import json, sys
+r = json.load(open(sys.argv[1]))
+print(f"plain {r['plain_decode_ms_per_token']:.2f} ms/token decoding, target pass {r['target_pass_ms']:.2f} ms, draft pass {r['draft_pass_ms']:.2f} ms, c = {r['cost_ratio']:.3f}")
+for x in r["runs"]:
+    print(f"k {x['k']}{' adaptive' if x['min_draft_confidence'] else ''}: {x['ms_per_token']:.2f} ms/token ({x['speedup']:.2f}x), decode {x['decode_ms_per_token']:.2f} ({x['decode_speedup']:.2f}x), r_k {x['verify_cost_ratio']:.2f}, identical {x['identical']}")
+PY
+ours_json t07 --draft "$work/py-1b" --k 4,8 --adaptive-k 8 --temperature 0.7
 say "ours T=0.7 ($(elapsed))"
 ours py-s --draft "$SPECDEC_SHARED_MODELS/py-s" --k 4,8 --adaptive-k 8
 say "ours py-s draft ($(elapsed))"
-# Plain decoding through graphs of width 1 (no padding), and through
-# candle's ops (the path before this change), for the record.
-ours_json width1 --draft "$work/py-1b" --k 8 --graph-widths 1
+# The same pair through candle's ops (the path before the graphs), for the record.
 ours_json ops --draft "$work/py-1b" --k 8 --graph-widths off --draft-graph-widths off
-say "ours width 1 / candle ops ($(elapsed))"
+say "ours on candle's ops ($(elapsed))"
 
 # 5. transformers on the same checkpoints and prompts.
 python3 scripts/hf_peer_gpu.py --target "$work/py-7b" --draft "$work/py-1b" --prompts "$prompts" \

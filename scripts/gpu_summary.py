@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """The JSON summary of scripts/bench-gpu-7b.sh (docs/bench/gpu-7b.json).
 
-Reads the run's outputs under --out: ours-greedy.json, ours-t07.json,
-ours-width1.json and ours-ops.json (examples/speedup --json), hf.txt
+Reads the run's outputs under --out: ours-greedy.json, ours-t07.json and
+ours-ops.json (examples/speedup --json), hf.txt
 (scripts/hf_peer_gpu.py, whose last line is JSON), bandwidth.json and
 gpu.txt, plus the grown target's config.json under --work for the bytes a
 decode step must read. Prints one JSON object.
@@ -25,7 +25,6 @@ def load(name):
 
 greedy = load("ours-greedy.json")
 t07 = load("ours-t07.json")
-width1 = load("ours-width1.json")
 ops = load("ours-ops.json")
 bw = load("bandwidth.json")
 hf = None
@@ -94,8 +93,6 @@ if t07:
         "best_setting": {"k": b["k"], "min_draft_confidence": b["min_draft_confidence"]},
         "acceptance_rate": b["acceptance_rate"],
     }
-if width1:
-    summary["plain_width_1_ms_per_token"] = width1["plain_decode_ms_per_token"]
 if ops:
     summary["candle_ops"] = {
         "plain_ms_per_token": ops["plain_decode_ms_per_token"],
