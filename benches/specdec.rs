@@ -1,5 +1,6 @@
-//! Criterion benches: the verifier alone, one target forward of 1 and of k
-//! tokens, and end-to-end plain vs speculative decoding.
+//! Criterion benches: the verifier alone, a window's host-side verification
+//! at 32k-152k vocabularies, one target forward of 1 and of k tokens, and
+//! end-to-end plain vs speculative decoding.
 //!
 //! Models: py-m target + py-s draft from `../shared/models` (or
 //! `SPECDEC_SHARED_MODELS`), falling back to the embedded py-s + py-xs pair.
@@ -11,11 +12,11 @@
 use std::path::PathBuf;
 
 use criterion::{criterion_group, criterion_main, BatchSize, BenchmarkId, Criterion};
-use specdec::sampling::{argmax, gumbel, warp};
+use specdec::sampling::{argmax, gumbel, warp, Sampler, SamplingMode};
 use specdec::verify::{verify_greedy, verify_sampled};
 use specdec::{
-    CandleModel, Eos, GenerateConfig, Generator, LanguageModel, NGram, Role, SamplingParams,
-    SeededRandom,
+    CandleModel, Eos, GenerateConfig, Generator, LanguageModel, Logits, NGram, Role,
+    SamplingParams, SeededRandom,
 };
 
 fn pair() -> (PathBuf, PathBuf, &'static str) {
@@ -43,6 +44,24 @@ fn rows(n: usize, vocab: usize, seed: f32) -> Vec<Vec<f32>> {
         .map(|i| {
             (0..vocab)
                 .map(|v| 12.0 * ((v as f32 * 0.37 + i as f32 + seed).sin()))
+                .collect()
+        })
+        .collect()
+}
+
+/// Logits rows shaped like a language model's: token `v` of rank
+/// `r(v)` (a fixed shuffle of the ids, different per row) gets
+/// `12 - 1.1 ln(1 + r)`, so probabilities fall off as a power of the rank
+/// (Zipf-like, ~100 tokens in top-p 0.95's nucleus at T = 0.7).
+fn lm_rows(n: usize, vocab: usize, seed: u64) -> Vec<Vec<f32>> {
+    (0..n as u64)
+        .map(|i| {
+            let shift = (seed * 31 + i * 7) % vocab as u64;
+            (0..vocab as u64)
+                .map(|v| {
+                    let rank = (v * 7919 + shift) % vocab as u64;
+                    12.0 - 1.1 * ((1 + rank) as f32).ln()
+                })
                 .collect()
         })
         .collect()
@@ -98,6 +117,57 @@ fn verifier(c: &mut Criterion) {
             verify_greedy(&draft, &best)
         })
     });
+    group.finish();
+}
+
+/// One window's host-side verification at real models' vocabularies: what
+/// the generator does with the target's `[8, vocab]` logits for a window of
+/// 8 (7 draft tokens): greedy, the argmax of each row and the match; sampled
+/// (rejection sampling at T = 0.7, top-p 0.95), warping each row and
+/// accepting or resampling. Llama 2 (32000), Llama 3 (128256) and Qwen2
+/// (152064) vocabularies, rows shaped like a language model's
+/// ([`lm_rows`]). The goal is under 0.5 ms sampled.
+fn host_verify(c: &mut Criterion) {
+    let k = 8;
+    let draft: Vec<u32> = (0..k as u32 - 1).map(|i| 1000 + 37 * i).collect();
+    let mut group = c.benchmark_group("host_verify");
+    for vocab in [32000usize, 128256, 152064] {
+        let target = Logits::new(lm_rows(k, vocab, 2).concat(), vocab);
+        let greedy = Sampler::new(
+            SamplingParams::default(),
+            SamplingMode::Rejection,
+            0,
+            Vec::new(),
+        );
+        group.bench_function(BenchmarkId::new("greedy window of 8", vocab), |b| {
+            b.iter_batched(
+                || SeededRandom::new(1),
+                |mut rng| greedy.verify(&target, 100, &draft, &[], &mut rng).unwrap(),
+                BatchSize::SmallInput,
+            )
+        });
+        let params = SamplingParams {
+            top_p: Some(0.95),
+            ..SamplingParams::with_temperature(0.7)
+        };
+        let sampled = Sampler::new(params.clone(), SamplingMode::Rejection, 0, Vec::new());
+        // The draft's q rows come warped from drafting, as in a generation.
+        let q: Vec<_> = lm_rows(k - 1, vocab, 1)
+            .iter()
+            .enumerate()
+            .map(|(i, r)| warp(r, &params, &[], Role::Draft, i).unwrap())
+            .collect();
+        group.bench_function(
+            BenchmarkId::new("sampled window of 8 (T=0.7, top-p 0.95)", vocab),
+            |b| {
+                b.iter_batched(
+                    || SeededRandom::new(1),
+                    |mut rng| sampled.verify(&target, 100, &draft, &q, &mut rng).unwrap(),
+                    BatchSize::SmallInput,
+                )
+            },
+        );
+    }
     group.finish();
 }
 
@@ -168,5 +238,5 @@ fn end_to_end(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, verifier, target_forward, end_to_end);
+criterion_group!(benches, verifier, host_verify, target_forward, end_to_end);
 criterion_main!(benches);

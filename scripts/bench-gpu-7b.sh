@@ -5,7 +5,8 @@
 # card's copy bandwidth (the limit), runs the CUDA tests, ours (plain,
 # speculative greedy, temperature 0.7, the tiny py-s draft, candle's ops) and
 # transformers (plain and assisted) on the same checkpoints and prompts, and
-# writes everything plus a JSON summary (gpu-7b.json) under $OUT.
+# writes everything plus a JSON summary (gpu-7b.json) under $OUT, and all of
+# it again as $OUT/gpu-7b-all.tgz.
 #
 # Here, first:   scripts/build-cuda.sh        (binaries, models, grow.py, prompts -> .cuda-out)
 # Then, in one device call from the repo root, carrying .cuda-out:
@@ -29,6 +30,9 @@ prompts="$shared/prompts_py.json"
 commit="$(cat .cuda-out/commit.txt)"
 say() { echo "== $*" | tee -a "$out/summary.txt"; }
 t0=$(date +%s)
+# The device tool brings back a limited number of files: everything also
+# goes into one archive, written whenever the script ends.
+trap 'tar -C "$out" -czf "$out/../gpu-7b-all.tgz" --exclude gpu-7b-all.tgz . 2>/dev/null && mv "$out/../gpu-7b-all.tgz" "$out/"' EXIT
 elapsed() { echo "$(( $(date +%s) - t0 )) s"; }
 
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm,clocks.max.mem --format=csv,noheader \

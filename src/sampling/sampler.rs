@@ -157,7 +157,20 @@ impl Sampler {
                 Ok(gumbel::choose(&p(i)?, self.seed, position + i))
             }),
             SamplingMode::Rejection => {
-                let ps = (0..=drafts.len()).map(p).collect::<Result<Vec<_>>>()?;
+                // Rows are warped independently: in parallel when they are
+                // large, errors still reported for the first bad row.
+                let rows = drafts.len() + 1;
+                let ps = if rows > 1 && rows * logits.vocab() >= 1 << 16 {
+                    use rayon::prelude::*;
+                    (0..rows)
+                        .into_par_iter()
+                        .map(p)
+                        .collect::<Vec<_>>()
+                        .into_iter()
+                        .collect::<Result<Vec<_>>>()?
+                } else {
+                    (0..rows).map(p).collect::<Result<Vec<_>>>()?
+                };
                 Ok(if q.is_empty() {
                     verify_point(drafts, &ps, rng)
                 } else {
