@@ -151,9 +151,9 @@ pub(crate) struct GraphDecoder {
     lm_head: Mat,
     /// `[pos, n, ids[max_width]]`
     meta: CudaSlice<i32>,
-    /// Activations, bf16 (as u16): x and xn `[w, hidden]`, qkv `[w, (heads
-    /// + 2 kv) * head_dim]`, q and att `[w, heads * head_dim]`, gu `[w, 2
-    /// ffn]`, act `[w, ffn]`.
+    /// Activations, bf16 (as u16), `w` rows (a multiple of 8): x and xn
+    /// `[w, hidden]`, qkv `[w, (heads + 2 kv) * head_dim]`, q and att
+    /// `[w, heads * head_dim]`, gu `[w, 2 ffn]`, act `[w, ffn]`.
     x: CudaSlice<u16>,
     xn: CudaSlice<u16>,
     qkv: CudaSlice<u16>,
@@ -178,6 +178,14 @@ pub(crate) struct GraphDecoder {
     /// Rows of the last step.
     rows: usize,
 }
+
+// SAFETY: the only members that are not `Send` are the `CudaGraph`s, raw
+// driver handles that CUDA allows to be used from any thread as long as
+// calls on one graph are not concurrent (cudarc binds the context to the
+// calling thread before each launch). The decoder is owned by one
+// `CandleModel` and used only through `&mut self` or `&self` methods of
+// it, and it is not `Sync`, so calls on its graphs never overlap.
+unsafe impl Send for GraphDecoder {}
 
 fn backend(message: impl std::fmt::Display) -> Error {
     Error::Backend {
@@ -226,13 +234,13 @@ fn unsupported(llama: &Llama) -> Option<String> {
     if c.mlp_bias {
         return Some("mlp_bias".into());
     }
-    if c.hidden_size % 8 != 0 || c.hidden_size > MAX_NORM_HIDDEN {
+    if !c.hidden_size.is_multiple_of(8) || c.hidden_size > MAX_NORM_HIDDEN {
         return Some(format!(
             "hidden_size {} (the norm kernel takes multiples of 8 up to {MAX_NORM_HIDDEN})",
             c.hidden_size
         ));
     }
-    if c.num_kv_heads == 0 || c.num_heads % c.num_kv_heads != 0 {
+    if c.num_kv_heads == 0 || !c.num_heads.is_multiple_of(c.num_kv_heads) {
         return Some("heads not a multiple of kv heads".into());
     }
     None
@@ -300,7 +308,7 @@ impl GraphDecoder {
         let mat = |t: &Tensor, perm: i32| -> Result<Mat> {
             let (rows, cols) = t.dims2()?;
             let ptr = bf16_ptr(t, &stream)?;
-            let tiled = rows % GEMV_ROWS == 0 && cols % 32 == 0 && ptr % 16 == 0;
+            let tiled = rows.is_multiple_of(GEMV_ROWS) && cols.is_multiple_of(32) && ptr % 16 == 0;
             Ok(Mat {
                 ptr,
                 rows,
