@@ -32,7 +32,7 @@ say() { echo "== $*" | tee -a "$out/summary.txt"; }
 t0=$(date +%s)
 # The device tool brings back a limited number of files: everything also
 # goes into one archive, written whenever the script ends.
-trap 'tar -C "$out" -czf "$out/../gpu-7b-all.tgz" --exclude gpu-7b-all.tgz . 2>/dev/null && mv "$out/../gpu-7b-all.tgz" "$out/"' EXIT
+trap 'tar -C "$out" -czf /tmp/gpu-7b-all.tgz --exclude gpu-7b-all.tgz . 2>/dev/null && mv /tmp/gpu-7b-all.tgz "$out/"' EXIT
 elapsed() { echo "$(( $(date +%s) - t0 )) s"; }
 
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm,clocks.max.mem --format=csv,noheader \

@@ -527,11 +527,17 @@ impl Llama {
         self.graph_only = true;
     }
 
+    /// Positions the RoPE tables (and the caches) hold.
+    #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+    pub(super) fn rope_positions(&self) -> usize {
+        self.cos.dim(0).unwrap_or(0)
+    }
+
     /// The RoPE tables `(n_positions, head_dim / 2)` in f32, row-major:
     /// cos, then sin.
     #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
     pub(super) fn rope_tables_f32(&self) -> (Vec<f32>, Vec<f32>) {
-        rope_tables(&self.inv_freq, self.cos.dim(0).unwrap_or(0))
+        rope_tables(&self.inv_freq, self.rope_positions())
     }
 
     /// Zeroed caches for `n_positions`.

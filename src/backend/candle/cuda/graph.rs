@@ -219,6 +219,14 @@ fn ptr<T>(s: &CudaSlice<T>, stream: &CudaStream) -> u64 {
 /// Why a model cannot take the graph path (`None`: it can).
 fn unsupported(llama: &Llama) -> Option<String> {
     let c = &llama.cfg;
+    // Positions, ids and sizes travel to the kernels as 32-bit ints.
+    let positions = llama.rope_positions();
+    if positions > i32::MAX as usize || c.vocab_size > i32::MAX as usize {
+        return Some(format!(
+            "n_positions {positions} or vocab_size {} above i32::MAX",
+            c.vocab_size
+        ));
+    }
     if llama.dtype != DType::BF16 {
         return Some(format!(
             "dtype {:?} (the fused kernels are bf16)",
