@@ -91,7 +91,10 @@
 //! Anything that implements [`LanguageModel`] can be a draft or a target.
 //! [`CandleModel`] runs Hugging Face Llama / Mistral / Qwen2 checkpoints and
 //! llama / qwen2 GGUF files (dequantized, or computed on their 4- to
-//! 8-bit blocks) on the CPU (and on CUDA with the `cuda` feature); a model's
+//! 8-bit blocks) on the CPU, and with the `cuda` feature on an NVIDIA GPU
+//! in bf16, where decoding replays CUDA graphs of our own fused kernels
+//! ([`LoadOptions::cuda_graph_widths`]) and a token's logits are the same
+//! bits in any window; a model's
 //! [`ChatTemplate`] turns [`ChatMessage`]s into its prompt. On the CPU, call
 //! [`init_thread_pool`] once from the generating thread to save a thread
 //! hand-over per forward pass. [`StaticShapeModel`] wraps

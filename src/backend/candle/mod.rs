@@ -172,12 +172,12 @@ pub struct CandleModel {
     name: String,
     dir: PathBuf,
     config: ModelConfig,
+    /// The CUDA decode step, when the model runs on one. Declared before
+    /// `llama` and `cache`, whose device memory its graphs address, so that
+    /// it is dropped first (fields drop in declaration order).
+    graph: Option<GraphDecoder>,
     llama: Llama,
     cache: Vec<LayerCache>,
-    /// The CUDA decode step, when the model runs on one (declared after
-    /// `llama` and `cache`, whose device memory it addresses, so that it is
-    /// dropped first).
-    graph: Option<GraphDecoder>,
     len: usize,
     n_positions: usize,
     tokenizer: Option<Tokenizer>,
