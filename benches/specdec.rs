@@ -123,8 +123,9 @@ fn verifier(c: &mut Criterion) {
 /// One window's host-side verification at real models' vocabularies: what
 /// the generator does with the target's `[8, vocab]` logits for a window of
 /// 8 (7 draft tokens): greedy, the argmax of each row and the match; sampled
-/// (rejection sampling at T = 0.7, top-p 0.95), warping each row and
-/// accepting or resampling. Llama 2 (32000), Llama 3 (128256) and Qwen2
+/// (rejection sampling at T = 0.7, top-p 0.95), warping rows up to the
+/// first rejection and accepting or resampling, both when all 7 are
+/// accepted (every row warped) and when the first is rejected. Llama 2 (32000), Llama 3 (128256) and Qwen2
 /// (152064) vocabularies, rows shaped like a language model's
 /// ([`lm_rows`]). The goal is under 0.5 ms sampled.
 fn host_verify(c: &mut Criterion) {
@@ -151,22 +152,43 @@ fn host_verify(c: &mut Criterion) {
             ..SamplingParams::with_temperature(0.7)
         };
         let sampled = Sampler::new(params.clone(), SamplingMode::Rejection, 0, Vec::new());
-        // The draft's q rows come warped from drafting, as in a generation.
-        let q: Vec<_> = lm_rows(k - 1, vocab, 1)
+        // Worst case: the draft is the target (q = p on every row, each
+        // draft token a likely one), so all 7 are accepted and all 8 rows
+        // are warped. Then drafts the target rarely agrees with, rejected
+        // early (the label says after how many).
+        let q_same: Vec<_> = lm_rows(k, vocab, 2)
+            .iter()
+            .take(k - 1)
+            .enumerate()
+            .map(|(i, r)| warp(r, &params, &[], Role::Draft, i).unwrap())
+            .collect();
+        let likely: Vec<u32> = (0..k - 1)
+            .map(|i| argmax(target.row(i), &[], Role::Target, i).unwrap())
+            .collect();
+        let q_other: Vec<_> = lm_rows(k - 1, vocab, 1)
             .iter()
             .enumerate()
             .map(|(i, r)| warp(r, &params, &[], Role::Draft, i).unwrap())
             .collect();
-        group.bench_function(
-            BenchmarkId::new("sampled window of 8 (T=0.7, top-p 0.95)", vocab),
-            |b| {
+        let unlikely: Vec<u32> = (0..k - 1)
+            .map(|i| argmax(&lm_rows(k - 1, vocab, 1)[i], &[], Role::Draft, i).unwrap())
+            .collect();
+        for (draft, q) in [(&likely, &q_same), (&unlikely, &q_other)] {
+            let verdict = sampled
+                .verify(&target, 100, draft, q, &mut SeededRandom::new(1))
+                .unwrap();
+            let label = format!(
+                "sampled window of 8, {} of 7 accepted (T=0.7, top-p 0.95)",
+                verdict.accepted
+            );
+            group.bench_function(BenchmarkId::new(label, vocab), |b| {
                 b.iter_batched(
                     || SeededRandom::new(1),
-                    |mut rng| sampled.verify(&target, 100, &draft, &q, &mut rng).unwrap(),
+                    |mut rng| sampled.verify(&target, 100, draft, q, &mut rng).unwrap(),
                     BatchSize::SmallInput,
                 )
-            },
-        );
+            });
+        }
     }
     group.finish();
 }

@@ -23,6 +23,9 @@
 //! position's keyed noise), and the first mismatch, or the row after the
 //! last draft, emits the target's choice.
 
+use std::borrow::Borrow;
+use std::convert::Infallible;
+
 use crate::error::Result;
 use crate::sampling::{residual, Distribution, RandomSource};
 
@@ -120,13 +123,42 @@ pub fn verify_sampled(
         draft.len() + 1,
         "one p row per draft token, plus one"
     );
+    infallible(verify_sampled_with(
+        draft,
+        q,
+        |i| Ok::<_, Infallible>(&p[i]),
+        rng,
+    ))
+}
+
+/// [`verify_sampled`] with the target's rows computed on demand: `p_of(i)`
+/// is asked for rows in order, each once, and only up to the first
+/// rejection (or all `m + 1` when every draft token is accepted), so a
+/// window rejected early never warps its later rows. The same verdicts and
+/// draws as [`verify_sampled`] on the same rows; an error from `p_of` ends
+/// verification with it.
+pub fn verify_sampled_with<D: Borrow<Distribution>, E>(
+    draft: &[u32],
+    q: &[Distribution],
+    p_of: impl FnMut(usize) -> std::result::Result<D, E>,
+    rng: &mut dyn RandomSource,
+) -> std::result::Result<Verdict, E> {
+    assert_eq!(q.len(), draft.len(), "one q row per draft token");
     accept_or_recover(
         draft,
-        p,
+        p_of,
         |i, token| q[i].prob(token),
-        |i, _| residual(&p[i], &q[i]),
+        |p, i, _| residual(p, &q[i]),
         rng,
     )
+}
+
+/// The value of a result that cannot be an error.
+fn infallible<T>(r: std::result::Result<T, Infallible>) -> T {
+    match r {
+        Ok(v) => v,
+        Err(never) => match never {},
+    }
 }
 
 /// Sampled verification of draft tokens chosen without a distribution (a
@@ -144,34 +176,51 @@ pub fn verify_point(draft: &[u32], p: &[Distribution], rng: &mut dyn RandomSourc
         draft.len() + 1,
         "one p row per draft token, plus one"
     );
+    infallible(verify_point_with(
+        draft,
+        |i| Ok::<_, Infallible>(&p[i]),
+        rng,
+    ))
+}
+
+/// [`verify_point`] with the target's rows computed on demand, as
+/// [`verify_sampled_with`] does.
+pub fn verify_point_with<D: Borrow<Distribution>, E>(
+    draft: &[u32],
+    p_of: impl FnMut(usize) -> std::result::Result<D, E>,
+    rng: &mut dyn RandomSource,
+) -> std::result::Result<Verdict, E> {
     // p without the rejected token: max(0, p - point mass), which has
     // mass because p(d) < 1.
-    let without = |i: usize, token: u32| {
-        let mut rest = p[i].probs().to_vec();
+    let without = |p: &Distribution, _: usize, token: u32| {
+        let mut rest = p.probs().to_vec();
         if let Some(x) = rest.get_mut(token as usize) {
             *x = 0.0;
         }
         Distribution::from_weights(rest)
     };
-    accept_or_recover(draft, p, |_, _| 1.0, without, rng)
+    accept_or_recover(draft, p_of, |_, _| 1.0, without, rng)
 }
 
 /// Rejection sampling over a window, shared by [`verify_sampled`] and
-/// [`verify_point`]: `q_of(i, d_i)` is `q_i(d_i)` and `residual_of(i, d_i)`
-/// the normalized `max(0, p_i - q_i)` (`None` if rounding left it no mass;
-/// then `p_i` is the limit it tends to). `d_i` is accepted with probability
-/// `min(1, p_i(d_i) / q_i(d_i))`, drawing only when that is not already
-/// certain; the first rejection draws the recovered token from the
+/// [`verify_point`]: `p_of(i)` is `p_i`, asked for in order and only up to
+/// the row that decides; `q_of(i, d_i)` is `q_i(d_i)` and `residual_of(p_i,
+/// i, d_i)` the normalized `max(0, p_i - q_i)` (`None` if rounding left it
+/// no mass; then `p_i` is the limit it tends to). `d_i` is accepted with
+/// probability `min(1, p_i(d_i) / q_i(d_i))`, drawing only when that is not
+/// already certain; the first rejection draws the recovered token from the
 /// residual, and a window with none draws the bonus token from `p_m`.
-fn accept_or_recover(
+fn accept_or_recover<D: Borrow<Distribution>, E>(
     draft: &[u32],
-    p: &[Distribution],
+    mut p_of: impl FnMut(usize) -> std::result::Result<D, E>,
     q_of: impl Fn(usize, u32) -> f64,
-    residual_of: impl Fn(usize, u32) -> Option<Distribution>,
+    residual_of: impl Fn(&Distribution, usize, u32) -> Option<Distribution>,
     rng: &mut dyn RandomSource,
-) -> Verdict {
+) -> std::result::Result<Verdict, E> {
     for (i, &token) in draft.iter().enumerate() {
-        let (pi, qi) = (p[i].prob(token), q_of(i, token));
+        let row = p_of(i)?;
+        let p_i: &Distribution = row.borrow();
+        let (pi, qi) = (p_i.prob(token), q_of(i, token));
         // qi > 0 for a token drawn from q; qi == 0 (a caller's bug) rejects.
         let accept = if pi >= qi && qi > 0.0 {
             true
@@ -181,23 +230,24 @@ fn accept_or_recover(
             rng.bernoulli(pi / qi)
         };
         if !accept {
-            let next = match residual_of(i, token) {
+            let next = match residual_of(p_i, i, token) {
                 Some(r) => rng.categorical(r.probs()),
-                None => rng.categorical(p[i].probs()),
+                None => rng.categorical(p_i.probs()),
             } as u32;
-            return Verdict {
+            return Ok(Verdict {
                 accepted: i,
                 next,
                 kind: NextKind::Recovered,
-            };
+            });
         }
     }
     let m = draft.len();
-    Verdict {
+    let last = p_of(m)?;
+    Ok(Verdict {
         accepted: m,
-        next: rng.categorical(p[m].probs()) as u32,
+        next: rng.categorical(last.borrow().probs()) as u32,
         kind: NextKind::Bonus,
-    }
+    })
 }
 
 #[cfg(test)]

@@ -4,7 +4,7 @@
 use super::{argmax, greedy_confidence, gumbel, warp, Distribution, RandomSource, SamplingParams};
 use crate::error::{Result, Role};
 use crate::model::Logits;
-use crate::verify::{verify_point, verify_sampled, verify_token_match, Verdict};
+use crate::verify::{verify_point_with, verify_sampled_with, verify_token_match, Verdict};
 
 /// How sampled tokens are chosen and verified (greedy decoding, temperature
 /// 0, ignores it: the target's argmax is the output either way).
@@ -157,25 +157,31 @@ impl Sampler {
                 Ok(gumbel::choose(&p(i)?, self.seed, position + i))
             }),
             SamplingMode::Rejection => {
-                // Rows are warped independently: in parallel when they are
-                // large, errors still reported for the first bad row.
+                // The target's rows are warped only as far as verification
+                // reads them (up to the first rejection); large rows two at
+                // a time on rayon. Each row is the same function of its
+                // logits either way, so the verdict and draws are too.
                 let rows = drafts.len() + 1;
-                let ps = if rows > 1 && rows * logits.vocab() >= 1 << 16 {
-                    use rayon::prelude::*;
-                    (0..rows)
-                        .into_par_iter()
-                        .map(p)
-                        .collect::<Vec<_>>()
-                        .into_iter()
-                        .collect::<Result<Vec<_>>>()?
-                } else {
-                    (0..rows).map(p).collect::<Result<Vec<_>>>()?
+                let pairs = rows > 1 && logits.vocab() >= 1 << 13;
+                let mut ahead: Option<(usize, Result<Distribution>)> = None;
+                let mut p_of = |i: usize| -> Result<Distribution> {
+                    if let Some((j, row)) = ahead.take() {
+                        if j == i {
+                            return row;
+                        }
+                    }
+                    if pairs && i + 1 < rows {
+                        let (this, next) = rayon::join(|| p(i), || p(i + 1));
+                        ahead = Some((i + 1, next));
+                        return this;
+                    }
+                    p(i)
                 };
-                Ok(if q.is_empty() {
-                    verify_point(drafts, &ps, rng)
+                if q.is_empty() {
+                    verify_point_with(drafts, &mut p_of, rng)
                 } else {
-                    verify_sampled(drafts, q, &ps, rng)
-                })
+                    verify_sampled_with(drafts, q, &mut p_of, rng)
+                }
             }
         }
     }
