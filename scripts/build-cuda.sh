@@ -5,6 +5,9 @@
 #   .cuda-out/bin/bins.tar.xz                all binaries, stripped, one solid xz
 #   .cuda-out/models/<name>/                 config.json, generation_config.json,
 #                                            tokenizer.json.xz, model.safetensors.xz
+#   .cuda-out/shared/                        grow.py and the benchmark prompts (for
+#                                            scripts/bench-gpu-7b.sh; ../shared does not travel)
+#   .cuda-out/commit.txt                     the commit the binaries were built from
 #   .cuda-out/unpack.sh                      unpacks both in place
 # There:
 #   sh .cuda-out/unpack.sh
