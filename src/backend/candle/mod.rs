@@ -125,8 +125,9 @@ pub struct LoadOptions {
     /// re-laid out for it, which candle's ops then cannot).
     /// Each row's logits are the same bits whatever window or width it is
     /// computed in, so greedy speculative output equals plain decoding by
-    /// construction (for matrices whose sides are not multiples of 32,
-    /// computed by cuBLAS instead, only within one width). Empty: every
+    /// construction (for a matrix whose rows are not a multiple of 16 or
+    /// columns not a multiple of 32, computed by cuBLAS instead, only
+    /// within one width). Empty: every
     /// forward runs candle's ops (also the case for dtypes other than bf16,
     /// head_dim not 16/32/64/128/256, MLP biases, hidden sizes that are not
     /// multiples of 8 or exceed 16384). Ignored on the CPU.

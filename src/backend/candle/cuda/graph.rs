@@ -13,8 +13,9 @@
 //! weight once, 512 contiguous bytes per warp load, from matrices re-laid
 //! out tile-major in place at load (so candle's ops can no longer run on
 //! the model, and its prompt goes through the graphs too). cuBLAS, with
-//! separate RoPE and SwiGLU kernels, is the fallback for matrices whose
-//! sides are not multiples of 16 and 32. The whole step is captured once
+//! separate RoPE and SwiGLU kernels, is the fallback for a matrix whose
+//! rows are not a multiple of 16 or columns not a multiple of 32. The
+//! whole step is captured once
 //! per width as a CUDA graph and replayed; the position, row count and
 //! token ids are read from a small device header (`meta`) rewritten before
 //! each replay, so one graph serves every position.
