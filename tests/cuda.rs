@@ -14,7 +14,7 @@ use specdec::conformance::{check_all, Tolerance};
 use specdec::sampling::argmax;
 use specdec::{CandleModel, GenerateConfig, Generator, LanguageModel, LoadOptions, Role};
 
-/// bf16 on GPU 0 with the default graph widths ([8]).
+/// bf16 on GPU 0 with the default graph widths (`DEFAULT_GRAPH_WIDTHS`).
 fn gpu(dir: PathBuf, n_positions: usize) -> CandleModel {
     gpu_with(dir, n_positions, &specdec::DEFAULT_GRAPH_WIDTHS)
 }
@@ -100,10 +100,16 @@ fn graph_rows_are_the_same_bits_in_any_window() {
         return;
     };
     let toks = tokens();
-    let (head, rest) = toks.split_at(8);
-    let rest = &rest[..20];
-    for name in ["py-m", "py-s"] {
-        let mut m = gpu(dir.join(name), 64);
+    let mut dirs = vec![dir.join("py-m"), dir.join("py-s")];
+    // qwen2-tiny: q/k/v biases and head_dim 16 through the same paths.
+    dirs.extend(arch_models(&dir));
+    for d in dirs {
+        let name = d.file_name().unwrap().to_string_lossy().into_owned();
+        let mut m = gpu_with(d.clone(), 64, &[8]);
+        let vocab = m.vocab_size() as u32;
+        let fit: Vec<u32> = toks.iter().map(|&t| t % vocab).collect();
+        let (head, rest) = fit.split_at(8);
+        let rest = &rest[..20];
         m.prefill(head).unwrap();
         let one: Vec<Vec<f32>> = rest
             .iter()
@@ -111,7 +117,7 @@ fn graph_rows_are_the_same_bits_in_any_window() {
             .collect();
         // 20 = chunks of 8 + 8 + 4 through the width-8 graph; a second
         // model replays graphs of widths 1, 3 and 16 (two column groups).
-        let mut other = gpu_with(dir.join(name), 64, &[1, 3, 16]);
+        let mut other = gpu_with(d, 64, &[1, 3, 16]);
         other.prefill(head).unwrap();
         for (label, model) in [("width 8", &mut m), ("widths 1, 3, 16", &mut other)] {
             for window in [1, 2, 3, 5, 8, 16, 20] {

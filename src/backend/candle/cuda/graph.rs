@@ -30,6 +30,7 @@
 //! which makes greedy speculative output identical to plain decoding by
 //! construction. (On the cuBLAS fallback this holds within one width.)
 
+use std::collections::HashMap;
 use std::ffi::c_void;
 use std::sync::Arc;
 
@@ -44,8 +45,34 @@ use candle_core::{DType, Device, Storage, Tensor};
 use super::super::llama::{LayerCache, Llama};
 use crate::error::{Error, Result};
 
-/// The kernels of `kernels.cu`, compiled to PTX by build.rs.
+/// The kernels of `kernels.cu`, compiled to PTX by build.rs for sm_80
+/// (no programmatic dependent launch) and for sm_90 (with it).
 const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/specdec_kernels.ptx"));
+const PTX_SM90: &str = include_str!(concat!(env!("OUT_DIR"), "/specdec_kernels_sm90.ptx"));
+
+/// Switches for measuring what each part of the decode step gains (read
+/// once, when a model loads): `SPECDEC_CUDA_PDL=0` launches without
+/// programmatic dependent launch on GPUs that have it;
+/// `SPECDEC_CUDA_GEMV_UNROLL=4` or `8` sets the product kernel's slabs in
+/// flight per warp for every matrix (else 8 for a grid of one wave, 4 for
+/// longer ones).
+const PDL_ENV: &str = "SPECDEC_CUDA_PDL";
+const GEMV_UNROLL_ENV: &str = "SPECDEC_CUDA_GEMV_UNROLL";
+
+/// The product kernel's 32-wide k slabs of weight loads in flight per warp
+/// (UNROLL in kernels.cu) that are instantiated.
+const GEMV_UNROLLS: [usize; 2] = [4, 8];
+
+/// Whether the switch `name` is on: anything but `0` (default on).
+fn switch(name: &str) -> bool {
+    std::env::var(name).map_or(true, |v| v.trim() != "0")
+}
+
+/// A kernel's arguments as `cuLaunchKernelEx` takes them: pointers to the
+/// values, which live until the end of the statement that launches.
+macro_rules! args {
+    ($($a:expr),* $(,)?) => { [$(&$a as *const _ as *mut c_void),*] };
+}
 
 /// cuBLAS workspace set on the handle before capture, so that no product
 /// allocates while a graph is being captured.
@@ -69,10 +96,8 @@ const MAX_NORM_HIDDEN: usize = 8 * 8 * 256;
 
 struct Kernels {
     embed: CudaFunction,
-    /// `sd_gemv_{NG}_{MODE}`: `[NG - 1][MODE]` (see kernels.cu).
-    gemv: [[CudaFunction; 4]; 2],
-    /// `sd_gemv_qkv_{NG}`: `[NG - 1]`.
-    gemv_qkv: [CudaFunction; 2],
+    /// `sd_gemv_{NG}_{MODE}_{U}` (see kernels.cu) by `(NG, MODE, U)`.
+    gemv: HashMap<(usize, usize, usize), CudaFunction>,
     rms_norm: CudaFunction,
     rope_kv: CudaFunction,
     attention: CudaFunction,
@@ -143,6 +168,14 @@ struct Dims {
 /// The replayed decode step of one model on one CUDA device.
 pub(crate) struct GraphDecoder {
     stream: Arc<CudaStream>,
+    /// Kernels after the first of a step are launched with programmatic
+    /// stream serialization (sm_90 and up; kernels.cu's PDL_WAIT).
+    pdl: bool,
+    /// The product kernel's slabs in flight per warp (one of GEMV_UNROLLS),
+    /// when set by `SPECDEC_CUDA_GEMV_UNROLL`; else picked per matrix.
+    unroll: Option<usize>,
+    /// Streaming multiprocessors of the GPU.
+    sms: usize,
     blas: Arc<CudaBlas>,
     kernels: Kernels,
     dims: Dims,
@@ -277,24 +310,43 @@ impl GraphDecoder {
         let max_w = *widths.last().ok_or_else(|| backend("no graph width"))?;
         let stream = dev.cuda_stream();
         let blas = dev.cublas_handle();
+        let (major, _) = stream.context().compute_capability().map_err(backend)?;
+        let pdl = major >= 9 && switch(PDL_ENV);
+        let unroll = match std::env::var(GEMV_UNROLL_ENV) {
+            Ok(v) => Some(
+                v.trim()
+                    .parse()
+                    .ok()
+                    .filter(|u| GEMV_UNROLLS.contains(u))
+                    .ok_or_else(|| {
+                        backend(format!(
+                            "{GEMV_UNROLL_ENV}={v}: expected one of {GEMV_UNROLLS:?}"
+                        ))
+                    })?,
+            ),
+            Err(_) => None,
+        };
+        let sms = stream
+            .context()
+            .attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
+            .map_err(backend)? as usize;
         let module = stream
             .context()
-            .load_module(Ptx::from_src(PTX))
+            .load_module(Ptx::from_src(if pdl { PTX_SM90 } else { PTX }))
             .map_err(backend)?;
         let f = |name: &str| module.load_function(name).map_err(backend);
         let c = &llama.cfg;
-        let gemv = |ng: usize| -> Result<[CudaFunction; 4]> {
-            Ok([
-                f(&format!("sd_gemv_{ng}_0"))?,
-                f(&format!("sd_gemv_{ng}_1"))?,
-                f(&format!("sd_gemv_{ng}_2"))?,
-                f(&format!("sd_gemv_{ng}_3"))?,
-            ])
-        };
+        let mut gemv = HashMap::new();
+        for ng in 1..=2 {
+            for u in GEMV_UNROLLS {
+                for mode in 0..=4 {
+                    gemv.insert((ng, mode, u), f(&format!("sd_gemv_{ng}_{mode}_{u}"))?);
+                }
+            }
+        }
         let kernels = Kernels {
             embed: f("sd_embed")?,
-            gemv: [gemv(1)?, gemv(2)?],
-            gemv_qkv: [f("sd_gemv_qkv_1")?, f("sd_gemv_qkv_2")?],
+            gemv,
             rms_norm: f("sd_rms_norm")?,
             rope_kv: f("sd_rope_kv")?,
             attention: f(&format!("sd_attention_{}", c.head_dim))?,
@@ -367,6 +419,9 @@ impl GraphDecoder {
             sin: stream.clone_htod(&sin).map_err(backend)?,
             _workspace: stream.alloc_zeros::<u8>(WORKSPACE_BYTES).map_err(backend)?,
             stream,
+            pdl,
+            unroll,
+            sms,
             blas,
             kernels,
             dims,
@@ -539,7 +594,7 @@ impl GraphDecoder {
     /// or waits on events.
     fn enqueue(&self, w: usize) -> Result<()> {
         let d = self.dims;
-        let s = &self.stream;
+        self.stream.context().bind_to_thread().map_err(backend)?;
         let Addrs {
             meta,
             x,
@@ -555,21 +610,16 @@ impl GraphDecoder {
             sin,
         } = self.addr;
         let wi = w as u32;
-        let rows = |blocks: (u32, u32, u32), threads: u32| LaunchConfig {
-            grid_dim: blocks,
-            block_dim: (threads, 1, 1),
-            shared_mem_bytes: 0,
-        };
         let (hidden, vocab) = (d.hidden as i32, d.vocab as i32);
+        // The first kernel follows the host's header write: plain order.
         unsafe {
-            s.launch_builder(&self.kernels.embed)
-                .arg(&meta)
-                .arg(&self.embed)
-                .arg(&x)
-                .arg(&hidden)
-                .arg(&vocab)
-                .launch(rows((wi, 1, 1), ROW_THREADS))
-                .map_err(backend)?;
+            self.launch(
+                &self.kernels.embed,
+                (wi, 1, 1),
+                ROW_THREADS,
+                false,
+                &mut args![meta, self.embed, x, hidden, vocab],
+            )?;
         }
         let (heads, kv, hd, npos) = (
             d.heads as i32,
@@ -585,157 +635,181 @@ impl GraphDecoder {
             self.rms_norm(w, x, l.input_norm, xn)?;
             if l.qkv.tiled {
                 // RoPE and the KV-cache write in the product's epilogue.
-                let m = l.qkv;
-                let (out, inp, cols) = (m.rows as i32, m.cols as i32, w as i32);
-                unsafe {
-                    s.launch_builder(&self.kernels.gemv_qkv[w.div_ceil(8) - 1])
-                        .arg(&meta)
-                        .arg(&m.ptr)
-                        .arg(&xn)
-                        .arg(&out)
-                        .arg(&inp)
-                        .arg(&cols)
-                        .arg(&l.qkv_bias)
-                        .arg(&cos)
-                        .arg(&sin)
-                        .arg(&q)
-                        .arg(&l.k_cache)
-                        .arg(&l.v_cache)
-                        .arg(&heads)
-                        .arg(&kv)
-                        .arg(&hd)
-                        .arg(&npos)
-                        .launch(rows(((m.rows / GEMV_ROWS) as u32, 1, 1), GEMV_THREADS))
-                        .map_err(backend)?;
-                }
+                self.gemv(w, l.qkv, xn, 0, 4, Some(l))?;
             } else {
                 self.gemm(w, l.qkv, xn, qkv, 0.0, false)?;
                 unsafe {
-                    s.launch_builder(&self.kernels.rope_kv)
-                        .arg(&meta)
-                        .arg(&qkv)
-                        .arg(&l.qkv_bias)
-                        .arg(&cos)
-                        .arg(&sin)
-                        .arg(&q)
-                        .arg(&l.k_cache)
-                        .arg(&l.v_cache)
-                        .arg(&heads)
-                        .arg(&kv)
-                        .arg(&hd)
-                        .arg(&npos)
-                        .launch(rows(
-                            (wi, (d.heads + 2 * d.kv_heads) as u32, 1),
-                            (d.head_dim as u32 / 2).clamp(32, 128),
-                        ))
-                        .map_err(backend)?;
+                    self.launch(
+                        &self.kernels.rope_kv,
+                        (wi, (d.heads + 2 * d.kv_heads) as u32, 1),
+                        (d.head_dim as u32 / 2).clamp(32, 128),
+                        self.pdl,
+                        &mut args![
+                            meta, qkv, l.qkv_bias, cos, sin, q, l.k_cache, l.v_cache, heads, kv,
+                            hd, npos
+                        ],
+                    )?;
                 }
             }
             unsafe {
-                s.launch_builder(&self.kernels.attention)
-                    .arg(&meta)
-                    .arg(&q)
-                    .arg(&l.k_cache)
-                    .arg(&l.v_cache)
-                    .arg(&att)
-                    .arg(&heads)
-                    .arg(&kv)
-                    .arg(&npos)
-                    .arg(&window)
-                    .arg(&scale)
-                    .launch(rows((d.heads as u32, wi, 1), ATT_THREADS))
-                    .map_err(backend)?;
+                self.launch(
+                    &self.kernels.attention,
+                    (d.heads as u32, wi, 1),
+                    ATT_THREADS,
+                    self.pdl,
+                    &mut args![meta, q, l.k_cache, l.v_cache, att, heads, kv, npos, window, scale],
+                )?;
             }
-            self.gemm(w, l.o, att, x, 1.0, false)?;
+            self.product(w, l.o, att, x, 1)?;
             self.rms_norm(w, x, l.post_norm, xn)?;
             if l.gate_up.tiled {
                 // SwiGLU in the product's epilogue (mode 3), straight to act.
-                self.gemv(w, l.gate_up, xn, act, 3)?;
+                self.gemv(w, l.gate_up, xn, act, 3, None)?;
             } else {
                 self.gemm(w, l.gate_up, xn, gu, 0.0, false)?;
                 unsafe {
-                    s.launch_builder(&self.kernels.swiglu)
-                        .arg(&gu)
-                        .arg(&act)
-                        .arg(&(w as i32))
-                        .arg(&ffn)
-                        .launch(rows((swiglu_blocks, 1, 1), ROW_THREADS))
-                        .map_err(backend)?;
+                    self.launch(
+                        &self.kernels.swiglu,
+                        (swiglu_blocks, 1, 1),
+                        ROW_THREADS,
+                        self.pdl,
+                        &mut args![gu, act, (w as i32), ffn],
+                    )?;
                 }
             }
-            self.gemm(w, l.down, act, x, 1.0, false)?;
+            self.product(w, l.down, act, x, 1)?;
         }
         self.rms_norm(w, x, self.norm, xn)?;
-        self.gemm(w, self.lm_head, xn, logits, 0.0, true)?;
+        self.product(w, self.lm_head, xn, logits, 2)?;
         unsafe {
-            s.launch_builder(&self.kernels.argmax)
-                .arg(&logits)
-                .arg(&argmax)
-                .arg(&vocab)
-                .launch(rows((wi, 1, 1), 1024))
-                .map_err(backend)?;
+            self.launch(
+                &self.kernels.argmax,
+                (wi, 1, 1),
+                1024,
+                self.pdl,
+                &mut args![logits, argmax, vocab],
+            )
         }
-        Ok(())
     }
 
-    /// `sd_gemv_{NG}_{mode}` on the tiled matrix `m` (see kernels.cu).
-    fn gemv(&self, w: usize, m: Mat, x: u64, y: u64, mode: usize) -> Result<()> {
-        let f = &self.kernels.gemv[w.div_ceil(8) - 1][mode];
+    /// Launches `f` on the decoder's stream with `args` (pointers to the
+    /// kernel's parameters, in order); `pdl`: with programmatic stream
+    /// serialization, so that it may start before the kernel before it
+    /// ends (it then waits in PDL_WAIT, kernels.cu).
+    ///
+    /// # Safety
+    /// `args` must match `f`'s parameters in number, order and types.
+    unsafe fn launch(
+        &self,
+        f: &CudaFunction,
+        grid: (u32, u32, u32),
+        block: u32,
+        pdl: bool,
+        args: &mut [*mut c_void],
+    ) -> Result<()> {
+        let mut attr: sys::CUlaunchAttribute = std::mem::zeroed();
+        attr.id = sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION;
+        attr.value.programmaticStreamSerializationAllowed = 1;
+        let cfg = sys::CUlaunchConfig {
+            gridDimX: grid.0,
+            gridDimY: grid.1,
+            gridDimZ: grid.2,
+            blockDimX: block,
+            blockDimY: 1,
+            blockDimZ: 1,
+            sharedMemBytes: 0,
+            hStream: self.stream.cu_stream(),
+            attrs: &mut attr,
+            numAttrs: u32::from(pdl),
+        };
+        sys::cuLaunchKernelEx(
+            &cfg,
+            f.cu_function(),
+            args.as_mut_ptr(),
+            std::ptr::null_mut(),
+        )
+        .result()
+        .map_err(backend)
+    }
+
+    /// `sd_gemv_{NG}_{mode}_{U}` on the tiled matrix `m` (see kernels.cu);
+    /// `layer` gives the q/k/v epilogue's (mode 4) bias and cache.
+    fn gemv(
+        &self,
+        w: usize,
+        m: Mat,
+        x: u64,
+        y: u64,
+        mode: usize,
+        layer: Option<&LayerPtrs>,
+    ) -> Result<()> {
+        let blocks = m.rows / GEMV_ROWS;
+        // A grid that fits in one wave (2 blocks an SM) is short: its blocks
+        // keep more loads in flight. Longer grids keep 4, measured a little
+        // faster on the 7B shapes.
+        let unroll = self
+            .unroll
+            .unwrap_or(if blocks <= 2 * self.sms { 8 } else { 4 });
+        let key = (w.div_ceil(8), mode, unroll);
+        let f = self
+            .kernels
+            .gemv
+            .get(&key)
+            .ok_or_else(|| backend(format!("no product kernel for {key:?}")))?;
+        let d = self.dims;
+        let a = self.addr;
         let (out, inp, cols) = (m.rows as i32, m.cols as i32, w as i32);
+        let (bias, k_cache, v_cache) =
+            layer.map_or((0, 0, 0), |l| (l.qkv_bias, l.k_cache, l.v_cache));
+        let (heads, kv, hd, npos) = (
+            d.heads as i32,
+            d.kv_heads as i32,
+            d.head_dim as i32,
+            d.n_positions as i32,
+        );
         unsafe {
-            self.stream
-                .launch_builder(f)
-                .arg(&self.addr.meta)
-                .arg(&m.ptr)
-                .arg(&x)
-                .arg(&y)
-                .arg(&out)
-                .arg(&inp)
-                .arg(&cols)
-                .launch(LaunchConfig {
-                    grid_dim: ((m.rows / GEMV_ROWS) as u32, 1, 1),
-                    block_dim: (GEMV_THREADS, 1, 1),
-                    shared_mem_bytes: 0,
-                })
-                .map_err(backend)?;
+            self.launch(
+                f,
+                (blocks as u32, 1, 1),
+                GEMV_THREADS,
+                self.pdl,
+                &mut args![
+                    a.meta, m.ptr, x, y, out, inp, cols, bias, a.cos, a.sin, a.q, k_cache, v_cache,
+                    heads, kv, hd, npos
+                ],
+            )
         }
-        Ok(())
+    }
+
+    /// `y = x @ m^T` (mode 0, bf16), `y += x @ m^T` (1, bf16) or `y = x @
+    /// m^T` (2, f32): on `sd_gemv` when `m` is tiled, else cuBLAS.
+    fn product(&self, w: usize, m: Mat, x: u64, y: u64, mode: usize) -> Result<()> {
+        if m.tiled {
+            self.gemv(w, m, x, y, mode, None)
+        } else {
+            self.gemm(w, m, x, y, f32::from(u8::from(mode == 1)), mode == 2)
+        }
     }
 
     fn rms_norm(&self, w: usize, x: u64, weight: u64, out: u64) -> Result<()> {
         let hidden = self.dims.hidden as i32;
         let eps = self.dims.eps;
         unsafe {
-            self.stream
-                .launch_builder(&self.kernels.rms_norm)
-                .arg(&x)
-                .arg(&weight)
-                .arg(&out)
-                .arg(&hidden)
-                .arg(&eps)
-                .launch(LaunchConfig {
-                    grid_dim: (w as u32, 1, 1),
-                    block_dim: (ROW_THREADS, 1, 1),
-                    shared_mem_bytes: 0,
-                })
-                .map_err(backend)?;
+            self.launch(
+                &self.kernels.rms_norm,
+                (w as u32, 1, 1),
+                ROW_THREADS,
+                self.pdl,
+                &mut args![x, weight, out, hidden, eps],
+            )
         }
-        Ok(())
     }
 
-    /// `y[w, out] = x[w, inp] @ W[out, inp]^T (+ beta * y)` for `W` =
-    /// `m` (`[out, inp]`), bf16 inputs, f32 accumulation, `y` in bf16 (or
-    /// f32 when `y_f32`); `beta` is 0 or 1.
+    /// `y[w, out] = x[w, inp] @ W[out, inp]^T (+ beta * y)` on cuBLAS for
+    /// `W` = `m` (`[out, inp]`, row-major), bf16 inputs, f32 accumulation,
+    /// `y` in bf16 (or f32 when `y_f32`); `beta` is 0 or 1.
     fn gemm(&self, w: usize, m: Mat, x: u64, y: u64, beta: f32, y_f32: bool) -> Result<()> {
         let (out, inp, weight) = (m.rows, m.cols, m.ptr);
-        if m.tiled {
-            let mode = match (y_f32, beta != 0.0) {
-                (true, _) => 2,
-                (false, true) => 1,
-                (false, false) => 0,
-            };
-            return self.gemv(w, m, x, y, mode);
-        }
         let alpha = 1f32;
         let y_type = if y_f32 {
             blas::cudaDataType::CUDA_R_32F

@@ -14,6 +14,22 @@ typedef __nv_bfloat16 bf16;
 
 #define FULL 0xffffffffu
 
+// Programmatic dependent launch (sm_90 and up; build.rs also compiles this
+// file for compute_90, and graph.rs launches with the attribute there).
+// PDL_LAUNCH lets the next kernel in the stream start its blocks now;
+// PDL_WAIT blocks until every earlier kernel has finished and its writes
+// are visible. Each kernel reads nothing an earlier kernel of the step
+// wrote, and writes nothing, before its PDL_WAIT: only weights (constant
+// for the graph's life) may be loaded before it. On older GPUs (and in the
+// compute_80 PTX) both are nothing, and launches are plain stream order.
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+#define PDL_LAUNCH() asm volatile("griddepcontrol.launch_dependents;" ::: "memory")
+#define PDL_WAIT() asm volatile("griddepcontrol.wait;" ::: "memory")
+#else
+#define PDL_LAUNCH()
+#define PDL_WAIT()
+#endif
+
 __device__ __forceinline__ float warp_sum(float v) {
   for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(FULL, v, o);
   return v;
@@ -42,6 +58,8 @@ __device__ float block_sum(float v) {
 // x[row] = table[meta ids[row]]; grid (width), any block size.
 extern "C" __global__ void sd_embed(const int* meta, const bf16* table, bf16* x,
                                     int hidden, int vocab) {
+  PDL_LAUNCH();
+  PDL_WAIT();
   const int row = blockIdx.x;
   int id = meta[2 + row];
   if (id < 0 || id >= vocab) id = 0;
@@ -50,28 +68,25 @@ extern "C" __global__ void sd_embed(const int* meta, const bf16* table, bf16* x,
   for (int i = threadIdx.x; i < hidden; i += blockDim.x) dst[i] = src[i];
 }
 
-// out[row] = x[row] / rms(x[row]) * w, computed in f32; grid (width),
-// block NORM_THREADS. hidden % 8 == 0 and hidden <= 8 * NORM_THREADS *
-// NORM_CHUNKS (the host checks): the row is read once, 16 bytes a load, all
-// loads in flight together.
+// RMSNorm, computed in f32: out = x / rms(x) * w. hidden % 8 == 0 and
+// hidden <= 8 * NORM_THREADS * NORM_CHUNKS (the host checks): a row is read
+// once, 16 bytes a load, all loads in flight together. (Folding the norm
+// into the products that read it, each block reading its x rows whole, was
+// measured slower: a block's prologue adds its latency in every wave.)
 #define NORM_THREADS 256
 #define NORM_CHUNKS 8
 
-extern "C" __global__ void sd_rms_norm(const bf16* x, const bf16* w, bf16* out,
-                                       int hidden, float eps) {
-  const int row = blockIdx.x;
-  const uint4* xr = reinterpret_cast<const uint4*>(x + (size_t)row * hidden);
-  const uint4* wr = reinterpret_cast<const uint4*>(w);
-  uint4* o = reinterpret_cast<uint4*>(out + (size_t)row * hidden);
+// 1 / sqrt(mean(x^2) + eps) of the row x [hidden], summed in a fixed order
+// (thread i: chunks i, i + NORM_THREADS, ...; then block_sum); v gets the
+// thread's chunks. Call from all NORM_THREADS threads of a block.
+__device__ __forceinline__ float rms_scale(const bf16* x, int hidden, float eps,
+                                           uint4 (&v)[NORM_CHUNKS]) {
+  const uint4* xr = reinterpret_cast<const uint4*>(x);
   const int chunks = hidden / 8;
-  uint4 v[NORM_CHUNKS], wv[NORM_CHUNKS];
 #pragma unroll
   for (int c = 0; c < NORM_CHUNKS; c++) {
     const int i = threadIdx.x + c * NORM_THREADS;
-    if (i < chunks) {
-      v[c] = xr[i];
-      wv[c] = wr[i];
-    }
+    if (i < chunks) v[c] = __ldcg(xr + i);
   }
   float acc = 0.f;
 #pragma unroll
@@ -82,28 +97,50 @@ extern "C" __global__ void sd_rms_norm(const bf16* x, const bf16* w, bf16* out,
 #pragma unroll
       for (int t = 0; t < 4; t++) {
         const float2 f = __bfloat1622float2(e[t]);
-        acc += f.x * f.x;
-        acc += f.y * f.y;
+        acc = __fmaf_rn(f.x, f.x, acc);
+        acc = __fmaf_rn(f.y, f.y, acc);
       }
     }
   }
-  const float r = rsqrtf(block_sum(acc) / (float)hidden + eps);
+  return rsqrtf(__fdiv_rn(block_sum(acc), (float)hidden) + eps);
+}
+
+// Eight features x of a row, normalized by its scale r and weighted by w.
+__device__ __forceinline__ uint4 norm8(uint4 x, uint4 w, float r) {
+  const __nv_bfloat162* e = reinterpret_cast<const __nv_bfloat162*>(&x);
+  const __nv_bfloat162* we = reinterpret_cast<const __nv_bfloat162*>(&w);
+  uint4 res;
+  __nv_bfloat162* re = reinterpret_cast<__nv_bfloat162*>(&res);
+#pragma unroll
+  for (int t = 0; t < 4; t++) {
+    const float2 f = __bfloat1622float2(e[t]);
+    const float2 g = __bfloat1622float2(we[t]);
+    re[t] = __floats2bfloat162_rn(__fmul_rn(__fmul_rn(f.x, r), g.x),
+                                  __fmul_rn(__fmul_rn(f.y, r), g.y));
+  }
+  return res;
+}
+
+// out[row] = RMSNorm(x[row]) * w; grid (width), block NORM_THREADS.
+extern "C" __global__ void sd_rms_norm(const bf16* x, const bf16* w, bf16* out,
+                                       int hidden, float eps) {
+  const int row = blockIdx.x;
+  const uint4* wr = reinterpret_cast<const uint4*>(w);
+  uint4* o = reinterpret_cast<uint4*>(out + (size_t)row * hidden);
+  const int chunks = hidden / 8;
+  uint4 v[NORM_CHUNKS], wv[NORM_CHUNKS];
 #pragma unroll
   for (int c = 0; c < NORM_CHUNKS; c++) {
     const int i = threadIdx.x + c * NORM_THREADS;
-    if (i < chunks) {
-      const __nv_bfloat162* e = reinterpret_cast<const __nv_bfloat162*>(&v[c]);
-      const __nv_bfloat162* we = reinterpret_cast<const __nv_bfloat162*>(&wv[c]);
-      uint4 res;
-      __nv_bfloat162* re = reinterpret_cast<__nv_bfloat162*>(&res);
+    if (i < chunks) wv[c] = wr[i];
+  }
+  PDL_LAUNCH();
+  PDL_WAIT();
+  const float r = rms_scale(x + (size_t)row * hidden, hidden, eps, v);
 #pragma unroll
-      for (int t = 0; t < 4; t++) {
-        const float2 f = __bfloat1622float2(e[t]);
-        const float2 g = __bfloat1622float2(we[t]);
-        re[t] = __floats2bfloat162_rn(f.x * r * g.x, f.y * r * g.y);
-      }
-      o[i] = res;
-    }
+  for (int c = 0; c < NORM_CHUNKS; c++) {
+    const int i = threadIdx.x + c * NORM_THREADS;
+    if (i < chunks) o[i] = norm8(v[c], wv[c], r);
   }
 }
 
@@ -121,11 +158,13 @@ extern "C" __global__ void sd_rms_norm(const bf16* x, const bf16* w, bf16* out,
 // permuted alike for W and x, which a dot product does not see.
 //
 // A block takes 16 rows; its GEMV_WARPS warps split the slabs (warp w takes
-// w, w + WARPS, ...) with GEMV_UNROLL slabs of loads in flight, and the
+// w, w + WARPS, ...) with UNROLL (4 or 8) slabs of loads in flight, and the
 // warps' sums are added in warp order. The tensor cores compute each column
 // from its own x row alone, and nothing here depends on how many columns
 // are valid: a token's result is the same bits at any width. x rows >=
-// min(ncols, meta n) are not read (their columns come out 0).
+// min(ncols, meta n) are not read (their columns come out 0). x is read
+// through L2 (ld.global.cg), never the non-coherent read-only path: under
+// PDL the kernel writing x may still run when this one starts.
 // MODE 0: y (bf16) = result; 1: y (bf16) += result (the residual add);
 // 2: y (f32) = result; 3: y = act [n, out / 2] = silu(gate) * up, W being
 // the gate/up matrix with rows interleaved by sd_relayout's perm 1; 4: RoPE
@@ -135,7 +174,6 @@ extern "C" __global__ void sd_rms_norm(const bf16* x, const bf16* w, bf16* out,
 // Grid (out / 16), block 32 * GEMV_WARPS. The tiling was picked with
 // scripts/gemv_bench.cu.
 #define GEMV_WARPS 8
-#define GEMV_UNROLL 4
 
 __device__ __forceinline__ void mma_bf16(float* c, uint32_t a0, uint32_t a1, uint32_t a2,
                                          uint32_t a3, uint32_t b0, uint32_t b1) {
@@ -158,15 +196,29 @@ struct QkvOut {
   int heads, kv, d, n_positions;
 };
 
-template <int NG, int MODE>
+template <int NG, int MODE, int UNROLL>
 __device__ void gemv(const int* meta, const bf16* __restrict__ w, const bf16* __restrict__ x,
-                     void* y, int out, int k, int ncols, QkvOut qo = QkvOut{}) {
+                     void* y, int out, int k, int ncols, QkvOut qo) {
   __shared__ float part[GEMV_WARPS][16][8 * NG];
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int g = lane >> 2, t = lane & 3;
   const int slabs = k / 32;
-  const int cols = min(ncols, meta[1]);
   const uint4* wt = reinterpret_cast<const uint4*>(w) + (size_t)blockIdx.x * slabs * 64 + lane;
+  constexpr int STEP = GEMV_WARPS * UNROLL;
+  // The first round of weight loads goes out before PDL_WAIT, while the
+  // kernel before this one is still finishing.
+  uint4 lo[UNROLL], hi[UNROLL];
+#pragma unroll
+  for (int u = 0; u < UNROLL; u++) {
+    const int s = warp + u * GEMV_WARPS;
+    if (s < slabs) {
+      lo[u] = __ldcs(wt + 64 * (size_t)s);
+      hi[u] = __ldcs(wt + 64 * (size_t)s + 32);
+    }
+  }
+  PDL_LAUNCH();
+  PDL_WAIT();
+  const int cols = min(ncols, meta[1]);
   const uint4* xr[NG];
   bool live[NG];
 #pragma unroll
@@ -179,27 +231,32 @@ __device__ void gemv(const int* meta, const bf16* __restrict__ w, const bf16* __
   for (int q = 0; q < NG; q++)
 #pragma unroll
     for (int e = 0; e < 4; e++) c[q][e] = 0.f;
-  for (int s0 = warp; s0 < slabs; s0 += GEMV_WARPS * GEMV_UNROLL) {
-    uint4 lo[GEMV_UNROLL], hi[GEMV_UNROLL], b[GEMV_UNROLL][NG];
+  for (int s0 = warp; s0 < slabs; s0 += STEP) {
+    uint4 b[UNROLL][NG];
 #pragma unroll
-    for (int u = 0; u < GEMV_UNROLL; u++) {
+    for (int u = 0; u < UNROLL; u++) {
       const int s = s0 + u * GEMV_WARPS;
-      if (s < slabs) {
-        lo[u] = __ldcs(wt + 64 * (size_t)s);
-        hi[u] = __ldcs(wt + 64 * (size_t)s + 32);
 #pragma unroll
-        for (int q = 0; q < NG; q++)
-          b[u][q] = live[q] ? __ldg(xr[q] + 4 * (size_t)s) : make_uint4(0, 0, 0, 0);
-      }
+      for (int q = 0; q < NG; q++)
+        b[u][q] = live[q] && s < slabs ? __ldcg(xr[q] + 4 * (size_t)s) : make_uint4(0, 0, 0, 0);
     }
 #pragma unroll
-    for (int u = 0; u < GEMV_UNROLL; u++) {
+    for (int u = 0; u < UNROLL; u++) {
       if (s0 + u * GEMV_WARPS < slabs) {
 #pragma unroll
         for (int q = 0; q < NG; q++) {
           mma_bf16(c[q], lo[u].x, hi[u].x, lo[u].y, hi[u].y, b[u][q].x, b[u][q].y);
           mma_bf16(c[q], lo[u].z, hi[u].z, lo[u].w, hi[u].w, b[u][q].z, b[u][q].w);
         }
+      }
+    }
+    // The next round's weights.
+#pragma unroll
+    for (int u = 0; u < UNROLL; u++) {
+      const int s = s0 + STEP + u * GEMV_WARPS;
+      if (s < slabs) {
+        lo[u] = __ldcs(wt + 64 * (size_t)s);
+        hi[u] = __ldcs(wt + 64 * (size_t)s + 32);
       }
     }
   }
@@ -275,32 +332,28 @@ __device__ void gemv(const int* meta, const bf16* __restrict__ w, const bf16* __
   }
 }
 
-#define GEMV(NG, MODE)                                                                 \
-  extern "C" __global__ void __launch_bounds__(32 * GEMV_WARPS, 2)                    \
-      sd_gemv_##NG##_##MODE(const int* meta, const bf16* w, const bf16* x, void* y,   \
-                            int out, int k, int ncols) {                               \
-    gemv<NG, MODE>(meta, w, x, y, out, k, ncols);                                      \
+// Every product kernel, sd_gemv_{NG}_{MODE}_{U} with UNROLL = U, takes the
+// same parameters; those after ncols are the q/k/v epilogue's (MODE 4; 0
+// otherwise).
+#define GEMV(NG, MODE, U)                                                                \
+  extern "C" __global__ void __launch_bounds__(32 * GEMV_WARPS, 2) sd_gemv_##NG##_##MODE##_##U( \
+      const int* meta, const bf16* w, const bf16* x, void* y, int out, int k, int ncols,     \
+      const bf16* bias, const float* cos_t, const float* sin_t, bf16* q_out,                 \
+      bf16* k_cache, bf16* v_cache, int heads, int kv, int d, int n_positions) {             \
+    gemv<NG, MODE, U>(meta, w, x, y, out, k, ncols,                                          \
+                      QkvOut{bias, cos_t, sin_t, q_out, k_cache, v_cache, heads, kv, d,      \
+                             n_positions});                                                  \
   }
-GEMV(1, 0)
-GEMV(1, 1)
-GEMV(1, 2)
-GEMV(1, 3)
-GEMV(2, 0)
-GEMV(2, 1)
-GEMV(2, 2)
-GEMV(2, 3)
-
-#define GEMV_QKV(NG)                                                                    \
-  extern "C" __global__ void __launch_bounds__(32 * GEMV_WARPS, 2) sd_gemv_qkv_##NG(    \
-      const int* meta, const bf16* w, const bf16* x, int out, int k, int ncols,         \
-      const bf16* bias, const float* cos_t, const float* sin_t, bf16* q_out,            \
-      bf16* k_cache, bf16* v_cache, int heads, int kv, int d, int n_positions) {        \
-    gemv<NG, 4>(meta, w, x, nullptr, out, k, ncols,                                     \
-                QkvOut{bias, cos_t, sin_t, q_out, k_cache, v_cache, heads, kv, d,       \
-                       n_positions});                                                   \
-  }
-GEMV_QKV(1)
-GEMV_QKV(2)
+#define GEMV_MODES(NG, U) \
+  GEMV(NG, 0, U)          \
+  GEMV(NG, 1, U)          \
+  GEMV(NG, 2, U)          \
+  GEMV(NG, 3, U)          \
+  GEMV(NG, 4, U)
+GEMV_MODES(1, 4)
+GEMV_MODES(2, 4)
+GEMV_MODES(1, 8)
+GEMV_MODES(2, 8)
 
 // dst = W [out, k] row-major re-laid out tile-major for sd_gemv (see
 // there); tile row r of tile R is source row src_row(R, r): perm 0: 16 R +
@@ -343,6 +396,8 @@ extern "C" __global__ void sd_rope_kv(const int* meta, const bf16* qkv, const bf
                                       const float* cos_t, const float* sin_t,
                                       bf16* q_out, bf16* k_cache, bf16* v_cache,
                                       int heads, int kv, int d, int n_positions) {
+  PDL_LAUNCH();
+  PDL_WAIT();
   const int row = blockIdx.x, slot = blockIdx.y;
   const int pos = meta[0], n = meta[1];
   if (row >= n) return;
@@ -391,6 +446,8 @@ __device__ void attend(const int* meta, const bf16* q, const bf16* k_cache,
                        const bf16* v_cache, bf16* out, int heads, int kv,
                        int n_positions, int window, float scale) {
   // Output dims per lane; for D < 32, lanes D.. hold none.
+  PDL_LAUNCH();
+  PDL_WAIT();
   constexpr int DPL = D >= 32 ? D / 32 : 1;
   const bool owns = D >= 32 || (int)(threadIdx.x & 31) < D;
   __shared__ float qs[D];
@@ -495,6 +552,8 @@ ATTEND(256)
 
 // act[row, j] = silu(gu[row, j]) * gu[row, f + j] in f32; grid-stride over width * f.
 extern "C" __global__ void sd_swiglu(const bf16* gu, bf16* act, int rows, int f) {
+  PDL_LAUNCH();
+  PDL_WAIT();
   const size_t total = (size_t)rows * f;
   for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < total;
        i += (size_t)gridDim.x * blockDim.x) {
@@ -510,6 +569,8 @@ extern "C" __global__ void sd_swiglu(const bf16* gu, bf16* act, int rows, int f)
 // row itself). out[2 * row] = id, out[2 * row + 1] = 1 if bad. Grid (width),
 // block 1024.
 extern "C" __global__ void sd_argmax(const float* logits, int* out, int vocab) {
+  PDL_LAUNCH();
+  PDL_WAIT();
   __shared__ float best_v[32];
   __shared__ int best_i[32];
   __shared__ int any_bad;

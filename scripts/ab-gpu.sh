@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# A/B of the CUDA decode step's switches (graph.rs: SPECDEC_CUDA_PDL,
+# SPECDEC_CUDA_FUSE_NORM, SPECDEC_CUDA_GEMV_UNROLL) in one device call: the
+# GPU tests under the default and under every switch off, then the 7B/1.1B
+# pair (grown as bench-gpu-7b.sh grows it) with each variant, greedy,
+# plain and speculative (k = 8, adaptive k <= 8 and <= 12). Output: the
+# speedup tables, one per variant, under $OUT.
+#   scripts/build-cuda.sh, then in one device call: OUT=$OUT scripts/ab-gpu.sh
+set -euo pipefail
+repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$repo"
+out="${OUT:-/tmp/ab-gpu-out}"
+work="${WORK:-/tmp/specdec-7b}"
+N="${N:-128}"
+mkdir -p "$out" "$work"
+export LD_LIBRARY_PATH="/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}"
+export SPECDEC_MODELS="$repo/models" SPECDEC_SHARED_MODELS="$repo/.cuda-out/models"
+sh .cuda-out/unpack.sh
+bin="$repo/.cuda-out/bin"
+shared="$repo/.cuda-out/shared"
+echo "commit $(cat .cuda-out/commit.txt)"
+run_tests() { # run_tests LABEL [ENV...]
+  local label="$1"; shift
+  if env "$@" "$bin/test-cuda" --test-threads 1 > "$out/test-$label.txt" 2>&1; then
+    echo "tests ($label): $(grep 'test result' "$out/test-$label.txt")"
+  else
+    tail -30 "$out/test-$label.txt"; echo "tests ($label) FAILED"; exit 1
+  fi
+}
+run_tests default
+run_tests no-switches SPECDEC_CUDA_PDL=0 SPECDEC_CUDA_FUSE_NORM=0 SPECDEC_CUDA_GEMV_UNROLL=4
+for p in "py-m py-7b llama2-7b" "py-s py-1b tinyllama-1.1b"; do
+  set -- $p
+  [[ -f "$work/$2/config.json" ]] || python3 "$shared/grow.py" "$SPECDEC_SHARED_MODELS/$1" "$work/$2" --preset "$3" > "$out/grow-$2.txt" 2>&1
+done
+variant() { # variant LABEL "ENV..." ARGS...
+  local label="$1" envs="$2"; shift 2
+  env $envs "$bin/speedup" --cuda --target "$work/py-7b" --draft "$work/py-1b" \
+    --prompts "$shared/prompts_py.json" --max-new-tokens "$N" "$@" > "$out/ab-$label.txt" 2>&1 \
+    || { tail -20 "$out/ab-$label.txt"; exit 1; }
+  echo "== $label ($envs $*)"
+  grep -E "^plain|^\| +(<= )?[0-9]" "$out/ab-$label.txt"
+}
+for v in ${VARIANTS:-default nopdl nofuse u4 t1}; do
+  case "$v" in
+    default) variant default "" --k 8,12 --adaptive-k 8,12 ;;
+    nopdl) variant nopdl "SPECDEC_CUDA_PDL=0" --k 8 --adaptive-k 8 ;;
+    nofuse) variant nofuse "SPECDEC_CUDA_FUSE_NORM=0" --k 8 --adaptive-k 8 ;;
+    u4) variant u4 "SPECDEC_CUDA_GEMV_UNROLL=4" --k 8 --adaptive-k 8 ;;
+    t1) variant t1 "" --graph-widths 1,8,16 --k 8,12 --adaptive-k 8,12 ;;
+  esac
+done
