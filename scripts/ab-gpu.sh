@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
 # A/B of the CUDA decode step's switches (graph.rs: SPECDEC_CUDA_PDL,
-# SPECDEC_CUDA_FUSE_NORM, SPECDEC_CUDA_GEMV_UNROLL) in one device call: the
+# SPECDEC_CUDA_GEMV_UNROLL) in one device call: the
 # GPU tests under the default and under every switch off, then the 7B/1.1B
 # pair (grown as bench-gpu-7b.sh grows it) with each variant, greedy,
-# plain and speculative (k = 8, adaptive k <= 8 and <= 12). Output: the
+# plain and speculative (k = 8, adaptive k <= 8; the default also k = 12
+# and adaptive k <= 12). Output: the
 # speedup tables, one per variant, under $OUT.
 #   scripts/build-cuda.sh, then in one device call: OUT=$OUT scripts/ab-gpu.sh
+# VARIANTS picks the runs (default nopdl u4 u8; confX: adaptive windows
+# stopping below confidence X); SKIP_TESTS=1 skips the tests.
 set -euo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$repo"
@@ -27,8 +30,10 @@ run_tests() { # run_tests LABEL [ENV...]
     tail -30 "$out/test-$label.txt"; echo "tests ($label) FAILED"; exit 1
   fi
 }
-run_tests default
-run_tests no-switches SPECDEC_CUDA_PDL=0 SPECDEC_CUDA_FUSE_NORM=0 SPECDEC_CUDA_GEMV_UNROLL=4
+if [[ -z "${SKIP_TESTS:-}" ]]; then
+  run_tests default
+  run_tests no-switches SPECDEC_CUDA_PDL=0 SPECDEC_CUDA_GEMV_UNROLL=4
+fi
 for p in "py-m py-7b llama2-7b" "py-s py-1b tinyllama-1.1b"; do
   set -- $p
   [[ -f "$work/$2/config.json" ]] || python3 "$shared/grow.py" "$SPECDEC_SHARED_MODELS/$1" "$work/$2" --preset "$3" > "$out/grow-$2.txt" 2>&1
@@ -41,12 +46,12 @@ variant() { # variant LABEL "ENV..." ARGS...
   echo "== $label ($envs $*)"
   grep -E "^plain|^\| +(<= )?[0-9]" "$out/ab-$label.txt"
 }
-for v in ${VARIANTS:-default nopdl nofuse u4 t1}; do
+for v in ${VARIANTS:-default nopdl u4 u8}; do
   case "$v" in
     default) variant default "" --k 8,12 --adaptive-k 8,12 ;;
     nopdl) variant nopdl "SPECDEC_CUDA_PDL=0" --k 8 --adaptive-k 8 ;;
-    nofuse) variant nofuse "SPECDEC_CUDA_FUSE_NORM=0" --k 8 --adaptive-k 8 ;;
     u4) variant u4 "SPECDEC_CUDA_GEMV_UNROLL=4" --k 8 --adaptive-k 8 ;;
-    t1) variant t1 "" --graph-widths 1,8,16 --k 8,12 --adaptive-k 8,12 ;;
+    u8) variant u8 "SPECDEC_CUDA_GEMV_UNROLL=8" --k 8 --adaptive-k 8 ;;
+    conf*) variant "$v" "" --k 8,12 --adaptive-k 8,12 --min-confidence "${v#conf}" ;;
   esac
 done

@@ -146,6 +146,7 @@ pub fn check_all(model: &mut dyn LanguageModel, tokens: &[u32], tol: &Tolerance)
     deterministic(model, tokens)?;
     forward_last_is_last_row(model, tokens, tol)?;
     forward_greedy_is_argmax(model, tokens)?;
+    forward_last_greedy_is_argmax(model, tokens)?;
     limits_are_errors(model, tokens)?;
     Ok(())
 }
@@ -286,6 +287,56 @@ pub fn forward_greedy_is_argmax(model: &mut dyn LanguageModel, tokens: &[u32]) -
                     "suppressing {suppress:?}: chose {got:?}, argmax of forward's rows is {want:?}"
                 ),
             ));
+        }
+        if model.cached_len() != 8 + w {
+            return Err(fail(
+                C,
+                format!("cached_len {} after feeding {}", model.cached_len(), 8 + w),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// `forward_last_greedy` chooses exactly what `argmax` over `forward_last`'s
+/// row chooses, with and without suppressing that row's winner, and its
+/// confidence is `greedy_confidence` of that row to within 1e-4.
+pub fn forward_last_greedy_is_argmax(model: &mut dyn LanguageModel, tokens: &[u32]) -> Outcome {
+    const C: &str = "forward_last_greedy_is_argmax";
+    let e = backend(C);
+    let w = windows(model)
+        .into_iter()
+        .filter(|&w| w <= 4)
+        .max()
+        .unwrap_or(1);
+    let feed = &tokens[8..8 + w];
+    start(model, &tokens[..8]).map_err(&e)?;
+    let logits = model.forward_last(feed).map_err(&e)?;
+    let row = logits.row(0);
+    let winner = crate::sampling::argmax(row, &[], crate::Role::Draft, 0).map_err(&e)?;
+    for suppress in [Vec::new(), vec![winner]] {
+        let want = crate::sampling::argmax(row, &suppress, crate::Role::Draft, 0).map_err(&e)?;
+        let sure = crate::sampling::greedy_confidence(row, want, &suppress);
+        start(model, &tokens[..8]).map_err(&e)?;
+        let (got, conf) = model
+            .forward_last_greedy(feed, &suppress, crate::Role::Draft, true)
+            .map_err(&e)?;
+        if got != want {
+            return Err(fail(
+                C,
+                format!(
+                    "suppressing {suppress:?}: chose {got}, argmax of forward_last's row is {want}"
+                ),
+            ));
+        }
+        match conf {
+            Some(c) if (0.0..=1.0).contains(&c) && (c - sure).abs() <= 1e-4 => {}
+            _ => {
+                return Err(fail(
+                    C,
+                    format!("suppressing {suppress:?}: confidence {conf:?}, greedy_confidence of forward_last's row is {sure}"),
+                ))
+            }
         }
         if model.cached_len() != 8 + w {
             return Err(fail(

@@ -41,7 +41,7 @@
 //! which is how the CPU backend stands in as the reference for such a backend.
 
 use crate::error::{Result, Role};
-use crate::sampling::argmax;
+use crate::sampling::{argmax, greedy_pick};
 use crate::tokenizer::Tokenizer;
 
 /// Logits of a forward pass: `[n, vocab]` row-major `f32`, one row per new
@@ -165,6 +165,29 @@ pub trait LanguageModel {
             .collect()
     }
 
+    /// Feeds `tokens` as [`forward_last`](Self::forward_last) does and
+    /// returns the last row's greedy choice (as
+    /// [`forward_greedy`](Self::forward_greedy) chooses, row 0 in errors)
+    /// and, when `confidence`, that choice's softmax probability in the row
+    /// renormalized without `suppress`, in `[0, 1]`, as
+    /// [`greedy_confidence`](crate::sampling::greedy_confidence) computes it
+    /// (a backend may differ from it by float rounding: the drafter only
+    /// compares it with a threshold to stop drafting, which never changes
+    /// what is accepted). A model drafting greedily runs every pass through
+    /// this, so a backend that keeps its logits on a device moves an id and
+    /// a number instead of a `[vocab]` row. The default does it on
+    /// `forward_last`'s row.
+    fn forward_last_greedy(
+        &mut self,
+        tokens: &[u32],
+        suppress: &[u32],
+        role: Role,
+        confidence: bool,
+    ) -> Result<(u32, Option<f32>)> {
+        let logits = self.forward_last(tokens)?;
+        greedy_pick(logits.row(0), suppress, role, confidence)
+    }
+
     /// Feeds a prompt (or the first part of one) whose logits are not needed.
     /// Static-shape backends run it as one context-encoding pass. The default
     /// calls [`forward_last`](Self::forward_last) and drops the logits.
@@ -220,6 +243,15 @@ impl<M: LanguageModel + ?Sized> LanguageModel for Box<M> {
     }
     fn forward_greedy(&mut self, tokens: &[u32], suppress: &[u32], role: Role) -> Result<Vec<u32>> {
         (**self).forward_greedy(tokens, suppress, role)
+    }
+    fn forward_last_greedy(
+        &mut self,
+        tokens: &[u32],
+        suppress: &[u32],
+        role: Role,
+        confidence: bool,
+    ) -> Result<(u32, Option<f32>)> {
+        (**self).forward_last_greedy(tokens, suppress, role, confidence)
     }
     fn prefill(&mut self, tokens: &[u32]) -> Result<()> {
         (**self).prefill(tokens)

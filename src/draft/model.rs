@@ -6,31 +6,42 @@
 use super::{allowed_at_most, Draft, DraftRequest, Drafter};
 use crate::error::{Error, Result, Role};
 use crate::model::{LanguageModel, Logits, Shapes};
+use crate::sampling::greedy_draft;
 
 impl<M: LanguageModel + ?Sized> Drafter for M {
     fn propose(&mut self, request: &mut DraftRequest<'_>) -> Result<Draft> {
         let mut draft = Draft::default();
         let n = request.committed.len();
+        let greedy = request.sampler.is_greedy();
         for j in 0..request.max {
-            let logits = if j == 0 {
-                let seen = self.cached_len();
-                feed(self, &request.committed[seen..], &mut draft.forward_passes)?
-            } else {
-                draft.forward_passes += 1;
-                self.forward_last(&draft.tokens[j - 1..j])?
-            };
-            expect_rows(&logits, 1, &*self)?;
             // Whether to draft position j is settled before its token is
             // drawn, from the draft's distribution for it alone, and only
             // where stopping leaves a window the target runs (j + 1
             // positions). Dropping drafts already drawn instead would make
             // keeping x_j depend on x_j, and bias the output.
             let stop_below = request.stop_below(j);
-            let Some(pick) =
+            let fed = if j == 0 {
+                &request.committed[self.cached_len()..]
+            } else {
+                &draft.tokens[j - 1..j]
+            };
+            let pick = if greedy {
+                // Only an id and a confidence leave the backend.
+                let suppress = request.sampler.suppressed();
+                let (token, sure) = feed(self, fed, &mut draft.forward_passes, |m, last| {
+                    m.forward_last_greedy(last, suppress, Role::Draft, stop_below > 0.0)
+                })?;
+                greedy_draft(token, sure, stop_below)
+            } else {
+                let logits = feed(self, fed, &mut draft.forward_passes, |m, last| {
+                    m.forward_last(last)
+                })?;
+                expect_rows(&logits, 1, &*self)?;
                 request
                     .sampler
                     .draft(logits.row(0), n + j, stop_below, &mut *request.rng)?
-            else {
+            };
+            let Some(pick) = pick else {
                 draft.stopped_early = true;
                 break;
             };
@@ -91,23 +102,25 @@ impl<M: LanguageModel + ?Sized> Drafter for M {
     }
 }
 
-/// Feeds `tokens` (non-empty) and returns the last row; a static-shape
-/// model gets them in its compiled window sizes.
-fn feed<M: LanguageModel + ?Sized>(
+/// Feeds `tokens` (non-empty), a static-shape model in its compiled window
+/// sizes, and returns what `last` makes of the last chunk (the chunks
+/// before it go through `forward_last`, their rows unread).
+fn feed<M: LanguageModel + ?Sized, T>(
     model: &mut M,
     tokens: &[u32],
     passes: &mut usize,
-) -> Result<Logits> {
+    last: impl FnOnce(&mut M, &[u32]) -> Result<T>,
+) -> Result<T> {
     let shapes = model.shapes();
     let mut rest = tokens;
     loop {
         let n = allowed_at_most(&shapes, rest.len());
         *passes += 1;
-        let logits = model.forward_last(&rest[..n])?;
-        rest = &rest[n..];
-        if rest.is_empty() {
-            return Ok(logits);
+        if n == rest.len() {
+            return last(model, rest);
         }
+        model.forward_last(&rest[..n])?;
+        rest = &rest[n..];
     }
 }
 

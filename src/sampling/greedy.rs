@@ -69,6 +69,23 @@ pub(super) fn max_and_bad(row: &[f32]) -> (f32, bool) {
     (top, any_bad)
 }
 
+/// A row's greedy choice ([`argmax`], row 0 in errors) and, when
+/// `confidence`, its [`greedy_confidence`]: what
+/// [`LanguageModel::forward_last_greedy`](crate::LanguageModel::forward_last_greedy)
+/// returns by default.
+pub(crate) fn greedy_pick(
+    row: &[f32],
+    suppress: &[u32],
+    role: Role,
+    confidence: bool,
+) -> Result<(u32, Option<f32>)> {
+    let token = argmax(row, suppress, role, 0)?;
+    Ok((
+        token,
+        confidence.then(|| greedy_confidence(row, token, suppress)),
+    ))
+}
+
 /// Probability of `token` under `softmax(row)` with the `suppress`ed ids
 /// removed (the rest renormalized): how sure a greedy draft is of its choice.
 ///

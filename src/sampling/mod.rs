@@ -20,8 +20,10 @@ pub mod random;
 mod sampler;
 pub mod warp;
 
+pub(crate) use greedy::greedy_pick;
 pub use greedy::{argmax, check_finite, greedy_confidence};
 pub use random::{RandomSource, SeededRandom};
+pub(crate) use sampler::greedy_draft;
 pub use sampler::{Pick, Sampler, SamplingMode};
 pub use warp::warp;
 

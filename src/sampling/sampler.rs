@@ -1,7 +1,7 @@
 //! How the generator picks tokens in each mode: greedy, rejection sampling
 //! and reproducible sampling, for a drafter and for the target's verdict.
 
-use super::{argmax, greedy_confidence, gumbel, warp, Distribution, RandomSource, SamplingParams};
+use super::{argmax, greedy_pick, gumbel, warp, Distribution, RandomSource, SamplingParams};
 use crate::error::{Result, Role};
 use crate::model::Logits;
 use crate::verify::{verify_point_with, verify_sampled_with, verify_token_match, Verdict};
@@ -61,6 +61,16 @@ pub struct Pick {
     pub q: Option<Distribution>,
 }
 
+/// A greedy drafter's pick: `token` with `sure`, its confidence (asked for
+/// where `stop_below > 0`), or `None` when that is below `stop_below`.
+pub(crate) fn greedy_draft(token: u32, sure: Option<f32>, stop_below: f32) -> Option<Pick> {
+    if stop_below > 0.0 && sure.is_some_and(|s| s < stop_below) {
+        None
+    } else {
+        Some(Pick { token, q: None })
+    }
+}
+
 impl Sampler {
     /// The rule for `params` in `mode`, with noise keyed by `seed` in
     /// reproducible mode; `suppress`ed ids get probability 0.
@@ -111,11 +121,8 @@ impl Sampler {
         rng: &mut dyn RandomSource,
     ) -> Result<Option<Pick>> {
         if self.is_greedy() {
-            let token = argmax(row, &self.suppress, Role::Draft, 0)?;
-            if stop_below > 0.0 && greedy_confidence(row, token, &self.suppress) < stop_below {
-                return Ok(None);
-            }
-            return Ok(Some(Pick { token, q: None }));
+            let (token, sure) = greedy_pick(row, &self.suppress, Role::Draft, stop_below > 0.0)?;
+            return Ok(greedy_draft(token, sure, stop_below));
         }
         let q = self.distribution(row, Role::Draft, 0)?;
         let sure = q.probs().iter().copied().fold(0.0, f64::max);

@@ -40,7 +40,7 @@ pub use weights::fuzz_load;
 use crate::chat::ChatTemplate;
 use crate::error::{Error, Result, Role};
 use crate::model::{LanguageModel, Logits};
-use crate::sampling::argmax;
+use crate::sampling::{argmax, greedy_pick};
 use crate::tokenizer::Tokenizer;
 use cuda::GraphDecoder;
 use llama::{LayerCache, Llama, WeightSource};
@@ -468,7 +468,10 @@ impl LanguageModel for CandleModel {
     /// come back; a row whose winner is suppressed, or that holds a NaN or
     /// `+inf`, is copied back and decided on the host.
     fn forward_greedy(&mut self, tokens: &[u32], suppress: &[u32], role: Role) -> Result<Vec<u32>> {
-        self.check_feed(tokens)?;
+        // (Without a graph, forward checks the feed itself.)
+        if self.graph.is_some() {
+            self.check_feed(tokens)?;
+        }
         let Some(graph) = &mut self.graph else {
             let logits = self.forward(tokens)?;
             return (0..logits.rows())
@@ -479,10 +482,10 @@ impl LanguageModel for CandleModel {
         let mut ids = Vec::with_capacity(tokens.len());
         for (i, chunk) in tokens.chunks(width).enumerate() {
             graph.step(chunk, self.len + i * width)?;
-            for (j, id) in graph.argmax()?.into_iter().enumerate() {
+            for (j, best) in graph.argmax()?.into_iter().enumerate() {
                 let row = i * width + j;
-                ids.push(match id {
-                    Some(id) if !suppress.contains(&id) => id,
+                ids.push(match best {
+                    Some((id, _)) if !suppress.contains(&id) => id,
                     _ => {
                         let logits = graph.logits(j)?;
                         argmax(&logits[..self.config.vocab_size], suppress, role, row)?
@@ -492,6 +495,40 @@ impl LanguageModel for CandleModel {
         }
         self.len += tokens.len();
         Ok(ids)
+    }
+
+    /// On a CUDA graph only the id and the row's softmax sum leave the
+    /// device, unless `suppress` is not empty and matters (then the row).
+    fn forward_last_greedy(
+        &mut self,
+        tokens: &[u32],
+        suppress: &[u32],
+        role: Role,
+        confidence: bool,
+    ) -> Result<(u32, Option<f32>)> {
+        // (Without a graph, forward checks the feed itself.)
+        if self.graph.is_some() {
+            self.check_feed(tokens)?;
+        }
+        let Some(graph) = &mut self.graph else {
+            let logits = self.forward_last(tokens)?;
+            return greedy_pick(logits.row(0), suppress, role, confidence);
+        };
+        let width = graph.max_width();
+        for (i, chunk) in tokens.chunks(width).enumerate() {
+            graph.step(chunk, self.len + i * width)?;
+        }
+        self.len += tokens.len();
+        match graph.argmax()?.pop().flatten() {
+            // With suppressed ids the confidence must leave their terms out.
+            Some((id, sum)) if suppress.is_empty() || (!confidence && !suppress.contains(&id)) => {
+                Ok((id, confidence.then(|| (1.0 / sum).min(1.0))))
+            }
+            _ => {
+                let logits = graph.last_logits()?;
+                greedy_pick(&logits, suppress, role, confidence)
+            }
+        }
     }
 
     /// One batched pass of candle's ops; on a CUDA graph, replays of the

@@ -197,7 +197,8 @@ pub(crate) struct GraphDecoder {
     act: CudaSlice<u16>,
     /// `[w, vocab]` f32
     logits: CudaSlice<f32>,
-    /// `[w, 2]`: argmax id, NaN/+inf flag
+    /// `[w, 3]`: argmax id, NaN/+inf flag, f32 bits of the sum over the
+    /// row of `e^(logit - largest)`
     argmax: CudaSlice<i32>,
     /// `[n_positions, head_dim / 2]` f32
     cos: CudaSlice<f32>,
@@ -414,7 +415,7 @@ impl GraphDecoder {
             gu: zeros(rows * 2 * d.ffn)?,
             act: zeros(rows * d.ffn)?,
             logits: stream.alloc_zeros::<f32>(rows * d.vocab).map_err(backend)?,
-            argmax: stream.alloc_zeros::<i32>(rows * 2).map_err(backend)?,
+            argmax: stream.alloc_zeros::<i32>(rows * 3).map_err(backend)?,
             cos: stream.clone_htod(&cos).map_err(backend)?,
             sin: stream.clone_htod(&sin).map_err(backend)?,
             _workspace: stream.alloc_zeros::<u8>(WORKSPACE_BYTES).map_err(backend)?,
@@ -559,18 +560,24 @@ impl GraphDecoder {
         Ok(out)
     }
 
-    /// Per row of the last step: the first id of the largest logit, or
-    /// `None` when the row needs a look on the host (a NaN or +inf in it,
-    /// or no finite value).
-    pub(crate) fn argmax(&self) -> Result<Vec<Option<u32>>> {
-        let mut out = vec![0i32; 2 * self.rows];
-        let view = self.argmax.slice(0..2 * self.rows);
+    /// Logits of the last row of the last step, `[vocab]`.
+    pub(crate) fn last_logits(&self) -> Result<Vec<f32>> {
+        self.logits(self.rows.saturating_sub(1))
+    }
+
+    /// Per row of the last step: the first id of the largest logit and the
+    /// sum over the row of `e^(logit - largest)` (so that id's softmax
+    /// probability is its inverse), or `None` when the row needs a look on
+    /// the host (a NaN or +inf in it, or no finite value).
+    pub(crate) fn argmax(&self) -> Result<Vec<Option<(u32, f32)>>> {
+        let mut out = vec![0i32; 3 * self.rows];
+        let view = self.argmax.slice(0..3 * self.rows);
         self.stream.memcpy_dtoh(&view, &mut out).map_err(backend)?;
         Ok(out
-            .chunks_exact(2)
+            .chunks_exact(3)
             .map(|r| {
                 let ok = r[1] == 0 && r[0] >= 0 && (r[0] as usize) < self.dims.vocab;
-                ok.then_some(r[0] as u32)
+                ok.then_some((r[0] as u32, f32::from_bits(r[2] as u32)))
             })
             .collect())
     }

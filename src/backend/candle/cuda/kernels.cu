@@ -564,62 +564,81 @@ extern "C" __global__ void sd_swiglu(const bf16* gu, bf16* act, int rows, int f)
   }
 }
 
+// (best, id, sum) of the row so far joined with (ov, oi, os): the larger
+// value (the lower id among ties), and the sum of e^(v - best) over both
+// parts, each rescaled to the new best.
+__device__ __forceinline__ void join_best(float& bv, int& bi, float& bs, float ov, int oi,
+                                          float os) {
+  const float m = fmaxf(bv, ov);
+  const float s = (bv == -INFINITY ? 0.f : bs * __expf(bv - m)) +
+                  (ov == -INFINITY ? 0.f : os * __expf(ov - m));
+  if (ov > bv || (ov == bv && oi < bi)) {
+    bv = ov;
+    bi = oi;
+  }
+  bs = s;
+}
+
 // Per row of logits [width, vocab] (f32): the first id holding the largest
-// value, and whether the row holds a NaN or +inf (then the host looks at the
-// row itself). out[2 * row] = id, out[2 * row + 1] = 1 if bad. Grid (width),
-// block 1024.
+// value, whether the row holds a NaN or +inf (then the host looks at the
+// row itself), and the sum over the row of e^(v - largest) in one online
+// pass (so the winner's softmax probability is 1 / sum; a drafter's
+// confidence). out[3 * row] = id, out[3 * row + 1] = 1 if bad,
+// out[3 * row + 2] = the sum's f32 bits. Grid (width), block 1024.
 extern "C" __global__ void sd_argmax(const float* logits, int* out, int vocab) {
   PDL_LAUNCH();
   PDL_WAIT();
-  __shared__ float best_v[32];
+  __shared__ float best_v[32], best_s[32];
   __shared__ int best_i[32];
   __shared__ int any_bad;
   const int row = blockIdx.x;
   const float* r = logits + (size_t)row * vocab;
   if (threadIdx.x == 0) any_bad = 0;
   __syncthreads();
-  float bv = -INFINITY;
+  float bv = -INFINITY, bs = 0.f;
   int bi = 0x7fffffff;
   int bad = 0;
   for (int i = threadIdx.x; i < vocab; i += blockDim.x) {
     const float v = r[i];
     if (isnan(v) || v == INFINITY) bad = 1;
     if (v > bv) {
+      bs = bs * __expf(bv - v) + 1.f;  // bs is 0 while bv is -inf
       bv = v;
       bi = i;
+    } else if (v > -INFINITY) {
+      bs += __expf(v - bv);
     }
   }
   if (bad) atomicOr(&any_bad, 1);
   for (int o = 16; o > 0; o >>= 1) {
     const float ov = __shfl_xor_sync(FULL, bv, o);
     const int oi = __shfl_xor_sync(FULL, bi, o);
-    if (ov > bv || (ov == bv && oi < bi)) {
-      bv = ov;
-      bi = oi;
-    }
+    const float os = __shfl_xor_sync(FULL, bs, o);
+    join_best(bv, bi, bs, ov, oi, os);
   }
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   if (lane == 0) {
     best_v[warp] = bv;
     best_i[warp] = bi;
+    best_s[warp] = bs;
   }
   __syncthreads();
   if (warp == 0) {
     const int warps = blockDim.x >> 5;
     bv = lane < warps ? best_v[lane] : -INFINITY;
     bi = lane < warps ? best_i[lane] : 0x7fffffff;
+    bs = lane < warps ? best_s[lane] : 0.f;
     for (int o = 16; o > 0; o >>= 1) {
       const float ov = __shfl_xor_sync(FULL, bv, o);
       const int oi = __shfl_xor_sync(FULL, bi, o);
-      if (ov > bv || (ov == bv && oi < bi)) {
-        bv = ov;
-        bi = oi;
-      }
+      const float os = __shfl_xor_sync(FULL, bs, o);
+      join_best(bv, bi, bs, ov, oi, os);
     }
     if (lane == 0) {
       // An all -inf row: id 0x7fffffff marks "no finite best"; the host decides.
-      out[2 * row] = bi;
-      out[2 * row + 1] = any_bad;
+      out[3 * row] = bi;
+      out[3 * row + 1] = any_bad;
+      out[3 * row + 2] = __float_as_int(bs);
     }
   }
 }

@@ -39,7 +39,10 @@ mod stub {
         pub(crate) fn logits(&self, _: usize) -> Result<Vec<f32>> {
             match *self {}
         }
-        pub(crate) fn argmax(&self) -> Result<Vec<Option<u32>>> {
+        pub(crate) fn last_logits(&self) -> Result<Vec<f32>> {
+            match *self {}
+        }
+        pub(crate) fn argmax(&self) -> Result<Vec<Option<(u32, f32)>>> {
             match *self {}
         }
     }
