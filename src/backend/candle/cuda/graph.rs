@@ -54,14 +54,30 @@ const PTX_SM90: &str = include_str!(concat!(env!("OUT_DIR"), "/specdec_kernels_s
 /// once, when a model loads): `SPECDEC_CUDA_PDL=0` launches without
 /// programmatic dependent launch on GPUs that have it;
 /// `SPECDEC_CUDA_GEMV_UNROLL=4` or `8` sets the product kernel's slabs in
-/// flight per warp for every matrix (else 8 for a grid of one wave, 4 for
-/// longer ones).
+/// flight per warp, and `SPECDEC_CUDA_GEMV_TILES=1` or `2` its 16-row
+/// tiles per block, for every matrix (else see [`GraphDecoder::tiling`]).
 const PDL_ENV: &str = "SPECDEC_CUDA_PDL";
 const GEMV_UNROLL_ENV: &str = "SPECDEC_CUDA_GEMV_UNROLL";
+const GEMV_TILES_ENV: &str = "SPECDEC_CUDA_GEMV_TILES";
 
-/// The product kernel's 32-wide k slabs of weight loads in flight per warp
-/// (UNROLL in kernels.cu) that are instantiated.
-const GEMV_UNROLLS: [usize; 2] = [4, 8];
+/// The product kernel's instantiations (kernels.cu): `(UNROLL, MT)`, its
+/// 32-wide k slabs of weight loads in flight per warp and its 16-row tiles
+/// per block.
+const GEMV_TILINGS: [(usize, usize); 3] = [(4, 1), (8, 1), (4, 2)];
+
+/// A switch's value among `allowed`, `None` when unset.
+fn choice(name: &str, allowed: &[usize]) -> Result<Option<usize>> {
+    match std::env::var(name) {
+        Ok(v) => v
+            .trim()
+            .parse()
+            .ok()
+            .filter(|u| allowed.contains(u))
+            .map(Some)
+            .ok_or_else(|| backend(format!("{name}={v}: expected one of {allowed:?}"))),
+        Err(_) => Ok(None),
+    }
+}
 
 /// Whether the switch `name` is on: anything but `0` (default on).
 fn switch(name: &str) -> bool {
@@ -96,8 +112,8 @@ const MAX_NORM_HIDDEN: usize = 8 * 8 * 256;
 
 struct Kernels {
     embed: CudaFunction,
-    /// `sd_gemv_{NG}_{MODE}_{U}` (see kernels.cu) by `(NG, MODE, U)`.
-    gemv: HashMap<(usize, usize, usize), CudaFunction>,
+    /// `sd_gemv_{NG}_{MODE}_{U}_{MT}` (see kernels.cu) by `(NG, MODE, U, MT)`.
+    gemv: HashMap<(usize, usize, usize, usize), CudaFunction>,
     rms_norm: CudaFunction,
     rope_kv: CudaFunction,
     attention: CudaFunction,
@@ -171,9 +187,11 @@ pub(crate) struct GraphDecoder {
     /// Kernels after the first of a step are launched with programmatic
     /// stream serialization (sm_90 and up; kernels.cu's PDL_WAIT).
     pdl: bool,
-    /// The product kernel's slabs in flight per warp (one of GEMV_UNROLLS),
-    /// when set by `SPECDEC_CUDA_GEMV_UNROLL`; else picked per matrix.
+    /// The product kernel's slabs in flight per warp and tiles per block,
+    /// when set by `SPECDEC_CUDA_GEMV_UNROLL` / `_TILES`; else picked per
+    /// matrix ([`Self::tiling`]).
     unroll: Option<usize>,
+    tiles: Option<usize>,
     /// Streaming multiprocessors of the GPU.
     sms: usize,
     blas: Arc<CudaBlas>,
@@ -313,20 +331,8 @@ impl GraphDecoder {
         let blas = dev.cublas_handle();
         let (major, _) = stream.context().compute_capability().map_err(backend)?;
         let pdl = major >= 9 && switch(PDL_ENV);
-        let unroll = match std::env::var(GEMV_UNROLL_ENV) {
-            Ok(v) => Some(
-                v.trim()
-                    .parse()
-                    .ok()
-                    .filter(|u| GEMV_UNROLLS.contains(u))
-                    .ok_or_else(|| {
-                        backend(format!(
-                            "{GEMV_UNROLL_ENV}={v}: expected one of {GEMV_UNROLLS:?}"
-                        ))
-                    })?,
-            ),
-            Err(_) => None,
-        };
+        let unroll = choice(GEMV_UNROLL_ENV, &[4, 8])?;
+        let tiles = choice(GEMV_TILES_ENV, &[1, 2])?;
         let sms = stream
             .context()
             .attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
@@ -339,9 +345,10 @@ impl GraphDecoder {
         let c = &llama.cfg;
         let mut gemv = HashMap::new();
         for ng in 1..=2 {
-            for u in GEMV_UNROLLS {
+            for (u, mt) in GEMV_TILINGS {
                 for mode in 0..=4 {
-                    gemv.insert((ng, mode, u), f(&format!("sd_gemv_{ng}_{mode}_{u}"))?);
+                    let name = format!("sd_gemv_{ng}_{mode}_{u}_{mt}");
+                    gemv.insert((ng, mode, u, mt), f(&name)?);
                 }
             }
         }
@@ -422,6 +429,7 @@ impl GraphDecoder {
             stream,
             pdl,
             unroll,
+            tiles,
             sms,
             blas,
             kernels,
@@ -739,7 +747,33 @@ impl GraphDecoder {
         .map_err(backend)
     }
 
-    /// `sd_gemv_{NG}_{mode}_{U}` on the tiled matrix `m` (see kernels.cu);
+    /// `(UNROLL, MT)` of the product kernel for a matrix of `tiles` 16-row
+    /// tiles. A grid that fits in one wave (2 blocks an SM) is short: its
+    /// blocks keep 8 slabs in flight. A grid of at least two waves' worth
+    /// of tiles takes two tiles a block, which reads each x slab once for
+    /// both (half the L2 traffic of a verify window's x). Between the two,
+    /// one tile and 4 slabs.
+    fn tiling(&self, tiles: usize) -> (usize, usize) {
+        let wave = 2 * self.sms;
+        let mut pick = if tiles <= wave {
+            (8, 1)
+        } else if tiles >= 2 * wave && tiles.is_multiple_of(2) {
+            (4, 2)
+        } else {
+            (4, 1)
+        };
+        if let Some(u) = self.unroll {
+            pick = (u, if u == 8 { 1 } else { pick.1 });
+        }
+        if let Some(mt) = self.tiles {
+            if mt == 1 || tiles.is_multiple_of(2) {
+                pick = (if mt == 2 { 4 } else { pick.0 }, mt);
+            }
+        }
+        pick
+    }
+
+    /// `sd_gemv_{NG}_{mode}_{U}_{MT}` on the tiled matrix `m` (see kernels.cu);
     /// `layer` gives the q/k/v epilogue's (mode 4) bias and cache.
     fn gemv(
         &self,
@@ -750,14 +784,9 @@ impl GraphDecoder {
         mode: usize,
         layer: Option<&LayerPtrs>,
     ) -> Result<()> {
-        let blocks = m.rows / GEMV_ROWS;
-        // A grid that fits in one wave (2 blocks an SM) is short: its blocks
-        // keep more loads in flight. Longer grids keep 4, measured a little
-        // faster on the 7B shapes.
-        let unroll = self
-            .unroll
-            .unwrap_or(if blocks <= 2 * self.sms { 8 } else { 4 });
-        let key = (w.div_ceil(8), mode, unroll);
+        let (unroll, mt) = self.tiling(m.rows / GEMV_ROWS);
+        let blocks = m.rows / GEMV_ROWS / mt;
+        let key = (w.div_ceil(8), mode, unroll, mt);
         let f = self
             .kernels
             .gemv

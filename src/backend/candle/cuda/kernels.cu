@@ -196,24 +196,29 @@ struct QkvOut {
   int heads, kv, d, n_positions;
 };
 
-template <int NG, int MODE, int UNROLL>
+template <int NG, int MODE, int UNROLL, int MT>
 __device__ void gemv(const int* meta, const bf16* __restrict__ w, const bf16* __restrict__ x,
                      void* y, int out, int k, int ncols, QkvOut qo) {
-  __shared__ float part[GEMV_WARPS][16][8 * NG];
+  __shared__ float part[GEMV_WARPS][16 * MT][8 * NG];
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int g = lane >> 2, t = lane & 3;
   const int slabs = k / 32;
-  const uint4* wt = reinterpret_cast<const uint4*>(w) + (size_t)blockIdx.x * slabs * 64 + lane;
+  // The block's MT row tiles are consecutive, so their slabs are one run.
+  const uint4* wt = reinterpret_cast<const uint4*>(w) + (size_t)blockIdx.x * MT * slabs * 64 + lane;
+  const size_t tile_step = (size_t)slabs * 64;
   constexpr int STEP = GEMV_WARPS * UNROLL;
   // The first round of weight loads goes out before PDL_WAIT, while the
   // kernel before this one is still finishing.
-  uint4 lo[UNROLL], hi[UNROLL];
+  uint4 lo[UNROLL][MT], hi[UNROLL][MT];
 #pragma unroll
   for (int u = 0; u < UNROLL; u++) {
     const int s = warp + u * GEMV_WARPS;
     if (s < slabs) {
-      lo[u] = __ldcs(wt + 64 * (size_t)s);
-      hi[u] = __ldcs(wt + 64 * (size_t)s + 32);
+#pragma unroll
+      for (int mt = 0; mt < MT; mt++) {
+        lo[u][mt] = __ldcs(wt + mt * tile_step + 64 * (size_t)s);
+        hi[u][mt] = __ldcs(wt + mt * tile_step + 64 * (size_t)s + 32);
+      }
     }
   }
   PDL_LAUNCH();
@@ -226,11 +231,13 @@ __device__ void gemv(const int* meta, const bf16* __restrict__ w, const bf16* __
     xr[q] = reinterpret_cast<const uint4*>(x + (size_t)(8 * q + g) * k) + t;
     live[q] = 8 * q + g < cols;
   }
-  float c[NG][4];
+  float c[MT][NG][4];
 #pragma unroll
-  for (int q = 0; q < NG; q++)
+  for (int mt = 0; mt < MT; mt++)
 #pragma unroll
-    for (int e = 0; e < 4; e++) c[q][e] = 0.f;
+    for (int q = 0; q < NG; q++)
+#pragma unroll
+      for (int e = 0; e < 4; e++) c[mt][q][e] = 0.f;
   for (int s0 = warp; s0 < slabs; s0 += STEP) {
     uint4 b[UNROLL][NG];
 #pragma unroll
@@ -244,9 +251,14 @@ __device__ void gemv(const int* meta, const bf16* __restrict__ w, const bf16* __
     for (int u = 0; u < UNROLL; u++) {
       if (s0 + u * GEMV_WARPS < slabs) {
 #pragma unroll
-        for (int q = 0; q < NG; q++) {
-          mma_bf16(c[q], lo[u].x, hi[u].x, lo[u].y, hi[u].y, b[u][q].x, b[u][q].y);
-          mma_bf16(c[q], lo[u].z, hi[u].z, lo[u].w, hi[u].w, b[u][q].z, b[u][q].w);
+        for (int mt = 0; mt < MT; mt++) {
+#pragma unroll
+          for (int q = 0; q < NG; q++) {
+            mma_bf16(c[mt][q], lo[u][mt].x, hi[u][mt].x, lo[u][mt].y, hi[u][mt].y, b[u][q].x,
+                     b[u][q].y);
+            mma_bf16(c[mt][q], lo[u][mt].z, hi[u][mt].z, lo[u][mt].w, hi[u][mt].w, b[u][q].z,
+                     b[u][q].w);
+          }
         }
       }
     }
@@ -255,41 +267,48 @@ __device__ void gemv(const int* meta, const bf16* __restrict__ w, const bf16* __
     for (int u = 0; u < UNROLL; u++) {
       const int s = s0 + STEP + u * GEMV_WARPS;
       if (s < slabs) {
-        lo[u] = __ldcs(wt + 64 * (size_t)s);
-        hi[u] = __ldcs(wt + 64 * (size_t)s + 32);
+#pragma unroll
+        for (int mt = 0; mt < MT; mt++) {
+          lo[u][mt] = __ldcs(wt + mt * tile_step + 64 * (size_t)s);
+          hi[u][mt] = __ldcs(wt + mt * tile_step + 64 * (size_t)s + 32);
+        }
       }
     }
   }
 #pragma unroll
-  for (int q = 0; q < NG; q++) {
-    part[warp][g][8 * q + 2 * t] = c[q][0];
-    part[warp][g][8 * q + 2 * t + 1] = c[q][1];
-    part[warp][g + 8][8 * q + 2 * t] = c[q][2];
-    part[warp][g + 8][8 * q + 2 * t + 1] = c[q][3];
+  for (int mt = 0; mt < MT; mt++) {
+#pragma unroll
+    for (int q = 0; q < NG; q++) {
+      part[warp][16 * mt + g][8 * q + 2 * t] = c[mt][q][0];
+      part[warp][16 * mt + g][8 * q + 2 * t + 1] = c[mt][q][1];
+      part[warp][16 * mt + g + 8][8 * q + 2 * t] = c[mt][q][2];
+      part[warp][16 * mt + g + 8][8 * q + 2 * t + 1] = c[mt][q][3];
+    }
   }
   __syncthreads();
   if (MODE >= 3) {
-    // Pair epilogues: tile rows r and r + 8 hold a gate and its up row
-    // (MODE 3), or the two halves RoPE rotates together (MODE 4).
-    for (int i = threadIdx.x; i < 8 * 8 * NG; i += blockDim.x) {
-      const int r = i % 8, col = i / 8;
+    // Pair epilogues: rows r and r + 8 of each 16-row tile hold a gate and
+    // its up row (MODE 3), or the two halves RoPE rotates together (MODE 4).
+    for (int i = threadIdx.x; i < MT * 8 * 8 * NG; i += blockDim.x) {
+      const int r = i % 8, col = (i / 8) % (8 * NG), mt = i / (8 * 8 * NG);
       if (col >= cols) continue;
+      const int tile = blockIdx.x * MT + mt;
       float lo = 0.f, hi = 0.f;
 #pragma unroll
       for (int ww = 0; ww < GEMV_WARPS; ww++) {
-        lo += part[ww][r][col];
-        hi += part[ww][r + 8][col];
+        lo += part[ww][16 * mt + r][col];
+        hi += part[ww][16 * mt + r + 8][col];
       }
       // Rounded as the product's bf16 output would be.
       lo = __bfloat162float(__float2bfloat16(lo));
       hi = __bfloat162float(__float2bfloat16(hi));
       if (MODE == 3) {
         const int f = out / 2;
-        reinterpret_cast<bf16*>(y)[(size_t)col * f + 8 * blockIdx.x + r] =
+        reinterpret_cast<bf16*>(y)[(size_t)col * f + 8 * tile + r] =
             __float2bfloat16(lo / (1.f + __expf(-lo)) * hi);
       } else {
         const int tiles = qo.d / 16, half = qo.d / 2;
-        const int slot = blockIdx.x / tiles, j = 8 * (blockIdx.x % tiles) + r;
+        const int slot = tile / tiles, j = 8 * (tile % tiles) + r;
         if (qo.bias) {
           lo = __bfloat162float(__float2bfloat16(lo + __bfloat162float(qo.bias[slot * qo.d + j])));
           hi = __bfloat162float(
@@ -314,13 +333,13 @@ __device__ void gemv(const int* meta, const bf16* __restrict__ w, const bf16* __
     }
     return;
   }
-  for (int i = threadIdx.x; i < 16 * 8 * NG; i += blockDim.x) {
-    const int r = i % 16, col = i / 16;
+  for (int i = threadIdx.x; i < 16 * MT * 8 * NG; i += blockDim.x) {
+    const int r = i % (16 * MT), col = i / (16 * MT);
     if (col >= ncols) continue;
     float v = 0.f;
 #pragma unroll
     for (int ww = 0; ww < GEMV_WARPS; ww++) v += part[ww][r][col];
-    const size_t at = (size_t)col * out + blockIdx.x * 16 + r;
+    const size_t at = (size_t)col * out + (size_t)blockIdx.x * 16 * MT + r;
     if (MODE == 2) {
       reinterpret_cast<float*>(y)[at] = v;
     } else if (MODE == 1) {
@@ -332,28 +351,34 @@ __device__ void gemv(const int* meta, const bf16* __restrict__ w, const bf16* __
   }
 }
 
-// Every product kernel, sd_gemv_{NG}_{MODE}_{U} with UNROLL = U, takes the
-// same parameters; those after ncols are the q/k/v epilogue's (MODE 4; 0
-// otherwise).
-#define GEMV(NG, MODE, U)                                                                \
-  extern "C" __global__ void __launch_bounds__(32 * GEMV_WARPS, 2) sd_gemv_##NG##_##MODE##_##U( \
-      const int* meta, const bf16* w, const bf16* x, void* y, int out, int k, int ncols,     \
-      const bf16* bias, const float* cos_t, const float* sin_t, bf16* q_out,                 \
-      bf16* k_cache, bf16* v_cache, int heads, int kv, int d, int n_positions) {             \
-    gemv<NG, MODE, U>(meta, w, x, y, out, k, ncols,                                          \
-                      QkvOut{bias, cos_t, sin_t, q_out, k_cache, v_cache, heads, kv, d,      \
-                             n_positions});                                                  \
+// Every product kernel, sd_gemv_{NG}_{MODE}_{U}_{MT} with UNROLL = U and MT
+// row tiles a block (out % (16 * MT) == 0), takes the same parameters; those
+// after ncols are the q/k/v epilogue's (MODE 4; 0 otherwise). Two tiles a
+// block read each x slab once for both, halving x's traffic from L2 where
+// a window has many columns.
+#define GEMV(NG, MODE, U, MT)                                                            \
+  extern "C" __global__ void __launch_bounds__(32 * GEMV_WARPS, 2)                       \
+      sd_gemv_##NG##_##MODE##_##U##_##MT(                                                \
+          const int* meta, const bf16* w, const bf16* x, void* y, int out, int k,        \
+          int ncols, const bf16* bias, const float* cos_t, const float* sin_t,           \
+          bf16* q_out, bf16* k_cache, bf16* v_cache, int heads, int kv, int d,           \
+          int n_positions) {                                                             \
+    gemv<NG, MODE, U, MT>(meta, w, x, y, out, k, ncols,                                  \
+                          QkvOut{bias, cos_t, sin_t, q_out, k_cache, v_cache, heads, kv, \
+                                 d, n_positions});                                       \
   }
-#define GEMV_MODES(NG, U) \
-  GEMV(NG, 0, U)          \
-  GEMV(NG, 1, U)          \
-  GEMV(NG, 2, U)          \
-  GEMV(NG, 3, U)          \
-  GEMV(NG, 4, U)
-GEMV_MODES(1, 4)
-GEMV_MODES(2, 4)
-GEMV_MODES(1, 8)
-GEMV_MODES(2, 8)
+#define GEMV_MODES(NG, U, MT) \
+  GEMV(NG, 0, U, MT)          \
+  GEMV(NG, 1, U, MT)          \
+  GEMV(NG, 2, U, MT)          \
+  GEMV(NG, 3, U, MT)          \
+  GEMV(NG, 4, U, MT)
+GEMV_MODES(1, 4, 1)
+GEMV_MODES(2, 4, 1)
+GEMV_MODES(1, 8, 1)
+GEMV_MODES(2, 8, 1)
+GEMV_MODES(1, 4, 2)
+GEMV_MODES(2, 4, 2)
 
 // dst = W [out, k] row-major re-laid out tile-major for sd_gemv (see
 // there); tile row r of tile R is source row src_row(R, r): perm 0: 16 R +
@@ -495,19 +520,51 @@ __device__ void attend(const int* meta, const bf16* q, const bf16* k_cache,
 #pragma unroll
     for (int t = 0; t < DPL; t++) acc[t] *= corr;
     const int count = min(32, last - c + 1);
-#pragma unroll 4
-    for (int jj = 0; jj < count; jj++) {
-      const float pj = __shfl_sync(FULL, p, jj);
-      const bf16* vr = vb + (size_t)(c + jj) * D + lane * DPL;
-      if constexpr (DPL % 2 == 0) {
+    // The chunk's V rows in batches of VB keys whose loads are all in
+    // flight together (one L2 round trip a batch, not one per key), then
+    // added in key order as before.
+    constexpr int WORDS = DPL >= 2 ? DPL / 2 : 1;  // 32-bit words of V a lane takes a key
+    constexpr int VB = WORDS <= 2 ? 32 : 16;
 #pragma unroll
-        for (int t = 0; t < DPL; t += 2) {
-          const float2 f = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(vr + t));
-          acc[t] += pj * f.x;
-          acc[t + 1] += pj * f.y;
+    for (int j0 = 0; j0 < 32; j0 += VB) {
+      uint32_t raw[VB][WORDS];
+#pragma unroll
+      for (int jj = 0; jj < VB; jj++) {
+        const bf16* vr = vb + (size_t)(c + j0 + jj) * D + lane * DPL;
+        if (j0 + jj < count && owns) {
+          if constexpr (DPL == 1) {
+            raw[jj][0] = *reinterpret_cast<const uint16_t*>(vr);
+          } else if constexpr (WORDS == 1) {
+            raw[jj][0] = *reinterpret_cast<const uint32_t*>(vr);
+          } else if constexpr (WORDS == 2) {
+            const uint2 u = *reinterpret_cast<const uint2*>(vr);
+            raw[jj][0] = u.x;
+            raw[jj][1] = u.y;
+          } else {
+            const uint4 u = *reinterpret_cast<const uint4*>(vr);
+            raw[jj][0] = u.x;
+            raw[jj][1] = u.y;
+            raw[jj][2] = u.z;
+            raw[jj][3] = u.w;
+          }
         }
-      } else {
-        if (owns) acc[0] += pj * __bfloat162float(vr[0]);
+      }
+#pragma unroll
+      for (int jj = 0; jj < VB; jj++) {
+        const float pj = __shfl_sync(FULL, p, j0 + jj);
+        if (j0 + jj < count && owns) {
+          if constexpr (DPL == 1) {
+            acc[0] += pj * __bfloat162float(__ushort_as_bfloat16((unsigned short)raw[jj][0]));
+          } else {
+#pragma unroll
+            for (int t = 0; t < WORDS; t++) {
+              const float2 f =
+                  __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&raw[jj][t]));
+              acc[2 * t] += pj * f.x;
+              acc[2 * t + 1] += pj * f.y;
+            }
+          }
+        }
       }
     }
     m = new_m;
@@ -598,15 +655,26 @@ extern "C" __global__ void sd_argmax(const float* logits, int* out, int vocab) {
   float bv = -INFINITY, bs = 0.f;
   int bi = 0x7fffffff;
   int bad = 0;
-  for (int i = threadIdx.x; i < vocab; i += blockDim.x) {
-    const float v = r[i];
-    if (isnan(v) || v == INFINITY) bad = 1;
-    if (v > bv) {
-      bs = bs * __expf(bv - v) + 1.f;  // bs is 0 while bv is -inf
-      bv = v;
-      bi = i;
-    } else if (v > -INFINITY) {
-      bs += __expf(v - bv);
+  // A thread's ids in increasing order, 8 loads in flight at a time.
+  constexpr int BATCH = 8;
+  for (int base = threadIdx.x; base < vocab; base += BATCH * blockDim.x) {
+    float vs[BATCH];
+#pragma unroll
+    for (int u = 0; u < BATCH; u++) {
+      const int i = base + u * blockDim.x;
+      vs[u] = i < vocab ? r[i] : -INFINITY;
+    }
+#pragma unroll
+    for (int u = 0; u < BATCH; u++) {
+      const float v = vs[u];
+      if (isnan(v) || v == INFINITY) bad = 1;
+      if (v > bv) {
+        bs = bs * __expf(bv - v) + 1.f;  // bs is 0 while bv is -inf
+        bv = v;
+        bi = base + u * blockDim.x;
+      } else if (v > -INFINITY) {
+        bs += __expf(v - bv);
+      }
     }
   }
   if (bad) atomicOr(&any_bad, 1);
