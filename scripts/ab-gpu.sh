@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
 # A/B of the CUDA decode step's switches (graph.rs: SPECDEC_CUDA_PDL,
-# SPECDEC_CUDA_GEMV_UNROLL, SPECDEC_CUDA_GEMV_TILES, SPECDEC_CUDA_FUSE_NORM)
-# in one device call: the GPU tests under the defaults, with every switch
-# off and with two tiles a block everywhere; then the 7B/1.1B pair (grown
-# as bench-gpu-7b.sh grows it), greedy, plain and speculative, once per
-# variant. Output: the speedup tables, one per variant, under $OUT.
+# SPECDEC_CUDA_GEMV_UNROLL, SPECDEC_CUDA_GEMV_TILES) in one device call: the
+# GPU tests under the default and under every switch off, then the 7B/1.1B
+# pair (grown as bench-gpu-7b.sh grows it) with each variant, greedy,
+# plain and speculative (k = 8, adaptive k <= 8; the default also k = 12
+# and adaptive k <= 12). Output: the
+# speedup tables, one per variant, under $OUT.
 #   scripts/build-cuda.sh, then in one device call: OUT=$OUT scripts/ab-gpu.sh
-# VARIANTS picks the runs (default nopdl u4 u8 mt1 nofuse: k = 8 and
-# adaptive k <= 8, the default, mt1 and nofuse also 12; confX: adaptive
-# windows stopping below confidence X); SKIP_TESTS=1 skips the tests.
+# VARIANTS picks the runs (default nopdl u4 u8 mt1; confX: adaptive windows
+# stopping below confidence X); SKIP_TESTS=1 skips the tests.
 set -euo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$repo"
@@ -32,7 +32,7 @@ run_tests() { # run_tests LABEL [ENV...]
 }
 if [[ -z "${SKIP_TESTS:-}" ]]; then
   run_tests default
-  run_tests no-switches SPECDEC_CUDA_PDL=0 SPECDEC_CUDA_GEMV_UNROLL=4 SPECDEC_CUDA_GEMV_TILES=1 SPECDEC_CUDA_FUSE_NORM=0
+  run_tests no-switches SPECDEC_CUDA_PDL=0 SPECDEC_CUDA_GEMV_UNROLL=4 SPECDEC_CUDA_GEMV_TILES=1
   run_tests two-tiles SPECDEC_CUDA_GEMV_TILES=2
 fi
 for p in "py-m py-7b llama2-7b" "py-s py-1b tinyllama-1.1b"; do
@@ -54,7 +54,6 @@ for v in ${VARIANTS:-default nopdl u4 u8}; do
     u4) variant u4 "SPECDEC_CUDA_GEMV_UNROLL=4" --k 8 --adaptive-k 8 ;;
     u8) variant u8 "SPECDEC_CUDA_GEMV_UNROLL=8" --k 8 --adaptive-k 8 ;;
     mt1) variant mt1 "SPECDEC_CUDA_GEMV_TILES=1" --k 8,12 --adaptive-k 8,12 ;;
-    nofuse) variant nofuse "SPECDEC_CUDA_FUSE_NORM=0" --k 8,12 --adaptive-k 8,12 ;;
     conf*) variant "$v" "" --k 8,12 --adaptive-k 8,12 --min-confidence "${v#conf}" ;;
   esac
 done

@@ -35,10 +35,9 @@ pub struct Device {
     #[arg(long)]
     pub target_as_stored: bool,
     /// With --cuda: the target's CUDA graph widths (comma-separated, each
-    /// 1..=16; `off`: candle's ops): 1 for plain decoding, 8 and 16 for
-    /// verifying windows and the prompt. A token's logits are the same bits
-    /// at any width, so greedy output is exact by construction.
-    #[arg(long, value_name = "LIST", default_value = "1,8,16", value_parser = widths)]
+    /// 1..=16; `off`: candle's ops). A token's logits are the same bits at
+    /// any width, so greedy output is exact by construction.
+    #[arg(long, value_name = "LIST", default_value = "8,16", value_parser = widths)]
     pub graph_widths: Widths,
     /// With --cuda: the draft's CUDA graph widths (as --graph-widths): a
     /// width-1 graph for its one-token passes, 8 for catching up, 16 for

@@ -137,12 +137,9 @@ pub struct LoadOptions {
 /// The widest CUDA graph [`LoadOptions::cuda_graph_widths`] may ask for.
 pub const MAX_GRAPH_WIDTH: usize = 16;
 
-/// The CUDA graph widths of [`LoadOptions::cuda`]: a single token (plain
-/// decoding, a draft's passes) replays the width-1 graph, whose RMSNorms
-/// run in the last block of the product before them; windows up to 8
-/// verify in one replay of the width-8 graph, up to 16 in the width-16
-/// one; prompts go through in chunks of 16.
-pub const DEFAULT_GRAPH_WIDTHS: [usize; 3] = [1, 8, 16];
+/// The CUDA graph widths of [`LoadOptions::cuda`]: windows up to 8 verify
+/// in one replay of the width-8 graph; prompts go through in chunks of 16.
+pub const DEFAULT_GRAPH_WIDTHS: [usize; 2] = [8, 16];
 
 impl Default for LoadOptions {
     /// CPU, f32, dense.

@@ -55,11 +55,8 @@ const PTX_SM90: &str = include_str!(concat!(env!("OUT_DIR"), "/specdec_kernels_s
 /// programmatic dependent launch on GPUs that have it;
 /// `SPECDEC_CUDA_GEMV_UNROLL=4` or `8` sets the product kernel's slabs in
 /// flight per warp, and `SPECDEC_CUDA_GEMV_TILES=1` or `2` its 16-row
-/// tiles per block, for every matrix (else see [`GraphDecoder::tiling`]);
-/// `SPECDEC_CUDA_FUSE_NORM=0` keeps RMSNorm a kernel of its own in
-/// width-1 graphs too.
+/// tiles per block, for every matrix (else see [`GraphDecoder::tiling`]).
 const PDL_ENV: &str = "SPECDEC_CUDA_PDL";
-const FUSE_NORM_ENV: &str = "SPECDEC_CUDA_FUSE_NORM";
 const GEMV_UNROLL_ENV: &str = "SPECDEC_CUDA_GEMV_UNROLL";
 const GEMV_TILES_ENV: &str = "SPECDEC_CUDA_GEMV_TILES";
 
@@ -67,12 +64,6 @@ const GEMV_TILES_ENV: &str = "SPECDEC_CUDA_GEMV_TILES";
 /// 32-wide k slabs of weight loads in flight per warp and its 16-row tiles
 /// per block.
 const GEMV_TILINGS: [(usize, usize); 3] = [(4, 1), (8, 1), (4, 2)];
-
-/// Graphs up to this width apply RMSNorm in the last block of the residual
-/// product before it (kernels.cu's NextNorm) rather than as a kernel of its
-/// own: two launches a layer fewer. That block normalizes the live rows one
-/// after another, so wider graphs keep the norm kernel (a block per row).
-const FUSE_NORM_MAX_WIDTH: usize = 1;
 
 /// A switch's value among `allowed`, `None` when unset.
 fn choice(name: &str, allowed: &[usize]) -> Result<Option<usize>> {
@@ -172,7 +163,6 @@ struct Addrs {
     act: u64,
     logits: u64,
     argmax: u64,
-    counter: u64,
     cos: u64,
     sin: u64,
 }
@@ -202,9 +192,6 @@ pub(crate) struct GraphDecoder {
     /// matrix ([`Self::tiling`]).
     unroll: Option<usize>,
     tiles: Option<usize>,
-    /// Whether graphs up to FUSE_NORM_MAX_WIDTH fold RMSNorm into the
-    /// residual products.
-    fuse_norm: bool,
     /// Streaming multiprocessors of the GPU.
     sms: usize,
     blas: Arc<CudaBlas>,
@@ -231,9 +218,6 @@ pub(crate) struct GraphDecoder {
     /// `[w, 3]`: argmax id, NaN/+inf flag, f32 bits of the sum over the
     /// row of `e^(logit - largest)`
     argmax: CudaSlice<i32>,
-    /// Blocks of a residual product that are done (zeroed by the last; see
-    /// NextNorm in kernels.cu).
-    counter: CudaSlice<i32>,
     /// `[n_positions, head_dim / 2]` f32
     cos: CudaSlice<f32>,
     sin: CudaSlice<f32>,
@@ -439,7 +423,6 @@ impl GraphDecoder {
             act: zeros(rows * d.ffn)?,
             logits: stream.alloc_zeros::<f32>(rows * d.vocab).map_err(backend)?,
             argmax: stream.alloc_zeros::<i32>(rows * 3).map_err(backend)?,
-            counter: stream.alloc_zeros::<i32>(1).map_err(backend)?,
             cos: stream.clone_htod(&cos).map_err(backend)?,
             sin: stream.clone_htod(&sin).map_err(backend)?,
             _workspace: stream.alloc_zeros::<u8>(WORKSPACE_BYTES).map_err(backend)?,
@@ -447,7 +430,6 @@ impl GraphDecoder {
             pdl,
             unroll,
             tiles,
-            fuse_norm: switch(FUSE_NORM_ENV),
             sms,
             blas,
             kernels,
@@ -472,7 +454,6 @@ impl GraphDecoder {
             act: ptr(&me.act, s),
             logits: ptr(&me.logits, s),
             argmax: ptr(&me.argmax, s),
-            counter: ptr(&me.counter, s),
             cos: ptr(&me.cos, s),
             sin: ptr(&me.sin, s),
         };
@@ -642,7 +623,6 @@ impl GraphDecoder {
             argmax,
             cos,
             sin,
-            ..
         } = self.addr;
         let wi = w as u32;
         let (hidden, vocab) = (d.hidden as i32, d.vocab as i32);
@@ -666,17 +646,11 @@ impl GraphDecoder {
         let scale = 1.0 / (d.head_dim as f32).sqrt();
         let ffn = d.ffn as i32;
         let swiglu_blocks = ((w * d.ffn).div_ceil(ROW_THREADS as usize)).min(4096) as u32;
-        // Graphs up to FUSE_NORM_MAX_WIDTH apply each RMSNorm in the last
-        // block of the residual product before it; `normed`: xn holds x's.
-        let fuse = self.fuse_norm && w <= FUSE_NORM_MAX_WIDTH;
-        let mut normed = false;
-        for (i, l) in self.layers.iter().enumerate() {
-            if !normed {
-                self.rms_norm(w, x, l.input_norm, xn)?;
-            }
+        for l in &self.layers {
+            self.rms_norm(w, x, l.input_norm, xn)?;
             if l.qkv.tiled {
                 // RoPE and the KV-cache write in the product's epilogue.
-                self.gemv(w, l.qkv, xn, 0, 4, Some(l), 0)?;
+                self.gemv(w, l.qkv, xn, 0, 4, Some(l))?;
             } else {
                 self.gemm(w, l.qkv, xn, qkv, 0.0, false)?;
                 unsafe {
@@ -701,12 +675,11 @@ impl GraphDecoder {
                     &mut args![meta, q, l.k_cache, l.v_cache, att, heads, kv, npos, window, scale],
                 )?;
             }
-            if !self.residual(w, l.o, att, fuse.then_some(l.post_norm))? {
-                self.rms_norm(w, x, l.post_norm, xn)?;
-            }
+            self.product(w, l.o, att, x, 1)?;
+            self.rms_norm(w, x, l.post_norm, xn)?;
             if l.gate_up.tiled {
                 // SwiGLU in the product's epilogue (mode 3), straight to act.
-                self.gemv(w, l.gate_up, xn, act, 3, None, 0)?;
+                self.gemv(w, l.gate_up, xn, act, 3, None)?;
             } else {
                 self.gemm(w, l.gate_up, xn, gu, 0.0, false)?;
                 unsafe {
@@ -719,12 +692,9 @@ impl GraphDecoder {
                     )?;
                 }
             }
-            let next = self.layers.get(i + 1).map_or(self.norm, |n| n.input_norm);
-            normed = self.residual(w, l.down, act, fuse.then_some(next))?;
+            self.product(w, l.down, act, x, 1)?;
         }
-        if !normed {
-            self.rms_norm(w, x, self.norm, xn)?;
-        }
+        self.rms_norm(w, x, self.norm, xn)?;
         self.product(w, self.lm_head, xn, logits, 2)?;
         unsafe {
             self.launch(
@@ -804,10 +774,7 @@ impl GraphDecoder {
     }
 
     /// `sd_gemv_{NG}_{mode}_{U}_{MT}` on the tiled matrix `m` (see kernels.cu);
-    /// `layer` gives the q/k/v epilogue's (mode 4) bias and cache;
-    /// `next_norm` (mode 1, else 0) the weight of the RMSNorm its last
-    /// block applies to the result, into xn.
-    #[allow(clippy::too_many_arguments)]
+    /// `layer` gives the q/k/v epilogue's (mode 4) bias and cache.
     fn gemv(
         &self,
         w: usize,
@@ -816,7 +783,6 @@ impl GraphDecoder {
         y: u64,
         mode: usize,
         layer: Option<&LayerPtrs>,
-        next_norm: u64,
     ) -> Result<()> {
         let (unroll, mt) = self.tiling(m.rows / GEMV_ROWS);
         let blocks = m.rows / GEMV_ROWS / mt;
@@ -845,7 +811,7 @@ impl GraphDecoder {
                 self.pdl,
                 &mut args![
                     a.meta, m.ptr, x, y, out, inp, cols, bias, a.cos, a.sin, a.q, k_cache, v_cache,
-                    heads, kv, hd, npos, next_norm, a.xn, a.counter, d.eps
+                    heads, kv, hd, npos
                 ],
             )
         }
@@ -855,23 +821,9 @@ impl GraphDecoder {
     /// m^T` (2, f32): on `sd_gemv` when `m` is tiled, else cuBLAS.
     fn product(&self, w: usize, m: Mat, x: u64, y: u64, mode: usize) -> Result<()> {
         if m.tiled {
-            self.gemv(w, m, x, y, mode, None, 0)
+            self.gemv(w, m, x, y, mode, None)
         } else {
             self.gemm(w, m, x, y, f32::from(u8::from(mode == 1)), mode == 2)
-        }
-    }
-
-    /// `x += inp @ m^T`, the residual add; with `next_norm` (tiled `m`
-    /// only), the last block also writes `xn = RMSNorm(x) * next_norm`.
-    /// Whether it did.
-    fn residual(&self, w: usize, m: Mat, inp: u64, next_norm: Option<u64>) -> Result<bool> {
-        let x = self.addr.x;
-        if m.tiled {
-            self.gemv(w, m, inp, x, 1, None, next_norm.unwrap_or(0))?;
-            Ok(next_norm.is_some())
-        } else {
-            self.gemm(w, m, inp, x, 1.0, false)?;
-            Ok(false)
         }
     }
 

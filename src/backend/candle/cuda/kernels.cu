@@ -196,21 +196,9 @@ struct QkvOut {
   int heads, kv, d, n_positions;
 };
 
-// What a residual product (MODE 1) needs to also apply the next RMSNorm
-// to the rows it completes (norm_w null: it does not): the norm's weight
-// and eps, where the normalized rows go, and a zeroed counter of finished
-// blocks. The last block to finish normalizes the live rows, with the same
-// functions as sd_rms_norm (so the same bits), and zeroes the counter.
-struct NextNorm {
-  const bf16* norm_w;
-  bf16* xn;
-  int* counter;
-  float eps;
-};
-
 template <int NG, int MODE, int UNROLL, int MT>
 __device__ void gemv(const int* meta, const bf16* __restrict__ w, const bf16* __restrict__ x,
-                     void* y, int out, int k, int ncols, QkvOut qo, NextNorm nn) {
+                     void* y, int out, int k, int ncols, QkvOut qo) {
   __shared__ float part[GEMV_WARPS][16 * MT][8 * NG];
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int g = lane >> 2, t = lane & 3;
@@ -361,37 +349,11 @@ __device__ void gemv(const int* meta, const bf16* __restrict__ w, const bf16* __
       reinterpret_cast<bf16*>(y)[at] = __float2bfloat16(v);
     }
   }
-  if (MODE == 1 && nn.norm_w) {
-    // The threadfence reduction pattern: each block's writes are visible
-    // before it counts itself; the last block counted sees them all.
-    __shared__ bool last_block;
-    __threadfence();
-    __syncthreads();
-    if (threadIdx.x == 0) last_block = atomicAdd(nn.counter, 1) == (int)gridDim.x - 1;
-    __syncthreads();
-    if (!last_block) return;
-    __threadfence();
-    const bf16* yb = reinterpret_cast<const bf16*>(y);
-    const uint4* wr = reinterpret_cast<const uint4*>(nn.norm_w);
-    const int chunks = out / 8;
-    for (int r = 0; r < cols; r++) {
-      uint4 v[NORM_CHUNKS];
-      const float sc = rms_scale(yb + (size_t)r * out, out, nn.eps, v);
-      uint4* o = reinterpret_cast<uint4*>(nn.xn + (size_t)r * out);
-#pragma unroll
-      for (int c = 0; c < NORM_CHUNKS; c++) {
-        const int i = threadIdx.x + c * NORM_THREADS;
-        if (i < chunks) o[i] = norm8(v[c], wr[i], sc);
-      }
-    }
-    if (threadIdx.x == 0) *nn.counter = 0;
-  }
 }
 
 // Every product kernel, sd_gemv_{NG}_{MODE}_{U}_{MT} with UNROLL = U and MT
 // row tiles a block (out % (16 * MT) == 0), takes the same parameters; those
-// after ncols are the q/k/v epilogue's (MODE 4; 0 otherwise), then the next
-// norm's (MODE 1; norm_w 0 otherwise). Two tiles a
+// after ncols are the q/k/v epilogue's (MODE 4; 0 otherwise). Two tiles a
 // block read each x slab once for both, halving x's traffic from L2 where
 // a window has many columns.
 #define GEMV(NG, MODE, U, MT)                                                            \
@@ -400,11 +362,10 @@ __device__ void gemv(const int* meta, const bf16* __restrict__ w, const bf16* __
           const int* meta, const bf16* w, const bf16* x, void* y, int out, int k,        \
           int ncols, const bf16* bias, const float* cos_t, const float* sin_t,           \
           bf16* q_out, bf16* k_cache, bf16* v_cache, int heads, int kv, int d,           \
-          int n_positions, const bf16* norm_w, bf16* xn, int* counter, float eps) {      \
+          int n_positions) {                                                             \
     gemv<NG, MODE, U, MT>(meta, w, x, y, out, k, ncols,                                  \
                           QkvOut{bias, cos_t, sin_t, q_out, k_cache, v_cache, heads, kv, \
-                                 d, n_positions},                                        \
-                          NextNorm{norm_w, xn, counter, eps});                           \
+                                 d, n_positions});                                       \
   }
 #define GEMV_MODES(NG, U, MT) \
   GEMV(NG, 0, U, MT)          \
