@@ -4,7 +4,8 @@
 # ready to be carried to the lent GPU machine (name `.cuda-out` in `carry`):
 #   .cuda-out/bin/bins.tar.xz                all binaries, stripped, one solid xz
 #   .cuda-out/models/<name>/                 config.json, generation_config.json,
-#                                            tokenizer.json.xz, model.safetensors.xz
+#                                            tokenizer.json.xz, model.safetensors.xz (or .from:
+#                                            the same file in the repo's models/)
 #   .cuda-out/shared/                        grow.py and the benchmark prompts (for
 #                                            scripts/bench-gpu-7b.sh; ../shared does not travel)
 #   .cuda-out/commit.txt                     the commit the binaries were built from
@@ -189,12 +190,21 @@ for m in $MODELS; do
   mkdir -p "$dst"
   # drop anything left from an older layout
   find "$dst" -mindepth 1 -maxdepth 1 ! -name config.json ! -name generation_config.json \
-    ! -name tokenizer.json.xz ! -name model.safetensors.xz -exec rm -rf {} +
+    ! -name tokenizer.json.xz ! -name model.safetensors.xz \
+    ! -name tokenizer.json.from ! -name model.safetensors.from -exec rm -rf {} +
   for f in config.json generation_config.json; do
     if [[ -f "$m/$f" ]]; then install -m 0644 "$m/$f" "$dst/$f"; else echo "warning: $m/$f missing" >&2; fi
   done
   for f in tokenizer.json model.safetensors; do
     if [[ ! -f "$m/$f" ]]; then echo "warning: $m/$f missing" >&2; continue; fi
+    # A file the repository already carries (the embedded default pair's)
+    # is copied from there by unpack.sh, not packed twice.
+    if cmp -s "$m/$f" "$repo/models/$name/$f"; then
+      rm -f "$dst/$f.xz"
+      echo "../../../models/$name/$f" > "$dst/$f.from"
+      continue
+    fi
+    rm -f "$dst/$f.from"
     if [[ -f "$dst/$f.xz" && "$dst/$f.xz" -nt "$m/$f" ]]; then continue; fi
     opts=(-6)
     [[ "$f" == *.safetensors ]] && opts=(--lzma2=preset=6,lc=0,lp=1,pb=1)
@@ -227,7 +237,8 @@ cat > "$out/unpack.sh" <<'UNPACK'
 # On the GPU machine, from the repo root:
 #   sh .cuda-out/unpack.sh
 #   LD_LIBRARY_PATH=/usr/local/cuda/lib64 .cuda-out/bin/generate ...
-# Unpacks bin/bins.tar.xz into bin/ and models/*/*.xz beside themselves.
+# Unpacks bin/bins.tar.xz into bin/ and models/*/*.xz beside themselves,
+# and copies the files the repository already holds (models/*/*.from).
 set -e
 cd "$(dirname "$0")"
 unxz() {
@@ -237,6 +248,8 @@ unxz() {
 }
 [ -f bin/bins.tar.xz ] && unxz bin/bins.tar.xz | tar -xf - -C bin
 for f in models/*/*.xz; do [ -f "$f" ] && unxz "$f" > "${f%.xz}"; done
+# A file named by a .from (a path relative to its folder) is in the repo.
+for f in models/*/*.from; do [ -f "$f" ] && cp "$(dirname "$f")/$(cat "$f")" "${f%.from}"; done
 echo "unpacked: $(ls bin | grep -v '\.xz$' | tr '\n' ' ')"
 UNPACK
 chmod +x "$out/unpack.sh"
