@@ -101,7 +101,7 @@ fi
 
 # 4. Ours: greedy with the 1.1B-shape draft (the headline), as a table and
 #    as JSON; temperature 0.7; the tiny py-s draft.
-ours_json greedy --draft "$work/py-1b" --k 2,3,4,5,6,8 --adaptive-k 4,8
+ours_json greedy --draft "$work/py-1b" --k 2,3,4,5,6,8,12 --adaptive-k 4,8,12
 say "ours greedy ($(elapsed))"
 python3 - "$out/ours-greedy.json" <<'PY'
 import json, sys
