@@ -118,13 +118,13 @@ impl Sampler {
             return Ok(Some(Pick { token, q: None }));
         }
         let q = self.distribution(row, Role::Draft, 0)?;
-        let sure = q.probs().iter().copied().fold(0.0, f64::max);
+        let sure = q.max_prob();
         if sure < stop_below as f64 {
             return Ok(None);
         }
         Ok(Some(match self.mode {
             SamplingMode::Rejection => Pick {
-                token: rng.categorical(q.probs()) as u32,
+                token: q.sample(rng),
                 q: Some(q),
             },
             SamplingMode::Reproducible => Pick {
