@@ -10,16 +10,18 @@
 //! 2. The *order*: live tokens by descending logit, the lower id first among
 //!    equal logits. Top-k keeps its first `k`.
 //! 3. Top-p's cut is decided on single-precision weights: with `d = (x -
-//!    max) * (8 log2(e) / T)` in `f32` (eighths of an octave below the top),
-//!    `w = 2^(d / 8)` by straight-line `f32` arithmetic (`weight32`:
+//!    max) * (8 log2(e) / T)` in `f32` (eighths of an octave below the
+//!    top), `w = 2^(d / 8)` by straight-line `f32` arithmetic (`weight32`:
 //!    `e^((x - max) / T)` to a relative error below `3e-7 + 7e-8 n` at `n`
 //!    nats below the top, the second term from rounding `d`; 0 more than
-//!    87.4 nats below). It keeps the
-//!    shortest prefix of the order (of top-k's tokens when both are set)
-//!    whose weights, summed in `f64` in that order, reach `top_p` times the
-//!    total. The total is the `f64` sum of every live token's weight in
-//!    eight fixed lanes (token `i` in lane `i % 8`), or with top-k the
-//!    prefix sum over its `k` tokens. `top_p == 1` cuts nothing.
+//!    87.4 nats below). It keeps the shortest prefix of the order (of
+//!    top-k's tokens when both are set) whose weights, summed in `f64` in
+//!    that order, reach `top_p` times the total, or everything if rounding
+//!    keeps the sum short of it. The total, without top-k: token `i` in
+//!    lane `i % 8`; a lane sums its weights of each block of 128 ids in
+//!    `f32` (within 1e-6 relative), then those in `f64`; the eight lanes
+//!    are summed in a fixed order. With top-k it is the prefix sum over the
+//!    `k` tokens. `top_p == 1` cuts nothing.
 //! 4. The kept tokens' weights in `f64`, `exp((x - max) * (1 / T))` to
 //!    ~1e-15 relative (the largest is exactly 1); min-p drops those below
 //!    `min_p`; the rest are normalized. With neither top-k nor top-p
@@ -301,13 +303,53 @@ fn walk(ctx: &Row, near: Vec<u32>, mut visit: impl FnMut(u32, f32) -> bool) {
     }
 }
 
+/// Chunks (of 8 tokens) whose weights a lane sums in `f32` before adding
+/// them to its `f64` sum: 128 tokens, so the `f32` sum of at most 16
+/// weights (each at most 1) is within 1e-6 relative.
+const BLOCK_CHUNKS: usize = 16;
+
+/// The running total of [`scan`]: token `i` goes to lane `i % 8`; a lane
+/// sums its weights of one block of [`BLOCK_CHUNKS`] chunks in `f32`, in id
+/// order from 0, then adds that to its `f64` sum.
+#[derive(Default)]
+struct Sums {
+    wide: [f64; 8],
+    narrow: [f32; 8],
+}
+
+impl Sums {
+    /// After chunk `c`: the block's `f32` sums go into the `f64` ones when
+    /// `c` ends a block.
+    #[inline(always)]
+    fn end_chunk(&mut self, c: usize) {
+        if (c + 1).is_multiple_of(BLOCK_CHUNKS) {
+            self.flush();
+        }
+    }
+
+    #[inline(always)]
+    fn flush(&mut self) {
+        for (w, n) in self.wide.iter_mut().zip(&mut self.narrow) {
+            *w += *n as f64;
+            *n = 0.0;
+        }
+    }
+
+    /// The lanes summed in a fixed order.
+    fn total(mut self) -> f64 {
+        self.flush();
+        let l = self.wide;
+        ((l[0] + l[4]) + (l[2] + l[6])) + ((l[1] + l[5]) + (l[3] + l[7]))
+    }
+}
+
 /// One pass over the row: the live ids with `lo <= d < hi` are appended to
-/// `out` in ascending order, and with `mass` the `f64` total of every live
-/// token's single-precision weight is returned (lane `i % 8` for token `i`,
-/// the lanes summed in a fixed order; 0 without `mass`). AVX2 where the CPU
-/// has it; the same operations per token either way, so the same bits.
+/// `out` in ascending order, and with `mass` the total of every live
+/// token's single-precision weight is returned, summed as [`Sums`] says (0
+/// without `mass`). AVX2 where the CPU has it; the same operations per
+/// token either way, so the same bits.
 fn scan(ctx: &Row, lo: f32, hi: f32, mass: bool, out: &mut Vec<u32>) -> f64 {
-    let mut lanes = [0.0f64; 8];
+    let mut lanes = Sums::default();
     let full = ctx.row.len() / 8;
     let mut chunk = 0;
     let mut next_sup = ctx.sup.iter().map(|&s| s as usize / 8).peekable();
@@ -325,8 +367,7 @@ fn scan(ctx: &Row, lo: f32, hi: f32, mass: bool, out: &mut Vec<u32>) -> f64 {
         }
     }
     one_chunk(ctx, full, lo, hi, mass, &mut lanes, out);
-    let l = lanes;
-    ((l[0] + l[4]) + (l[2] + l[6])) + ((l[1] + l[5]) + (l[3] + l[7]))
+    lanes.total()
 }
 
 /// Chunk `c` (tokens `8c..8c+8`, or fewer at the end) token by token,
@@ -337,7 +378,7 @@ fn one_chunk(
     lo: f32,
     hi: f32,
     mass: bool,
-    lanes: &mut [f64; 8],
+    lanes: &mut Sums,
     out: &mut Vec<u32>,
 ) {
     let end = (c * 8 + 8).min(ctx.row.len());
@@ -348,12 +389,13 @@ fn one_chunk(
         let x = ctx.row[i];
         let d = ctx.d(x);
         if mass {
-            lanes[i % 8] += weight32(d) as f64;
+            lanes.narrow[i % 8] += weight32(d);
         }
         if x != f32::NEG_INFINITY && d >= lo && d < hi {
             out.push(i as u32);
         }
     }
+    lanes.end_chunk(c);
 }
 
 /// Chunks `from..to`, none holding a suppressed id.
@@ -365,7 +407,7 @@ fn chunks(
     lo: f32,
     hi: f32,
     mass: bool,
-    lanes: &mut [f64; 8],
+    lanes: &mut Sums,
     out: &mut Vec<u32>,
 ) {
     #[cfg(target_arch = "x86_64")]
@@ -445,7 +487,7 @@ const WEIGHT32_TABLE: [f32; 8] = [
 ];
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
-    use super::{WEIGHT32_POLY, WEIGHT32_ROUND, WEIGHT32_TABLE};
+    use super::{Sums, BLOCK_CHUNKS, WEIGHT32_POLY, WEIGHT32_ROUND, WEIGHT32_TABLE};
     use std::arch::x86_64::*;
 
     /// [`super::weight32`] on eight lanes: the same operations in the same
@@ -494,15 +536,16 @@ mod avx2 {
         to: usize,
         lo: f32,
         hi: f32,
-        lanes: &mut [f64; 8],
+        lanes: &mut Sums,
         out: &mut Vec<u32>,
     ) {
         debug_assert!(to * 8 <= row.len());
         let (vmax, vscale) = (_mm256_set1_ps(max), _mm256_set1_ps(scale));
         let (vlo, vhi) = (_mm256_set1_ps(lo), _mm256_set1_ps(hi));
         let dead = _mm256_set1_ps(f32::NEG_INFINITY);
-        let mut sum_lo = _mm256_loadu_pd(lanes.as_ptr());
-        let mut sum_hi = _mm256_loadu_pd(lanes.as_ptr().add(4));
+        let mut sum_lo = _mm256_loadu_pd(lanes.wide.as_ptr());
+        let mut sum_hi = _mm256_loadu_pd(lanes.wide.as_ptr().add(4));
+        let mut narrow = _mm256_loadu_ps(lanes.narrow.as_ptr());
         // Blocks of chunks with room reserved for every token in them, so
         // the loop writes hits without a call (and keeps its sums in
         // registers).
@@ -513,41 +556,53 @@ mod avx2 {
             out.reserve((end - block) * 8);
             let base = out.as_mut_ptr();
             let mut len = out.len();
-            for c in block..end {
-                let x = _mm256_loadu_ps(row.as_ptr().add(c * 8));
-                let d = _mm256_mul_ps(_mm256_sub_ps(x, vmax), vscale);
-                if MASS {
-                    let w = weight32(d);
-                    sum_lo = _mm256_add_pd(sum_lo, _mm256_cvtps_pd(_mm256_castps256_ps128(w)));
-                    sum_hi = _mm256_add_pd(sum_hi, _mm256_cvtps_pd(_mm256_extractf128_ps::<1>(w)));
-                }
-                // Level 0 (no upper bound, a finite floor) needs one
-                // comparison: a -inf logit has d = -inf below any floor.
-                let keep = if TOP {
-                    _mm256_cmp_ps::<_CMP_GE_OQ>(d, vlo)
-                } else {
-                    _mm256_and_ps(
+            let mut c = block;
+            while c < end {
+                // Up to the end of this block of sums (Sums::end_chunk).
+                let stop = ((c / BLOCK_CHUNKS + 1) * BLOCK_CHUNKS).min(end);
+                for c in c..stop {
+                    let x = _mm256_loadu_ps(row.as_ptr().add(c * 8));
+                    let d = _mm256_mul_ps(_mm256_sub_ps(x, vmax), vscale);
+                    if MASS {
+                        narrow = _mm256_add_ps(narrow, weight32(d));
+                    }
+                    // Level 0 (no upper bound, a finite floor) needs one
+                    // comparison: a -inf logit has d = -inf below any floor.
+                    let keep = if TOP {
+                        _mm256_cmp_ps::<_CMP_GE_OQ>(d, vlo)
+                    } else {
                         _mm256_and_ps(
-                            _mm256_cmp_ps::<_CMP_GE_OQ>(d, vlo),
-                            _mm256_cmp_ps::<_CMP_LT_OQ>(d, vhi),
-                        ),
-                        _mm256_cmp_ps::<_CMP_NEQ_OQ>(x, dead),
-                    )
-                };
-                let mut bits = _mm256_movemask_ps(keep) as u32;
-                while bits != 0 {
-                    // SAFETY: `reserve` made room for 8 per chunk of the block.
-                    base.add(len).write((c * 8) as u32 + bits.trailing_zeros());
-                    len += 1;
-                    bits &= bits - 1;
+                            _mm256_and_ps(
+                                _mm256_cmp_ps::<_CMP_GE_OQ>(d, vlo),
+                                _mm256_cmp_ps::<_CMP_LT_OQ>(d, vhi),
+                            ),
+                            _mm256_cmp_ps::<_CMP_NEQ_OQ>(x, dead),
+                        )
+                    };
+                    let mut bits = _mm256_movemask_ps(keep) as u32;
+                    while bits != 0 {
+                        // SAFETY: `reserve` made room for 8 per chunk of the block.
+                        base.add(len).write((c * 8) as u32 + bits.trailing_zeros());
+                        len += 1;
+                        bits &= bits - 1;
+                    }
                 }
+                if MASS && stop.is_multiple_of(BLOCK_CHUNKS) {
+                    let lo = _mm256_cvtps_pd(_mm256_castps256_ps128(narrow));
+                    let hi = _mm256_cvtps_pd(_mm256_extractf128_ps::<1>(narrow));
+                    sum_lo = _mm256_add_pd(sum_lo, lo);
+                    sum_hi = _mm256_add_pd(sum_hi, hi);
+                    narrow = _mm256_setzero_ps();
+                }
+                c = stop;
             }
             // SAFETY: the first `len` entries are written, within capacity.
             out.set_len(len);
             block = end;
         }
-        _mm256_storeu_pd(lanes.as_mut_ptr(), sum_lo);
-        _mm256_storeu_pd(lanes.as_mut_ptr().add(4), sum_hi);
+        _mm256_storeu_pd(lanes.wide.as_mut_ptr(), sum_lo);
+        _mm256_storeu_pd(lanes.wide.as_mut_ptr().add(4), sum_hi);
+        _mm256_storeu_ps(lanes.narrow.as_mut_ptr(), narrow);
     }
 }
 
@@ -750,12 +805,11 @@ mod tests {
                     let mut fast = Vec::new();
                     let total = scan(&ctx, lo, hi, true, &mut fast);
                     let mut slow = Vec::new();
-                    let mut lanes = [0.0f64; 8];
+                    let mut lanes = Sums::default();
                     for c in 0..=vocab / 8 {
                         one_chunk(&ctx, c, lo, hi, true, &mut lanes, &mut slow);
                     }
-                    let l = lanes;
-                    let want = ((l[0] + l[4]) + (l[2] + l[6])) + ((l[1] + l[5]) + (l[3] + l[7]));
+                    let want = lanes.total();
                     assert_eq!(total.to_bits(), want.to_bits(), "vocab {vocab} {lo}..{hi}");
                     assert_eq!(fast, slow, "vocab {vocab} {lo}..{hi}");
                     let mut ids = Vec::new();
@@ -785,11 +839,22 @@ mod tests {
             let total = if params.top_k.is_some() {
                 order.iter().map(|&i| w(i)).sum()
             } else {
-                let mut lanes = [0.0f64; 8];
-                for &i in &order {
-                    lanes[i as usize % 8] += w(i);
+                // Lane i % 8, in f32 per block of 128 ids, then in f64.
+                let mut live = vec![false; row.len()];
+                order.iter().for_each(|&i| live[i as usize] = true);
+                let mut wide = [0.0f64; 8];
+                for block in (0..row.len()).step_by(128) {
+                    for (lane, wide) in wide.iter_mut().enumerate() {
+                        let mut narrow = 0.0f32;
+                        for i in (block + lane..(block + 128).min(row.len())).step_by(8) {
+                            if live[i] {
+                                narrow += weight32(ctx.d(row[i]));
+                            }
+                        }
+                        *wide += narrow as f64;
+                    }
                 }
-                let l = lanes;
+                let l = wide;
                 ((l[0] + l[4]) + (l[2] + l[6])) + ((l[1] + l[5]) + (l[3] + l[7]))
             };
             let mut acc = 0.0;
