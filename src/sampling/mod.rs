@@ -363,4 +363,57 @@ mod tests {
             }
         }
     }
+
+    #[test]
+    fn sparse_distributions_check_their_input_and_equal_their_dense_form() {
+        let sparse =
+            |ids: &[u32], w: &[f64]| Distribution::from_sparse_weights(5, ids.to_vec(), w.to_vec());
+        let d = sparse(&[1, 3], &[1.0, 3.0]).unwrap();
+        assert_eq!(d.probs(), &[0.0, 0.25, 0.0, 0.75, 0.0]);
+        assert_eq!((d.len(), d.stored(), d.max_prob()), (5, 2, 0.75));
+        assert_eq!((d.prob(3), d.prob(2), d.prob(99)), (0.75, 0.0, 0.0));
+        assert_eq!(d.support().collect::<Vec<_>>(), vec![(1, 0.25), (3, 0.75)]);
+        let dense = Distribution::from_weights(vec![0.0, 1.0, 0.0, 3.0, 0.0]).unwrap();
+        assert_eq!(d, dense);
+        assert_ne!(
+            d,
+            Distribution::from_weights(vec![0.0, 1.0, 0.0, 3.0]).unwrap()
+        );
+        assert_ne!(d, sparse(&[1, 4], &[1.0, 3.0]).unwrap());
+        // Zero entries are stored but are not support.
+        let z = sparse(&[0, 2, 4], &[0.0, 2.0, 0.0]).unwrap();
+        assert_eq!(z, Distribution::point(2, 5));
+        assert_eq!(z.support().count(), 1);
+        for (ids, w) in [
+            (&[3u32, 1][..], &[1.0, 1.0][..]), // out of order
+            (&[1, 1], &[1.0, 1.0]),            // repeated
+            (&[5], &[1.0]),                    // outside the vocabulary
+            (&[1, 2], &[1.0]),                 // lengths differ
+            (&[1, 2], &[1.0, -1.0]),
+            (&[1, 2], &[1.0, f64::NAN]),
+            (&[1, 2], &[1.0, f64::INFINITY]),
+            (&[1, 2], &[0.0, 0.0]),
+            (&[], &[]),
+        ] {
+            assert!(sparse(ids, w).is_none(), "{ids:?} {w:?}");
+        }
+    }
+
+    #[test]
+    fn residuals_are_over_the_support_of_p() {
+        let p = Distribution::from_sparse_weights(6, vec![1, 2, 4], vec![0.5, 0.3, 0.2]).unwrap();
+        let q = Distribution::from_weights(vec![0.1, 0.4, 0.1, 0.0, 0.1, 0.3]).unwrap();
+        let r = residual(&p, &q).unwrap();
+        // max(0, p - q) = [0, 0.1, 0.2, 0, 0.1, 0] over the ids 1, 2, 4.
+        let want = [0.0, 0.25, 0.5, 0.0, 0.25, 0.0];
+        for (got, want) in r.probs().iter().zip(want) {
+            assert!((got - want).abs() < 1e-15, "{:?}", r.probs());
+        }
+        assert!(r.stored() <= 3);
+        assert!(residual(&p, &p).is_none());
+        let w = without(&p, 1).unwrap();
+        assert_eq!(w.support().map(|(i, _)| i).collect::<Vec<_>>(), vec![2, 4]);
+        assert!((w.prob(2) - 0.6).abs() < 1e-15);
+        assert!(without(&Distribution::point(3, 6), 3).is_none());
+    }
 }
