@@ -1087,4 +1087,57 @@ mod tests {
             .count();
         assert_eq!(d.support().count(), live);
     }
+
+    /// Logits at the ends of f32's range (huge, subnormal, -inf) and tiny
+    /// or large temperatures: always a distribution that sums to 1 and
+    /// holds the live argmax, the same one whichever way it is computed.
+    #[test]
+    fn extreme_rows_give_distributions() {
+        let values = [
+            3.0e38f32,
+            -3.0e38,
+            1.0e-40,
+            -1.0e-40,
+            0.0,
+            -0.0,
+            f32::NEG_INFINITY,
+            1.0,
+            -87.0,
+            1.0e5,
+        ];
+        for case in 0..400usize {
+            let vocab = 1 + case % 37;
+            let row: Vec<f32> = (0..vocab)
+                .map(|v| values[(v * 7 + case * 13 + v * case) % values.len()])
+                .collect();
+            let suppress: Vec<u32> = if case % 5 == 0 { vec![0] } else { vec![] };
+            let t = [1e-6f32, 1.0 / 64.0, 0.7, 1.0, 50.0][case % 5];
+            for (top_k, top_p, min_p) in [
+                (None, None, None),
+                (None, Some(0.9), None),
+                (Some(2), Some(0.5), Some(0.1)),
+                (Some(30), None, None),
+                (None, Some(0.999), Some(0.5)),
+            ] {
+                let params = SamplingParams {
+                    top_k,
+                    top_p,
+                    min_p,
+                    ..SamplingParams::with_temperature(t)
+                };
+                let best = argmax(&row, &suppress, Role::Target, 0);
+                match warp(&row, &params, &suppress, Role::Target, 0) {
+                    Ok(d) => {
+                        let sum: f64 = d.probs().iter().sum();
+                        assert!((sum - 1.0).abs() < 1e-12, "{row:?} {params:?}: {sum}");
+                        assert!(d.probs().iter().all(|p| p.is_finite() && *p >= 0.0));
+                        assert!(d.prob(best.unwrap()) > 0.0, "{row:?} {params:?}");
+                    }
+                    Err(e) => {
+                        assert!(best.is_err(), "{row:?} {params:?}: {e}");
+                    }
+                }
+            }
+        }
+    }
 }
