@@ -153,9 +153,18 @@ impl Sampler {
             });
         }
         match self.mode {
-            SamplingMode::Reproducible => verify_token_match(drafts, |i| {
-                Ok(gumbel::choose(&p(i)?, self.seed, position + i))
-            }),
+            SamplingMode::Reproducible => {
+                let choose = |p_of: &mut dyn FnMut(usize) -> Result<Distribution>| {
+                    verify_token_match(drafts, |i| {
+                        Ok(gumbel::choose(&p_of(i)?, self.seed, position + i))
+                    })
+                };
+                if helped(drafts.len() + 1, logits.vocab()) {
+                    verify_with_helper(drafts.len() + 1, &p, choose)
+                } else {
+                    choose(&mut &p)
+                }
+            }
             SamplingMode::Rejection => {
                 // The target's rows are warped only as far as verification
                 // reads them (up to the first rejection); at a large
@@ -164,7 +173,7 @@ impl Sampler {
                 // function of its logits either way, and the draws happen
                 // here, in order, so the verdict and draws are too.
                 let rows = drafts.len() + 1;
-                if rows > 1 && logits.vocab() >= 1 << 13 && rayon::current_num_threads() > 1 {
+                if helped(rows, logits.vocab()) {
                     return verify_with_helper(rows, &p, |p_of| {
                         if q.is_empty() {
                             verify_point_with(drafts, p_of, rng)
@@ -183,7 +192,15 @@ impl Sampler {
     }
 }
 
-/// Runs `verify` (rejection sampling over `rows` window rows, asking for
+/// Whether a window of `rows` rows of `vocab` logits is warped with a
+/// helper ([`verify_with_helper`]): more than one row, a vocabulary where a
+/// row's warp outweighs a hand-off to the pool, and a pool of two threads
+/// or more.
+fn helped(rows: usize, vocab: usize) -> bool {
+    rows > 1 && vocab >= 1 << 13 && rayon::current_num_threads() > 1
+}
+
+/// Runs `verify` (verification over `rows` window rows, asking for
 /// them in order through the `p_of` it is given) while one helper task on
 /// rayon's pool warps rows ahead of it. Rows are claimed from a shared
 /// counter, by the helper and by this thread whenever the row it waits
@@ -337,5 +354,50 @@ mod tests {
             .verify(&bad, 50, &drafts, &q, &mut SeededRandom::new(1))
             .unwrap();
         assert_eq!(v.accepted, 0);
+    }
+
+    /// Reproducible mode with a helper: the target's own keyed choices,
+    /// row by row, as without one.
+    #[test]
+    fn reproducible_verification_with_a_helper_matches_the_plain_choices() {
+        let (k, vocab) = (5, 8500);
+        let params = SamplingParams {
+            top_k: Some(400),
+            ..SamplingParams::with_temperature(1.3)
+        };
+        let sampler = Sampler::new(params, SamplingMode::Reproducible, 77, vec![]);
+        let target = Logits::new(rows(k + 1, vocab, 4), vocab);
+        let mut depths = std::collections::BTreeSet::new();
+        for position in 0..60 {
+            let chosen: Vec<u32> = (0..=k)
+                .map(|i| {
+                    let p = sampler
+                        .distribution(target.row(i), Role::Target, i)
+                        .unwrap();
+                    gumbel::choose(&p, 77, position + i)
+                })
+                .collect();
+            // Drafts that agree with the target's choices up to a depth.
+            let depth = position % (k + 1);
+            let drafts: Vec<u32> = (0..k)
+                .map(|i| {
+                    if i < depth {
+                        chosen[i]
+                    } else {
+                        (chosen[i] + 1) % vocab as u32
+                    }
+                })
+                .collect();
+            let v = sampler
+                .verify(&target, position, &drafts, &[], &mut SeededRandom::new(0))
+                .unwrap();
+            assert_eq!(
+                (v.accepted, v.next),
+                (depth, chosen[depth]),
+                "position {position}"
+            );
+            depths.insert(v.accepted);
+        }
+        assert_eq!(depths.len(), k + 1);
     }
 }
