@@ -2,7 +2,9 @@
 //! token is chosen from it.
 //!
 //! Both models' logits go through the *same* [`warp()`]: suppression, then
-//! temperature, top-k, top-p and min-p, then a softmax in `f64`. The draft's
+//! temperature, top-k, top-p and min-p (top-p's cut decided on `f32`
+//! weights), the kept tokens' probabilities in `f64`, stored sparse when a
+//! cut keeps a part of the vocabulary (see [`warp`](mod@warp)). The draft's
 //! token is drawn from exactly the distribution `q` that [`warp()`] returns, and
 //! that same `q` is what the verifier divides by. Nothing here hands out a
 //! token without the distribution it came from.
