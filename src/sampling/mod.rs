@@ -42,7 +42,8 @@ pub struct SamplingParams {
     /// Keep only the `top_k` most likely tokens (`>= 1`).
     pub top_k: Option<usize>,
     /// Keep the smallest set of most likely tokens whose mass reaches `top_p`,
-    /// in `(0, 1]`.
+    /// in `(0, 1]` (the mass measured on single-precision weights, within
+    /// about 1e-6 relative; see [`warp`](mod@warp)). 1 keeps every token.
     pub top_p: Option<f32>,
     /// Drop tokens whose probability is below `min_p` times the largest, in `[0, 1]`.
     pub min_p: Option<f32>,
