@@ -127,7 +127,8 @@ fn verifier(c: &mut Criterion) {
 /// first rejection and accepting or resampling, both when all 7 are
 /// accepted (every row warped) and when the first is rejected. Llama 2 (32000), Llama 3 (128256) and Qwen2
 /// (152064) vocabularies, rows shaped like a language model's
-/// ([`lm_rows`]). The goal is under 0.5 ms sampled.
+/// ([`lm_rows`]), and one row's warp alone. The goal is under 0.5 ms
+/// sampled.
 fn host_verify(c: &mut Criterion) {
     let k = 8;
     let draft: Vec<u32> = (0..k as u32 - 1).map(|i| 1000 + 37 * i).collect();
@@ -152,6 +153,11 @@ fn host_verify(c: &mut Criterion) {
             ..SamplingParams::with_temperature(0.7)
         };
         let sampled = Sampler::new(params.clone(), SamplingMode::Rejection, 0, Vec::new());
+        // One row alone, on this thread: what each row of a window costs.
+        group.bench_function(
+            BenchmarkId::new("warp one row (T=0.7, top-p 0.95)", vocab),
+            |b| b.iter(|| warp(target.row(0), &params, &[], Role::Target, 0).unwrap()),
+        );
         // Worst case: the draft is the target (q = p on every row, each
         // draft token a likely one), so all 7 are accepted and all 8 rows
         // are warped. Then drafts the target rarely agrees with, rejected

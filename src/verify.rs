@@ -27,7 +27,7 @@ use std::borrow::Borrow;
 use std::convert::Infallible;
 
 use crate::error::Result;
-use crate::sampling::{residual, Distribution, RandomSource};
+use crate::sampling::{residual, without, Distribution, RandomSource};
 
 /// What follows the accepted draft tokens.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -192,14 +192,13 @@ pub fn verify_point_with<D: Borrow<Distribution>, E>(
 ) -> std::result::Result<Verdict, E> {
     // p without the rejected token: max(0, p - point mass), which has
     // mass because p(d) < 1.
-    let without = |p: &Distribution, _: usize, token: u32| {
-        let mut rest = p.probs().to_vec();
-        if let Some(x) = rest.get_mut(token as usize) {
-            *x = 0.0;
-        }
-        Distribution::from_weights(rest)
-    };
-    accept_or_recover(draft, p_of, |_, _| 1.0, without, rng)
+    accept_or_recover(
+        draft,
+        p_of,
+        |_, _| 1.0,
+        |p, _, token| without(p, token),
+        rng,
+    )
 }
 
 /// Rejection sampling over a window, shared by [`verify_sampled`] and
@@ -231,9 +230,9 @@ fn accept_or_recover<D: Borrow<Distribution>, E>(
         };
         if !accept {
             let next = match residual_of(p_i, i, token) {
-                Some(r) => rng.categorical(r.probs()),
-                None => rng.categorical(p_i.probs()),
-            } as u32;
+                Some(r) => r.sample(rng),
+                None => p_i.sample(rng),
+            };
             return Ok(Verdict {
                 accepted: i,
                 next,
@@ -245,7 +244,7 @@ fn accept_or_recover<D: Borrow<Distribution>, E>(
     let last = p_of(m)?;
     Ok(Verdict {
         accepted: m,
-        next: rng.categorical(last.borrow().probs()) as u32,
+        next: last.borrow().sample(rng),
         kind: NextKind::Bonus,
     })
 }

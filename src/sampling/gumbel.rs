@@ -77,12 +77,10 @@ fn gumbel_of(u: f64) -> f64 {
 /// plain form, for tests and for noises other than [`gumbel`].
 pub fn argmax_with_noise(p: &Distribution, mut noise: impl FnMut(u32) -> f64) -> u32 {
     let mut best = (0u32, f64::NEG_INFINITY);
-    for (v, &pv) in p.probs().iter().enumerate() {
-        if pv > 0.0 {
-            let score = pv.ln() + noise(v as u32);
-            if score > best.1 {
-                best = (v as u32, score);
-            }
+    for (v, pv) in p.support() {
+        let score = pv.ln() + noise(v);
+        if score > best.1 {
+            best = (v, score);
         }
     }
     best.0
@@ -102,17 +100,14 @@ pub fn choose(p: &Distribution, seed: u64, position: usize) -> u32 {
     let position = position as u64;
     // The best ratio so far (0 = none yet) and its token.
     let (mut best, mut best_v) = (0.0f64, 0u32);
-    for (v, &pv) in p.probs().iter().enumerate() {
-        if pv <= 0.0 {
-            continue;
-        }
-        let u = to_unit(bits(key, position, v as u32));
+    for (v, pv) in p.support() {
+        let u = to_unit(bits(key, position, v));
         if best > 0.0 && 1.0 - u >= pv / best * (1.0 + 1e-9) {
             continue; // E >= 1 - u >= pv / best: pv / E <= best
         }
         let ratio = pv / -u.ln();
         if ratio > best {
-            (best, best_v) = (ratio, v as u32);
+            (best, best_v) = (ratio, v);
         }
     }
     best_v

@@ -7,7 +7,12 @@ use rand::{Rng, SeedableRng};
 /// can replace it with one that enumerates every branch.
 pub trait RandomSource {
     /// Returns an index `i` with probability `probs[i]` (`probs` sums to 1;
-    /// an index with probability 0 is never returned).
+    /// an index with probability 0 is never returned). `probs` is a
+    /// distribution's stored entries, as [`Distribution::sample`] passes
+    /// them: `[vocab]` for a dense one, the kept ids' (ascending) for a
+    /// sparse one, the answer then mapped back to its id.
+    ///
+    /// [`Distribution::sample`]: super::Distribution::sample
     fn categorical(&mut self, probs: &[f64]) -> usize;
     /// Returns `true` with probability `p` (`0 < p < 1`).
     fn bernoulli(&mut self, p: f64) -> bool;

@@ -125,13 +125,13 @@ impl Sampler {
             return Ok(greedy_draft(token, sure, stop_below));
         }
         let q = self.distribution(row, Role::Draft, 0)?;
-        let sure = q.probs().iter().copied().fold(0.0, f64::max);
+        let sure = q.max_prob();
         if sure < stop_below as f64 {
             return Ok(None);
         }
         Ok(Some(match self.mode {
             SamplingMode::Rejection => Pick {
-                token: rng.categorical(q.probs()) as u32,
+                token: q.sample(rng),
                 q: Some(q),
             },
             SamplingMode::Reproducible => Pick {
@@ -160,36 +160,251 @@ impl Sampler {
             });
         }
         match self.mode {
-            SamplingMode::Reproducible => verify_token_match(drafts, |i| {
-                Ok(gumbel::choose(&p(i)?, self.seed, position + i))
-            }),
+            SamplingMode::Reproducible => {
+                let choose = |p_of: &mut dyn FnMut(usize) -> Result<Distribution>| {
+                    verify_token_match(drafts, |i| {
+                        Ok(gumbel::choose(&p_of(i)?, self.seed, position + i))
+                    })
+                };
+                if helped(drafts.len() + 1, logits.vocab()) {
+                    verify_with_helper(drafts.len() + 1, &p, choose)
+                } else {
+                    choose(&mut &p)
+                }
+            }
             SamplingMode::Rejection => {
                 // The target's rows are warped only as far as verification
-                // reads them (up to the first rejection); large rows two at
-                // a time on rayon. Each row is the same function of its
-                // logits either way, so the verdict and draws are too.
+                // reads them (up to the first rejection); at a large
+                // vocabulary a helper on rayon's pool warps rows ahead
+                // while this thread verifies. Each row is the same
+                // function of its logits either way, and the draws happen
+                // here, in order, so the verdict and draws are too.
                 let rows = drafts.len() + 1;
-                let pairs = rows > 1 && logits.vocab() >= 1 << 13;
-                let mut ahead: Option<(usize, Result<Distribution>)> = None;
-                let mut p_of = |i: usize| -> Result<Distribution> {
-                    if let Some((j, row)) = ahead.take() {
-                        if j == i {
-                            return row;
+                if helped(rows, logits.vocab()) {
+                    return verify_with_helper(rows, &p, |p_of| {
+                        if q.is_empty() {
+                            verify_point_with(drafts, p_of, rng)
+                        } else {
+                            verify_sampled_with(drafts, q, p_of, rng)
                         }
-                    }
-                    if pairs && i + 1 < rows {
-                        let (this, next) = rayon::join(|| p(i), || p(i + 1));
-                        ahead = Some((i + 1, next));
-                        return this;
-                    }
-                    p(i)
-                };
+                    });
+                }
                 if q.is_empty() {
-                    verify_point_with(drafts, &mut p_of, rng)
+                    verify_point_with(drafts, p, rng)
                 } else {
-                    verify_sampled_with(drafts, q, &mut p_of, rng)
+                    verify_sampled_with(drafts, q, p, rng)
                 }
             }
         }
+    }
+}
+
+/// Whether a window of `rows` rows of `vocab` logits is warped with a
+/// helper ([`verify_with_helper`]): more than one row, a vocabulary where a
+/// row's warp outweighs a hand-off to the pool, and a pool of two threads
+/// or more.
+fn helped(rows: usize, vocab: usize) -> bool {
+    rows > 1 && vocab >= 1 << 13 && rayon::current_num_threads() > 1
+}
+
+/// Runs `verify` (verification over `rows` window rows, asking for
+/// them in order through the `p_of` it is given) while one helper task on
+/// rayon's pool warps rows ahead of it. Rows are claimed from a shared
+/// counter, by the helper and by this thread whenever the row it waits
+/// for is not ready, so two cores share the warping with one hand-off per
+/// window (not one per pair of rows), and a window rejected early stops the
+/// helper after the row it is on. `p(i)` must be a pure function of `i`:
+/// which thread warps a row changes nothing.
+fn verify_with_helper<P, V>(rows: usize, p: &P, verify: V) -> Result<Verdict>
+where
+    P: Fn(usize) -> Result<Distribution> + Sync,
+    V: FnOnce(&mut dyn FnMut(usize) -> Result<Distribution>) -> Result<Verdict>,
+{
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::Mutex;
+    let slots: Vec<Mutex<Option<Result<Distribution>>>> =
+        (0..rows).map(|_| Mutex::new(None)).collect();
+    let next = AtomicUsize::new(0);
+    let done = AtomicBool::new(false);
+    let lock = |i: usize| slots[i].lock().unwrap_or_else(|e| e.into_inner());
+    // Warps the next unclaimed row; false when none is left or the verdict
+    // is in.
+    let claim = || {
+        if done.load(Ordering::Acquire) {
+            return false;
+        }
+        let i = next.fetch_add(1, Ordering::AcqRel);
+        if i >= rows {
+            return false;
+        }
+        let row = p(i);
+        *lock(i) = Some(row);
+        true
+    };
+    rayon::in_place_scope(|scope| {
+        scope.spawn(|_| while claim() {});
+        let mut p_of = |i: usize| loop {
+            if let Some(row) = lock(i).take() {
+                return row;
+            }
+            // Row i is being warped by the helper: warp one further ahead
+            // meanwhile, or wait.
+            if !claim() {
+                std::thread::yield_now();
+            }
+        };
+        let verdict = verify(&mut p_of);
+        done.store(true, Ordering::Release);
+        verdict
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::Error;
+    use crate::sampling::SeededRandom;
+    use crate::verify::{verify_point, verify_sampled};
+
+    /// Language-model-like rows over `vocab` ids, a different shuffle per
+    /// row and seed.
+    fn rows(n: usize, vocab: usize, seed: u64) -> Vec<f32> {
+        (0..n as u64)
+            .flat_map(|i| {
+                (0..vocab as u64).map(move |v| {
+                    let rank = (v * 7919 + seed * 31 + i * 7) % vocab as u64;
+                    12.0 - 1.1 * ((1 + rank) as f32).ln()
+                })
+            })
+            .collect()
+    }
+
+    /// At a vocabulary where a helper warps rows ahead, the verdicts and
+    /// draws are those of verifying the fully warped window: for drafts
+    /// accepted to every depth, with and without `q`, over many seeds.
+    #[test]
+    fn verifying_with_a_helper_gives_the_sequential_verdicts() {
+        let (k, vocab) = (6, 9001);
+        let params = SamplingParams {
+            top_p: Some(0.95),
+            ..SamplingParams::with_temperature(0.7)
+        };
+        let sampler = Sampler::new(params, SamplingMode::Rejection, 0, vec![3]);
+        let target = Logits::new(rows(k + 1, vocab, 2), vocab);
+        let p: Vec<Distribution> = (0..=k)
+            .map(|i| {
+                sampler
+                    .distribution(target.row(i), Role::Target, i)
+                    .unwrap()
+            })
+            .collect();
+        let draft_logits = Logits::new(rows(k, vocab, 1), vocab);
+        let mut depths = std::collections::BTreeSet::new();
+        for (seed, same) in (0..40u64).zip([true, false].into_iter().cycle()) {
+            // A draft equal to the target (accepted deep) or another one.
+            let q: Vec<Distribution> = (0..k)
+                .map(|i| {
+                    let row = if same {
+                        target.row(i)
+                    } else {
+                        draft_logits.row(i)
+                    };
+                    sampler.distribution(row, Role::Draft, i).unwrap()
+                })
+                .collect();
+            let mut draw = SeededRandom::new(seed + 1000);
+            let drafts: Vec<u32> = q.iter().map(|d| d.sample(&mut draw)).collect();
+            let got = sampler
+                .verify(&target, 50, &drafts, &q, &mut SeededRandom::new(seed))
+                .unwrap();
+            let want = verify_sampled(&drafts, &q, &p, &mut SeededRandom::new(seed));
+            assert_eq!(got, want, "seed {seed}");
+            depths.insert(got.accepted);
+            let got = sampler
+                .verify(&target, 50, &drafts, &[], &mut SeededRandom::new(seed))
+                .unwrap();
+            assert_eq!(got, verify_point(&drafts, &p, &mut SeededRandom::new(seed)));
+        }
+        assert!(depths.len() >= 3, "accepted counts seen: {depths:?}");
+        // A bad row is an error when verification reaches it, and only then.
+        let mut data = rows(k + 1, vocab, 2);
+        data[2 * vocab + 17] = f32::NAN;
+        let bad = Logits::new(data, vocab);
+        let q: Vec<Distribution> = (0..k)
+            .map(|i| sampler.distribution(target.row(i), Role::Draft, i).unwrap())
+            .collect();
+        let likely: Vec<u32> = (0..k as u32)
+            .map(|i| argmax(target.row(i as usize), &[3], Role::Target, 0).unwrap())
+            .collect();
+        let e = sampler
+            .verify(&bad, 50, &likely, &q, &mut SeededRandom::new(1))
+            .unwrap_err();
+        assert!(matches!(
+            e,
+            Error::NonFiniteLogits {
+                position: 2,
+                token: 17,
+                ..
+            }
+        ));
+        // The first draft token has q = 0 (q is a point mass on another
+        // id), so it is rejected at row 0, whatever the helper warped.
+        let mut drafts = likely.clone();
+        drafts[0] = p[0]
+            .support()
+            .map(|(i, _)| i)
+            .find(|&i| i != likely[0])
+            .unwrap();
+        let mut q = q;
+        q[0] = Distribution::point(likely[0], vocab);
+        let v = sampler
+            .verify(&bad, 50, &drafts, &q, &mut SeededRandom::new(1))
+            .unwrap();
+        assert_eq!(v.accepted, 0);
+    }
+
+    /// Reproducible mode with a helper: the target's own keyed choices,
+    /// row by row, as without one.
+    #[test]
+    fn reproducible_verification_with_a_helper_matches_the_plain_choices() {
+        let (k, vocab) = (5, 8500);
+        let params = SamplingParams {
+            top_k: Some(400),
+            ..SamplingParams::with_temperature(1.3)
+        };
+        let sampler = Sampler::new(params, SamplingMode::Reproducible, 77, vec![]);
+        let target = Logits::new(rows(k + 1, vocab, 4), vocab);
+        let mut depths = std::collections::BTreeSet::new();
+        for position in 0..60 {
+            let chosen: Vec<u32> = (0..=k)
+                .map(|i| {
+                    let p = sampler
+                        .distribution(target.row(i), Role::Target, i)
+                        .unwrap();
+                    gumbel::choose(&p, 77, position + i)
+                })
+                .collect();
+            // Drafts that agree with the target's choices up to a depth.
+            let depth = position % (k + 1);
+            let drafts: Vec<u32> = (0..k)
+                .map(|i| {
+                    if i < depth {
+                        chosen[i]
+                    } else {
+                        (chosen[i] + 1) % vocab as u32
+                    }
+                })
+                .collect();
+            let v = sampler
+                .verify(&target, position, &drafts, &[], &mut SeededRandom::new(0))
+                .unwrap();
+            assert_eq!(
+                (v.accepted, v.next),
+                (depth, chosen[depth]),
+                "position {position}"
+            );
+            depths.insert(v.accepted);
+        }
+        assert_eq!(depths.len(), k + 1);
     }
 }
