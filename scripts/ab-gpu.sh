@@ -7,8 +7,10 @@
 # and adaptive k <= 12). Output: the
 # speedup tables, one per variant, under $OUT.
 #   scripts/build-cuda.sh, then in one device call: OUT=$OUT scripts/ab-gpu.sh
-# VARIANTS picks the runs (default nopdl u4 u8 mt1; confX: adaptive windows
-# stopping below confidence X); SKIP_TESTS=1 skips the tests.
+# VARIANTS picks the runs: default, nopdl, u4, u8, mt1 (k = 8 and adaptive
+# k <= 8; default and mt1 also 12), t07 (k = 4, 8 and adaptive <= 8 at
+# temperature 0.7), confX (adaptive windows stopping below confidence X);
+# SKIP_TESTS=1 skips the tests.
 set -euo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$repo"
@@ -54,6 +56,7 @@ for v in ${VARIANTS:-default nopdl u4 u8}; do
     u4) variant u4 "SPECDEC_CUDA_GEMV_UNROLL=4" --k 8 --adaptive-k 8 ;;
     u8) variant u8 "SPECDEC_CUDA_GEMV_UNROLL=8" --k 8 --adaptive-k 8 ;;
     mt1) variant mt1 "SPECDEC_CUDA_GEMV_TILES=1" --k 8,12 --adaptive-k 8,12 ;;
+    t07) variant t07 "" --k 4,8 --adaptive-k 8 --temperature 0.7 ;;
     conf*) variant "$v" "" --k 8,12 --adaptive-k 8,12 --min-confidence "${v#conf}" ;;
   esac
 done
