@@ -299,8 +299,9 @@ pub fn forward_greedy_is_argmax(model: &mut dyn LanguageModel, tokens: &[u32]) -
 }
 
 /// `forward_last_greedy` chooses exactly what `argmax` over `forward_last`'s
-/// row chooses, with and without suppressing that row's winner, and its
-/// confidence is `greedy_confidence` of that row to within 1e-4.
+/// row chooses, suppressing nothing, the row's winner or another id, and
+/// when asked its confidence is `greedy_confidence` of that row to within
+/// 1e-4.
 pub fn forward_last_greedy_is_argmax(model: &mut dyn LanguageModel, tokens: &[u32]) -> Outcome {
     const C: &str = "forward_last_greedy_is_argmax";
     let e = backend(C);
@@ -314,12 +315,22 @@ pub fn forward_last_greedy_is_argmax(model: &mut dyn LanguageModel, tokens: &[u3
     let logits = model.forward_last(feed).map_err(&e)?;
     let row = logits.row(0);
     let winner = crate::sampling::argmax(row, &[], crate::Role::Draft, 0).map_err(&e)?;
-    for suppress in [Vec::new(), vec![winner]] {
+    let other = (winner + 1) % row.len() as u32;
+    // With and without the confidence; suppressing the winner, or an id
+    // that is not the winner.
+    let cases = [
+        (Vec::new(), true),
+        (vec![winner], true),
+        (vec![other], true),
+        (vec![other], false),
+        (vec![winner], false),
+    ];
+    for (suppress, confidence) in cases {
         let want = crate::sampling::argmax(row, &suppress, crate::Role::Draft, 0).map_err(&e)?;
         let sure = crate::sampling::greedy_confidence(row, want, &suppress);
         start(model, &tokens[..8]).map_err(&e)?;
         let (got, conf) = model
-            .forward_last_greedy(feed, &suppress, crate::Role::Draft, true)
+            .forward_last_greedy(feed, &suppress, crate::Role::Draft, confidence)
             .map_err(&e)?;
         if got != want {
             return Err(fail(
@@ -330,6 +341,7 @@ pub fn forward_last_greedy_is_argmax(model: &mut dyn LanguageModel, tokens: &[u3
             ));
         }
         match conf {
+            _ if !confidence => {}
             Some(c) if (0.0..=1.0).contains(&c) && (c - sure).abs() <= 1e-4 => {}
             _ => {
                 return Err(fail(

@@ -470,6 +470,7 @@ enum Trouble {
     Error,
     Nan,
     AllNegInf,
+    NoRows,
 }
 
 impl LanguageModel for Faulty {
@@ -490,6 +491,7 @@ impl LanguageModel for Faulty {
             }
             Trouble::Nan => data[v + 2] = f32::NAN, // row 1, token 2
             Trouble::AllNegInf => data.iter_mut().for_each(|x| *x = f32::NEG_INFINITY),
+            Trouble::NoRows => data.clear(),
         }
         Ok(Logits::new(data, v))
     }
@@ -586,6 +588,34 @@ fn misbehaving_backends_surface_errors_and_keep_committed_tokens() {
                     "{source}"
                 )
             }
+            other => panic!("{other}"),
+        }
+    }
+}
+
+/// A draft whose forward returns no rows is a shape error naming it, in
+/// greedy drafting (which asks `forward_last_greedy`) as in sampled
+/// drafting, never a panic.
+#[test]
+fn a_draft_returning_no_rows_is_a_shape_error() {
+    for sampling in [
+        SamplingParams::greedy(),
+        SamplingParams::with_temperature(0.8),
+    ] {
+        let config = GenerateConfig {
+            max_new_tokens: 10,
+            k: 3,
+            sampling,
+            ..GenerateConfig::default()
+        };
+        // Draft forward 1 is the prefill; forward 3 is a draft pass.
+        let mut g = Generator::new(Toy::new(5, 0.2), faulty(Trouble::NoRows, 3)).unwrap();
+        let source = match g.generate(&[1, 2], &config).unwrap_err() {
+            Error::Interrupted { source, .. } => *source,
+            other => other,
+        };
+        match source {
+            Error::Shape { message, .. } => assert!(message.contains("[0, 5]"), "{message}"),
             other => panic!("{other}"),
         }
     }

@@ -31,6 +31,15 @@ impl<M: LanguageModel + ?Sized> Drafter for M {
                 let (token, sure) = feed(self, fed, &mut draft.forward_passes, |m, last| {
                     m.forward_last_greedy(last, suppress, Role::Draft, stop_below > 0.0)
                 })?;
+                if token as usize >= self.vocab_size() {
+                    return Err(Error::Shape {
+                        model: self.name().to_string(),
+                        message: format!(
+                            "forward_last_greedy chose id {token}, past the vocabulary of {}",
+                            self.vocab_size()
+                        ),
+                    });
+                }
                 greedy_draft(token, sure, stop_below)
             } else {
                 let logits = feed(self, fed, &mut draft.forward_passes, |m, last| {

@@ -2,7 +2,7 @@
 //! and reproducible sampling, for a drafter and for the target's verdict.
 
 use super::{argmax, greedy_pick, gumbel, warp, Distribution, RandomSource, SamplingParams};
-use crate::error::{Result, Role};
+use crate::error::{Error, Result, Role};
 use crate::model::Logits;
 use crate::verify::{verify_point_with, verify_sampled_with, verify_token_match, Verdict};
 
@@ -153,6 +153,21 @@ impl Sampler {
         q: &[Distribution],
         rng: &mut dyn RandomSource,
     ) -> Result<Verdict> {
+        let want_q = if q.is_empty() { 0 } else { drafts.len() };
+        if logits.rows() != drafts.len() + 1 || q.len() != want_q {
+            return Err(Error::Shape {
+                model: Role::Target.to_string(),
+                message: format!(
+                    "verifying {} drafts takes {} logits rows and {} or 0 draft \
+                     distributions; got {} rows and {}",
+                    drafts.len(),
+                    drafts.len() + 1,
+                    drafts.len(),
+                    logits.rows(),
+                    q.len()
+                ),
+            });
+        }
         let p = |i: usize| self.distribution(logits.row(i), Role::Target, i);
         if self.is_greedy() {
             return verify_token_match(drafts, |i| {
@@ -222,7 +237,10 @@ where
 {
     use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
     use std::sync::Mutex;
-    let slots: Vec<Mutex<Option<Result<Distribution>>>> =
+    // A row's slot holds its warp, or the panic that warping it raised
+    // (re-raised on this thread when verification asks for the row, so a
+    // panic in the helper cannot leave this thread waiting forever).
+    let slots: Vec<Mutex<Option<std::thread::Result<Result<Distribution>>>>> =
         (0..rows).map(|_| Mutex::new(None)).collect();
     let next = AtomicUsize::new(0);
     let done = AtomicBool::new(false);
@@ -237,15 +255,17 @@ where
         if i >= rows {
             return false;
         }
-        let row = p(i);
+        let row = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| p(i)));
         *lock(i) = Some(row);
         true
     };
     rayon::in_place_scope(|scope| {
         scope.spawn(|_| while claim() {});
         let mut p_of = |i: usize| loop {
-            if let Some(row) = lock(i).take() {
-                return row;
+            match lock(i).take() {
+                Some(Ok(row)) => return row,
+                Some(Err(panic)) => std::panic::resume_unwind(panic),
+                None => {}
             }
             // Row i is being warped by the helper: warp one further ahead
             // meanwhile, or wait.
@@ -262,7 +282,6 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::error::Error;
     use crate::sampling::SeededRandom;
     use crate::verify::{verify_point, verify_sampled};
 
@@ -282,6 +301,61 @@ mod tests {
     /// At a vocabulary where a helper warps rows ahead, the verdicts and
     /// draws are those of verifying the fully warped window: for drafts
     /// accepted to every depth, with and without `q`, over many seeds.
+    /// A window whose logits or `q` do not match its drafts is an error.
+    #[test]
+    fn verify_checks_the_window_shape() {
+        let vocab = 9001;
+        let sampler = Sampler::new(
+            SamplingParams::with_temperature(0.7),
+            SamplingMode::Rejection,
+            0,
+            vec![],
+        );
+        let target = Logits::new(rows(3, vocab, 2), vocab);
+        let q = sampler.distribution(target.row(0), Role::Draft, 0).unwrap();
+        let mut rng = SeededRandom::new(1);
+        for (drafts, qs) in [
+            (vec![1u32, 2, 3], vec![]),
+            (vec![1, 2], vec![q.clone()]),
+            (vec![1], vec![]),
+        ] {
+            let err = sampler.verify(&target, 0, &drafts, &qs, &mut rng);
+            assert!(
+                matches!(err, Err(Error::Shape { .. })),
+                "{drafts:?}: {err:?}"
+            );
+        }
+        assert!(sampler.verify(&target, 0, &[1, 2], &[], &mut rng).is_ok());
+    }
+
+    /// A panic while warping a row, on the helper or on this thread, comes
+    /// back to the caller when verification reaches that row, instead of
+    /// leaving it waiting for the row forever.
+    #[test]
+    fn a_panic_in_a_helped_row_reaches_the_caller() {
+        for bad in 0..4 {
+            let p = |i: usize| -> Result<Distribution> {
+                if i == bad {
+                    panic!("row {i}");
+                }
+                Ok(Distribution::from_weights(vec![1.0, 1.0]).unwrap())
+            };
+            let got = std::panic::catch_unwind(|| {
+                verify_with_helper(4, &p, |p_of| {
+                    for i in 0..4 {
+                        p_of(i)?;
+                    }
+                    Ok(Verdict {
+                        accepted: 0,
+                        next: 0,
+                        kind: crate::verify::NextKind::Bonus,
+                    })
+                })
+            });
+            assert!(got.is_err(), "row {bad}: the panic was lost");
+        }
+    }
+
     #[test]
     fn verifying_with_a_helper_gives_the_sequential_verdicts() {
         let (k, vocab) = (6, 9001);

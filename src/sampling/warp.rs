@@ -46,7 +46,9 @@ use crate::error::{Error, Result, Role};
 /// so the result is a function of the row alone.
 ///
 /// `params` must not be greedy (use [`argmax`](super::argmax)); `role` and `position` only
-/// name the row in errors.
+/// name the row in errors. Errors on settings that
+/// [`SamplingParams::validate`] refuses, on a NaN or `+inf` logit, and when
+/// no id is left to choose.
 pub fn warp(
     row: &[f32],
     params: &SamplingParams,
@@ -54,6 +56,9 @@ pub fn warp(
     role: Role,
     position: usize,
 ) -> Result<Distribution> {
+    // Out-of-range settings (an infinite temperature, a NaN min-p) would
+    // otherwise give different rows on CPUs with and without AVX2.
+    params.validate()?;
     let (top, bad) = max_and_bad(row);
     if bad {
         check_finite(row, role, position)?;
