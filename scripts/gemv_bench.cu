@@ -1,6 +1,9 @@
-// Times tilings of the decode step's matrix-vector kernel (sd_gemv in
-// src/backend/candle/cuda/kernels.cu is `tiled w8 u4 b2`, and `u8` for grids of one wave) on the products of a 7B-shape and a
-// 1.1B-shape model, against the copy bandwidth, and checks each against a
+// Times tilings of the decode step's matrix-vector kernel on the products
+// of a 7B-shape and a 1.1B-shape model (sd_gemv in
+// src/backend/candle/cuda/kernels.cu grew from `tiled w8 u4 b2`; it now
+// also keeps 8 slabs in flight for grids of one wave and takes two row
+// tiles a block for long grids, measured end to end with
+// scripts/ab-gpu.sh), against the copy bandwidth, and checks each against a
 // plain f32 reference. Weights rotate among copies worth > 4x the L2, so
 // nothing is served from cache.
 //
