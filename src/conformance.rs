@@ -79,6 +79,26 @@ fn windows(model: &dyn LanguageModel) -> Vec<usize> {
     w
 }
 
+/// The widest window of at most 4 tokens a model accepts (1 if none).
+fn widest_small_window(model: &dyn LanguageModel) -> usize {
+    windows(model)
+        .into_iter()
+        .filter(|&w| w <= 4)
+        .max()
+        .unwrap_or(1)
+}
+
+/// Fails `check` unless the cache holds `len` positions after feeding them.
+fn expect_fed(check: &'static str, model: &dyn LanguageModel, len: usize) -> Outcome {
+    if model.cached_len() != len {
+        return Err(fail(
+            check,
+            format!("cached_len {} after feeding {len}", model.cached_len()),
+        ));
+    }
+    Ok(())
+}
+
 /// Feeds `tokens` in the largest allowed windows; returns every row.
 fn feed(
     model: &mut dyn LanguageModel,
@@ -260,11 +280,7 @@ pub fn deterministic(model: &mut dyn LanguageModel, tokens: &[u32]) -> Outcome {
 pub fn forward_greedy_is_argmax(model: &mut dyn LanguageModel, tokens: &[u32]) -> Outcome {
     const C: &str = "forward_greedy_is_argmax";
     let e = backend(C);
-    let w = windows(model)
-        .into_iter()
-        .filter(|&w| w <= 4)
-        .max()
-        .unwrap_or(1);
+    let w = widest_small_window(model);
     let feed = &tokens[8..8 + w];
     start(model, &tokens[..8]).map_err(&e)?;
     let logits = model.forward(feed).map_err(&e)?;
@@ -288,12 +304,7 @@ pub fn forward_greedy_is_argmax(model: &mut dyn LanguageModel, tokens: &[u32]) -
                 ),
             ));
         }
-        if model.cached_len() != 8 + w {
-            return Err(fail(
-                C,
-                format!("cached_len {} after feeding {}", model.cached_len(), 8 + w),
-            ));
-        }
+        expect_fed(C, model, 8 + w)?;
     }
     Ok(())
 }
@@ -305,11 +316,7 @@ pub fn forward_greedy_is_argmax(model: &mut dyn LanguageModel, tokens: &[u32]) -
 pub fn forward_last_greedy_is_argmax(model: &mut dyn LanguageModel, tokens: &[u32]) -> Outcome {
     const C: &str = "forward_last_greedy_is_argmax";
     let e = backend(C);
-    let w = windows(model)
-        .into_iter()
-        .filter(|&w| w <= 4)
-        .max()
-        .unwrap_or(1);
+    let w = widest_small_window(model);
     let feed = &tokens[8..8 + w];
     start(model, &tokens[..8]).map_err(&e)?;
     let logits = model.forward_last(feed).map_err(&e)?;
@@ -350,12 +357,7 @@ pub fn forward_last_greedy_is_argmax(model: &mut dyn LanguageModel, tokens: &[u3
                 ))
             }
         }
-        if model.cached_len() != 8 + w {
-            return Err(fail(
-                C,
-                format!("cached_len {} after feeding {}", model.cached_len(), 8 + w),
-            ));
-        }
+        expect_fed(C, model, 8 + w)?;
     }
     Ok(())
 }
@@ -386,12 +388,7 @@ pub fn forward_last_is_last_row(
         &[all.row(w - 1).to_vec()],
         tol,
     )?;
-    if model.cached_len() != 8 + w {
-        return Err(fail(
-            C,
-            format!("cached_len {} after feeding {}", model.cached_len(), 8 + w),
-        ));
-    }
+    expect_fed(C, model, 8 + w)?;
     Ok(())
 }
 

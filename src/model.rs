@@ -40,7 +40,7 @@
 //! [`crate::StaticShapeModel`] wraps any model and enforces exactly these rules,
 //! which is how the CPU backend stands in as the reference for such a backend.
 
-use crate::error::{Error, Result, Role};
+use crate::error::{Result, Role};
 use crate::sampling::{argmax, greedy_pick};
 use crate::tokenizer::Tokenizer;
 
@@ -185,17 +185,7 @@ pub trait LanguageModel {
         confidence: bool,
     ) -> Result<(u32, Option<f32>)> {
         let logits = self.forward_last(tokens)?;
-        if logits.rows() != 1 || logits.vocab() != self.vocab_size() {
-            return Err(Error::Shape {
-                model: self.name().to_string(),
-                message: format!(
-                    "forward_last returned logits [{}, {}], expected [1, {}]",
-                    logits.rows(),
-                    logits.vocab(),
-                    self.vocab_size()
-                ),
-            });
-        }
+        crate::draft::model::expect_rows(&logits, 1, self)?;
         greedy_pick(logits.row(0), suppress, role, confidence)
     }
 

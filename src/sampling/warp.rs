@@ -39,6 +39,18 @@ use super::greedy::{check_finite, max_and_bad};
 use super::{Distribution, SamplingParams};
 use crate::error::{Error, Result, Role};
 
+/// The `suppress`ed ids that fall in a row of `len`, ascending, once each.
+fn suppressed_in(suppress: &[u32], len: usize) -> Vec<u32> {
+    let mut sup: Vec<u32> = suppress
+        .iter()
+        .copied()
+        .filter(|&s| (s as usize) < len)
+        .collect();
+    sup.sort_unstable();
+    sup.dedup();
+    sup
+}
+
 /// Turns a logits row (`[vocab]`) into the distribution tokens are drawn
 /// from: `suppress`ed ids get probability 0, then temperature, top-k, top-p
 /// and min-p as in [`SamplingParams`], computed as the [module
@@ -64,13 +76,7 @@ pub fn warp(
         check_finite(row, role, position)?;
     }
     let empty = || Error::EmptyDistribution { role, position };
-    let mut sup: Vec<u32> = suppress
-        .iter()
-        .copied()
-        .filter(|&s| (s as usize) < row.len())
-        .collect();
-    sup.sort_unstable();
-    sup.dedup();
+    let sup = suppressed_in(suppress, row.len());
     let max = live_max(row, top, &sup);
     if max == f32::NEG_INFINITY {
         return Err(empty());
@@ -902,13 +908,7 @@ mod tests {
         rows.push((row, vec![top as u32, 999, 4, 4, 50_000]));
         let mut checked = 0;
         for (row, suppress) in &rows {
-            let mut sup: Vec<u32> = suppress
-                .iter()
-                .copied()
-                .filter(|&s| (s as usize) < row.len())
-                .collect();
-            sup.sort_unstable();
-            sup.dedup();
+            let sup = suppressed_in(suppress, row.len());
             for t in [0.3f32, 0.7, 1.0, 2.5] {
                 for (top_k, top_p, min_p) in [
                     (None, Some(0.95), None),
