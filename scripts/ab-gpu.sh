@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # A/B of the CUDA decode step's switches (graph.rs: SPECDEC_CUDA_PDL,
-# SPECDEC_CUDA_GEMV_UNROLL, SPECDEC_CUDA_GEMV_TILES) in one device call: the
+# SPECDEC_CUDA_GEMV_UNROLL, _TILES, SPECDEC_CUDA_ATT_PREFETCH) in one device call: the
 # GPU tests under the default and under every switch off, then the 7B/1.1B
 # pair (grown as bench-gpu-7b.sh grows it) with each variant, greedy,
 # plain and speculative (k = 8, adaptive k <= 8; the default also k = 12
@@ -8,21 +8,14 @@
 # speedup tables, one per variant, under $OUT.
 #   scripts/build-cuda.sh, then in one device call: OUT=$OUT scripts/ab-gpu.sh
 # VARIANTS picks the runs: default, nopdl, u4, u8, mt1 (k = 8 and adaptive
-# k <= 8; default and mt1 also 12), t07 (k = 4, 8 and adaptive <= 8 at
-# temperature 0.7), confX (adaptive windows stopping below confidence X);
-# SKIP_TESTS=1 skips the tests.
+# k <= 8; default, mt1 and late also 12), late (attention loads the cache
+# only after its wait), t07 (k = 4, 8 and adaptive <= 8 at temperature
+# 0.7), confX (adaptive windows stopping below confidence X); SKIP_TESTS=1
+# skips the tests, which run under the default, with every switch off, and
+# with two tiles a block everywhere.
 set -euo pipefail
-repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-cd "$repo"
-out="${OUT:-/tmp/ab-gpu-out}"
-work="${WORK:-/tmp/specdec-7b}"
-N="${N:-128}"
-mkdir -p "$out" "$work"
-export LD_LIBRARY_PATH="/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}"
-export SPECDEC_MODELS="$repo/models" SPECDEC_SHARED_MODELS="$repo/.cuda-out/models"
-sh .cuda-out/unpack.sh
-bin="$repo/.cuda-out/bin"
-shared="$repo/.cuda-out/shared"
+OUT="${OUT:-/tmp/ab-gpu-out}"
+source "$(dirname "${BASH_SOURCE[0]}")/gpu-common.sh"
 echo "commit $(cat .cuda-out/commit.txt)"
 run_tests() { # run_tests LABEL [ENV...]
   local label="$1"; shift
@@ -34,13 +27,10 @@ run_tests() { # run_tests LABEL [ENV...]
 }
 if [[ -z "${SKIP_TESTS:-}" ]]; then
   run_tests default
-  run_tests no-switches SPECDEC_CUDA_PDL=0 SPECDEC_CUDA_GEMV_UNROLL=4 SPECDEC_CUDA_GEMV_TILES=1
+  run_tests no-switches SPECDEC_CUDA_PDL=0 SPECDEC_CUDA_GEMV_UNROLL=4 SPECDEC_CUDA_GEMV_TILES=1 SPECDEC_CUDA_ATT_PREFETCH=0
   run_tests two-tiles SPECDEC_CUDA_GEMV_TILES=2
 fi
-for p in "py-m py-7b llama2-7b" "py-s py-1b tinyllama-1.1b"; do
-  set -- $p
-  [[ -f "$work/$2/config.json" ]] || python3 "$shared/grow.py" "$SPECDEC_SHARED_MODELS/$1" "$work/$2" --preset "$3" > "$out/grow-$2.txt" 2>&1
-done
+grow_pair
 variant() { # variant LABEL "ENV..." ARGS...
   local label="$1" envs="$2"; shift 2
   env $envs "$bin/speedup" --cuda --target "$work/py-7b" --draft "$work/py-1b" \
@@ -56,6 +46,7 @@ for v in ${VARIANTS:-default nopdl u4 u8}; do
     u4) variant u4 "SPECDEC_CUDA_GEMV_UNROLL=4" --k 8 --adaptive-k 8 ;;
     u8) variant u8 "SPECDEC_CUDA_GEMV_UNROLL=8" --k 8 --adaptive-k 8 ;;
     mt1) variant mt1 "SPECDEC_CUDA_GEMV_TILES=1" --k 8,12 --adaptive-k 8,12 ;;
+    late) variant late "SPECDEC_CUDA_ATT_PREFETCH=0" --k 8,12 --adaptive-k 8,12 ;;
     t07) variant t07 "" --k 4,8 --adaptive-k 8 --temperature 0.7 ;;
     conf*) variant "$v" "" --k 8,12 --adaptive-k 8,12 --min-confidence "${v#conf}" ;;
   esac

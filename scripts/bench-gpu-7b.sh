@@ -15,17 +15,8 @@
 # The grown checkpoints (13 GB + 2 GB) go to $WORK (default /tmp/specdec-7b),
 # never into the repository.
 set -euo pipefail
-repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-cd "$repo"
-out="${OUT:-/tmp/gpu-7b-out}"
-work="${WORK:-/tmp/specdec-7b}"
-N="${N:-128}"
-mkdir -p "$out" "$work"
-export LD_LIBRARY_PATH="/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}"
-export SPECDEC_MODELS="$repo/models" SPECDEC_SHARED_MODELS="$repo/.cuda-out/models"
-sh .cuda-out/unpack.sh
-bin="$repo/.cuda-out/bin"
-shared="$repo/.cuda-out/shared"
+OUT="${OUT:-/tmp/gpu-7b-out}"
+source "$(dirname "${BASH_SOURCE[0]}")/gpu-common.sh"
 prompts="$shared/prompts_py.json"
 commit="$(cat .cuda-out/commit.txt)"
 say() { echo "== $*" | tee -a "$out/summary.txt"; }
@@ -69,15 +60,8 @@ print(json.dumps({"copy_bytes": 2 * n, "median_s": t, "tb_per_s": 2 * n / t / 1e
 PY
 say "copy bandwidth: $(cat "$out/bandwidth.json") ($(elapsed))"
 
-# 3. Grow the pair (skipped when already there from an earlier step of this call).
-grow() { # grow SRC DST PRESET
-  if [[ ! -f "$2/config.json" ]]; then
-    python3 "$shared/grow.py" "$1" "$2" --preset "$3" > "$out/grow-$(basename "$2").txt" 2>&1 \
-      || { tail -20 "$out/grow-$(basename "$2").txt"; exit 1; }
-  fi
-}
-grow "$SPECDEC_SHARED_MODELS/py-m" "$work/py-7b" llama2-7b
-grow "$SPECDEC_SHARED_MODELS/py-s" "$work/py-1b" tinyllama-1.1b
+# 3. Grow the pair (gpu-common.sh).
+grow_pair
 du -sb "$work/py-7b" "$work/py-1b" | tee "$out/sizes.txt"
 say "grown ($(elapsed))"
 

@@ -55,10 +55,20 @@ const PTX_SM90: &str = include_str!(concat!(env!("OUT_DIR"), "/specdec_kernels_s
 /// programmatic dependent launch on GPUs that have it;
 /// `SPECDEC_CUDA_GEMV_UNROLL=4` or `8` sets the product kernel's slabs in
 /// flight per warp, and `SPECDEC_CUDA_GEMV_TILES=1` or `2` its 16-row
-/// tiles per block, for every matrix (else see [`GraphDecoder::tiling`]).
+/// tiles per block, for every matrix (else see [`GraphDecoder::tiling`]);
+/// `SPECDEC_CUDA_ATT_PREFETCH=0` makes attention read the whole cache after
+/// its wait for the q/k/v product (kernels.cu's `sd_attention_{D}_late`);
+/// `SPECDEC_CUDA_SKIP=part,...` leaves kernels out of the step to time the
+/// rest (parts: `norm`, `qkv`, `attention`, `o`, `gate_up`, `down`,
+/// `head`): the output is then wrong, so it is for timing only.
 const PDL_ENV: &str = "SPECDEC_CUDA_PDL";
 const GEMV_UNROLL_ENV: &str = "SPECDEC_CUDA_GEMV_UNROLL";
 const GEMV_TILES_ENV: &str = "SPECDEC_CUDA_GEMV_TILES";
+const ATT_PREFETCH_ENV: &str = "SPECDEC_CUDA_ATT_PREFETCH";
+const SKIP_ENV: &str = "SPECDEC_CUDA_SKIP";
+
+/// The parts of a step that `SPECDEC_CUDA_SKIP` can leave out, by bit.
+const SKIP_PARTS: [&str; 7] = ["norm", "qkv", "attention", "o", "gate_up", "down", "head"];
 
 /// The product kernel's instantiations (kernels.cu): `(UNROLL, MT)`, its
 /// 32-wide k slabs of weight loads in flight per warp and its 16-row tiles
@@ -82,6 +92,24 @@ fn choice(name: &str, allowed: &[usize]) -> Result<Option<usize>> {
 /// Whether the switch `name` is on: anything but `0` (default on).
 fn switch(name: &str) -> bool {
     std::env::var(name).map_or(true, |v| v.trim() != "0")
+}
+
+/// The [`SKIP_PARTS`] named (comma-separated) by the variable `name`, as
+/// bits; 0 when unset or empty.
+fn parts(name: &str) -> Result<u32> {
+    let Ok(v) = std::env::var(name) else {
+        return Ok(0);
+    };
+    let mut bits = 0;
+    for p in v.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let i = SKIP_PARTS.iter().position(|&q| q == p).ok_or_else(|| {
+            backend(format!(
+                "{name}={v}: unknown part {p:?}, expected some of {SKIP_PARTS:?}"
+            ))
+        })?;
+        bits |= 1 << i;
+    }
+    Ok(bits)
 }
 
 /// A kernel's arguments as `cuLaunchKernelEx` takes them: pointers to the
@@ -192,6 +220,9 @@ pub(crate) struct GraphDecoder {
     /// matrix ([`Self::tiling`]).
     unroll: Option<usize>,
     tiles: Option<usize>,
+    /// Parts of the step left out (`SPECDEC_CUDA_SKIP`), a bit per
+    /// [`SKIP_PARTS`] entry; 0 in normal use.
+    skip: u32,
     /// Streaming multiprocessors of the GPU.
     sms: usize,
     blas: Arc<CudaBlas>,
@@ -333,6 +364,7 @@ impl GraphDecoder {
         let pdl = major >= 9 && switch(PDL_ENV);
         let unroll = choice(GEMV_UNROLL_ENV, &[4, 8])?;
         let tiles = choice(GEMV_TILES_ENV, &[1, 2])?;
+        let skip = parts(SKIP_ENV)?;
         let sms = stream
             .context()
             .attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
@@ -357,7 +389,15 @@ impl GraphDecoder {
             gemv,
             rms_norm: f("sd_rms_norm")?,
             rope_kv: f("sd_rope_kv")?,
-            attention: f(&format!("sd_attention_{}", c.head_dim))?,
+            attention: f(&format!(
+                "sd_attention_{}{}",
+                c.head_dim,
+                if switch(ATT_PREFETCH_ENV) {
+                    ""
+                } else {
+                    "_late"
+                }
+            ))?,
             swiglu: f("sd_swiglu")?,
             argmax: f("sd_argmax")?,
         };
@@ -430,6 +470,7 @@ impl GraphDecoder {
             pdl,
             unroll,
             tiles,
+            skip,
             sms,
             blas,
             kernels,
@@ -647,8 +688,12 @@ impl GraphDecoder {
         let ffn = d.ffn as i32;
         let swiglu_blocks = ((w * d.ffn).div_ceil(ROW_THREADS as usize)).min(4096) as u32;
         for l in &self.layers {
-            self.rms_norm(w, x, l.input_norm, xn)?;
-            if l.qkv.tiled {
+            if !self.skips("norm") {
+                self.rms_norm(w, x, l.input_norm, xn)?;
+            }
+            if self.skips("qkv") {
+                // Left out for timing (SPECDEC_CUDA_SKIP).
+            } else if l.qkv.tiled {
                 // RoPE and the KV-cache write in the product's epilogue.
                 self.gemv(w, l.qkv, xn, 0, 4, Some(l))?;
             } else {
@@ -666,18 +711,28 @@ impl GraphDecoder {
                     )?;
                 }
             }
-            unsafe {
-                self.launch(
-                    &self.kernels.attention,
-                    (d.heads as u32, wi, 1),
-                    ATT_THREADS,
-                    self.pdl,
-                    &mut args![meta, q, l.k_cache, l.v_cache, att, heads, kv, npos, window, scale],
-                )?;
+            if !self.skips("attention") {
+                unsafe {
+                    self.launch(
+                        &self.kernels.attention,
+                        (d.heads as u32, wi, 1),
+                        ATT_THREADS,
+                        self.pdl,
+                        &mut args![
+                            meta, q, l.k_cache, l.v_cache, att, heads, kv, npos, window, scale
+                        ],
+                    )?;
+                }
             }
-            self.product(w, l.o, att, x, 1)?;
-            self.rms_norm(w, x, l.post_norm, xn)?;
-            if l.gate_up.tiled {
+            if !self.skips("o") {
+                self.product(w, l.o, att, x, 1)?;
+            }
+            if !self.skips("norm") {
+                self.rms_norm(w, x, l.post_norm, xn)?;
+            }
+            if self.skips("gate_up") {
+                // Left out for timing (SPECDEC_CUDA_SKIP).
+            } else if l.gate_up.tiled {
                 // SwiGLU in the product's epilogue (mode 3), straight to act.
                 self.gemv(w, l.gate_up, xn, act, 3, None)?;
             } else {
@@ -692,10 +747,16 @@ impl GraphDecoder {
                     )?;
                 }
             }
-            self.product(w, l.down, act, x, 1)?;
+            if !self.skips("down") {
+                self.product(w, l.down, act, x, 1)?;
+            }
         }
-        self.rms_norm(w, x, self.norm, xn)?;
-        self.product(w, self.lm_head, xn, logits, 2)?;
+        if !self.skips("norm") {
+            self.rms_norm(w, x, self.norm, xn)?;
+        }
+        if !self.skips("head") {
+            self.product(w, self.lm_head, xn, logits, 2)?;
+        }
         unsafe {
             self.launch(
                 &self.kernels.argmax,
@@ -705,6 +766,15 @@ impl GraphDecoder {
                 &mut args![logits, argmax, vocab],
             )
         }
+    }
+
+    /// Whether `SPECDEC_CUDA_SKIP` leaves `part` (one of [`SKIP_PARTS`]) out.
+    fn skips(&self, part: &str) -> bool {
+        self.skip != 0
+            && SKIP_PARTS
+                .iter()
+                .position(|&p| p == part)
+                .is_some_and(|i| self.skip & (1 << i) != 0)
     }
 
     /// Launches `f` on the decoder's stream with `args` (pointers to the

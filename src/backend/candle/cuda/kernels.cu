@@ -464,16 +464,128 @@ extern "C" __global__ void sd_rope_kv(const int* meta, const bf16* qkv, const bf
 // q [width, heads, D]; caches [kv, n_positions, D]; out [width, heads * D].
 // window > 0: a key more than window - 1 positions back is not seen.
 // D is 16, 32, 64, 128 or 256. Grid (heads, width), block 32 * ATT_WARPS.
+//
+// The header (meta) is written by the host before the graph runs, and the
+// cache rows before position meta[0] by earlier steps; only q and the rows
+// from meta[0] on come from the q/k/v product this kernel follows. So each
+// warp loads its first chunk's K rows (D <= 128) and V words (D <= 64) of
+// earlier positions before PDL_WAIT, while that product is still streaming its
+// weights: a decode step's cache reads (HBM round trips, the cache having
+// left L2 since the last step) are then off the critical path, and after
+// the wait one L2 round trip fetches q and the new rows. The arithmetic,
+// and so every bit of the result, is as if all were loaded after it.
 #define ATT_WARPS 8
 
 template <int D>
+struct Att {
+  static constexpr int DPL = D >= 32 ? D / 32 : 1;      // output dims per lane
+  static constexpr int WORDS = DPL >= 2 ? DPL / 2 : 1;  // 32-bit words of V a lane takes a key
+  static constexpr int VB = WORDS <= 2 ? 32 : 16;       // V rows in flight per batch
+  static constexpr int KW = D / 8;                      // 16-byte loads per K row
+  // The first chunk's K rows (D <= 128) and V words (D <= 64) are loaded
+  // before PDL_WAIT: at most 64 registers more, so that a block still fits
+  // (<= 128 registers a thread) beside a product block on its SM.
+  static constexpr bool PRE_K = D <= 128;
+  static constexpr bool PRE_V = D <= 64;
+};
+
+template <int D>
+__device__ __forceinline__ const uint4* k_row(const bf16* kb, int j) {
+  return reinterpret_cast<const uint4*>(kb + (size_t)j * D);
+}
+
+// This lane's V words of key j (its DPL output dims).
+template <int D>
+__device__ __forceinline__ void load_v(const bf16* vb, int j, int lane,
+                                       uint32_t (&w)[Att<D>::WORDS]) {
+  const bf16* vr = vb + (size_t)j * D + lane * Att<D>::DPL;
+  if constexpr (Att<D>::DPL == 1) {
+    w[0] = *reinterpret_cast<const uint16_t*>(vr);
+  } else if constexpr (Att<D>::WORDS == 1) {
+    w[0] = *reinterpret_cast<const uint32_t*>(vr);
+  } else if constexpr (Att<D>::WORDS == 2) {
+    const uint2 u = *reinterpret_cast<const uint2*>(vr);
+    w[0] = u.x;
+    w[1] = u.y;
+  } else {
+    const uint4 u = *reinterpret_cast<const uint4*>(vr);
+    w[0] = u.x;
+    w[1] = u.y;
+    w[2] = u.z;
+    w[3] = u.w;
+  }
+}
+
+// One warp's chunk of keys c ... c + 31 (<= last): lane L scores key c + L
+// from its K row's 16-byte pieces k(0 ... KW - 1), the online softmax (m,
+// l) and acc take the chunk, and v(jj, words) gives the lane's V words of
+// key c + jj, in batches of VB keys whose words are all in hand before any
+// is added (one round trip a batch when v loads), added in key order.
+template <int D, typename K, typename V>
+__device__ __forceinline__ void attend_chunk(const float* qs, int c, int last, int lane,
+                                             bool owns, K&& k, V&& v, float& m, float& l,
+                                             float (&acc)[Att<D>::DPL]) {
+  using A = Att<D>;
+  const int j = c + lane;
+  float s = -INFINITY;
+  if (j <= last) {
+    float dot = 0.f;
+#pragma unroll
+    for (int i = 0; i < A::KW; i++) {
+      const uint4 raw = k(i);
+      const __nv_bfloat162* e = reinterpret_cast<const __nv_bfloat162*>(&raw);
+#pragma unroll
+      for (int t = 0; t < 4; t++) {
+        const float2 f = __bfloat1622float2(e[t]);
+        dot += qs[8 * i + 2 * t] * f.x;
+        dot += qs[8 * i + 2 * t + 1] * f.y;
+      }
+    }
+    s = dot;
+  }
+  const float new_m = fmaxf(m, warp_max(s));  // lane 0's key exists: finite
+  const float corr = __expf(m - new_m);
+  const float p = j <= last ? __expf(s - new_m) : 0.f;
+  l = l * corr + warp_sum(p);
+#pragma unroll
+  for (int t = 0; t < A::DPL; t++) acc[t] *= corr;
+  const int count = min(32, last - c + 1);
+#pragma unroll
+  for (int j0 = 0; j0 < 32; j0 += A::VB) {
+    uint32_t raw[A::VB][A::WORDS];
+#pragma unroll
+    for (int jj = 0; jj < A::VB; jj++) {
+      if (j0 + jj < count && owns) v(j0 + jj, raw[jj]);
+    }
+#pragma unroll
+    for (int jj = 0; jj < A::VB; jj++) {
+      const float pj = __shfl_sync(FULL, p, j0 + jj);
+      if (j0 + jj < count && owns) {
+        if constexpr (A::DPL == 1) {
+          acc[0] += pj * __bfloat162float(__ushort_as_bfloat16((unsigned short)raw[jj][0]));
+        } else {
+#pragma unroll
+          for (int t = 0; t < A::WORDS; t++) {
+            const float2 f =
+                __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&raw[jj][t]));
+            acc[2 * t] += pj * f.x;
+            acc[2 * t + 1] += pj * f.y;
+          }
+        }
+      }
+    }
+  }
+  m = new_m;
+}
+
+template <int D, bool PREFETCH>
 __device__ void attend(const int* meta, const bf16* q, const bf16* k_cache,
                        const bf16* v_cache, bf16* out, int heads, int kv,
                        int n_positions, int window, float scale) {
-  // Output dims per lane; for D < 32, lanes D.. hold none.
+  using A = Att<D>;
+  constexpr bool PRE_K = A::PRE_K && PREFETCH, PRE_V = A::PRE_V && PREFETCH;
   PDL_LAUNCH();
-  PDL_WAIT();
-  constexpr int DPL = D >= 32 ? D / 32 : 1;
+  // For D < 32, lanes D.. hold no output dims.
   const bool owns = D >= 32 || (int)(threadIdx.x & 31) < D;
   __shared__ float qs[D];
   __shared__ float wm[ATT_WARPS], wl[ATT_WARPS];
@@ -484,90 +596,69 @@ __device__ void attend(const int* meta, const bf16* q, const bf16* k_cache,
   const int kvh = head / (heads / kv);
   const int last = pos + row;
   const int start = (window > 0 && last + 1 > window) ? last + 1 - window : 0;
-  const bf16* qr = q + ((size_t)row * heads + head) * D;
-  for (int i = threadIdx.x; i < D; i += blockDim.x) qs[i] = __bfloat162float(qr[i]) * scale;
-  __syncthreads();
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const bf16* kb = k_cache + (size_t)kvh * n_positions * D;
   const bf16* vb = v_cache + (size_t)kvh * n_positions * D;
+  // This warp's first chunk, keys c0 ... c0 + count0 - 1; those before pos
+  // are loaded now, the rest after the wait.
+  const int c0 = start + warp * 32;
+  const int count0 = c0 <= last ? min(32, last - c0 + 1) : 0;
+  uint4 k0[PRE_K ? A::KW : 1];
+  uint32_t v0[PRE_V ? 32 : 1][A::WORDS];
+  if constexpr (PRE_K) {
+    if (lane < count0 && c0 + lane < pos) {
+#pragma unroll
+      for (int i = 0; i < A::KW; i++) k0[i] = k_row<D>(kb, c0 + lane)[i];
+    }
+  }
+  if constexpr (PRE_V) {
+#pragma unroll
+    for (int jj = 0; jj < 32; jj++) {
+      if (jj < count0 && c0 + jj < pos && owns) load_v<D>(vb, c0 + jj, lane, v0[jj]);
+    }
+  }
+  PDL_WAIT();
+  const bf16* qr = q + ((size_t)row * heads + head) * D;
+  for (int i = threadIdx.x; i < D; i += blockDim.x) qs[i] = __bfloat162float(qr[i]) * scale;
   float m = -INFINITY, l = 0.f;
-  float acc[DPL];
+  float acc[A::DPL];
 #pragma unroll
-  for (int t = 0; t < DPL; t++) acc[t] = 0.f;
-  for (int c = start + warp * 32; c <= last; c += ATT_WARPS * 32) {
-    const int j = c + lane;
-    float s = -INFINITY;
-    if (j <= last) {
-      const bf16* kr = kb + (size_t)j * D;
-      float dot = 0.f;
+  for (int t = 0; t < A::DPL; t++) acc[t] = 0.f;
+  if constexpr (PRE_K) {
+    if (lane < count0 && c0 + lane >= pos) {
 #pragma unroll
-      for (int i = 0; i < D; i += 8) {
-        const uint4 raw = *reinterpret_cast<const uint4*>(kr + i);
-        const __nv_bfloat162* e = reinterpret_cast<const __nv_bfloat162*>(&raw);
-#pragma unroll
-        for (int t = 0; t < 4; t++) {
-          const float2 f = __bfloat1622float2(e[t]);
-          dot += qs[i + 2 * t] * f.x;
-          dot += qs[i + 2 * t + 1] * f.y;
-        }
-      }
-      s = dot;
+      for (int i = 0; i < A::KW; i++) k0[i] = k_row<D>(kb, c0 + lane)[i];
     }
-    const float new_m = fmaxf(m, warp_max(s));  // lane 0's key exists: finite
-    const float corr = __expf(m - new_m);
-    const float p = j <= last ? __expf(s - new_m) : 0.f;
-    l = l * corr + warp_sum(p);
+  }
+  if constexpr (PRE_V) {
 #pragma unroll
-    for (int t = 0; t < DPL; t++) acc[t] *= corr;
-    const int count = min(32, last - c + 1);
-    // The chunk's V rows in batches of VB keys whose loads are all in
-    // flight together (one L2 round trip a batch, not one per key), then
-    // added in key order as before.
-    constexpr int WORDS = DPL >= 2 ? DPL / 2 : 1;  // 32-bit words of V a lane takes a key
-    constexpr int VB = WORDS <= 2 ? 32 : 16;
+    for (int jj = 0; jj < 32; jj++) {
+      if (jj < count0 && c0 + jj >= pos && owns) load_v<D>(vb, c0 + jj, lane, v0[jj]);
+    }
+  }
+  __syncthreads();
+  int c = c0;
+  if constexpr (PRE_K) {
+    if (count0 > 0) {
+      auto from_v0 = [&](int jj, uint32_t(&w)[A::WORDS]) {
 #pragma unroll
-    for (int j0 = 0; j0 < 32; j0 += VB) {
-      uint32_t raw[VB][WORDS];
-#pragma unroll
-      for (int jj = 0; jj < VB; jj++) {
-        const bf16* vr = vb + (size_t)(c + j0 + jj) * D + lane * DPL;
-        if (j0 + jj < count && owns) {
-          if constexpr (DPL == 1) {
-            raw[jj][0] = *reinterpret_cast<const uint16_t*>(vr);
-          } else if constexpr (WORDS == 1) {
-            raw[jj][0] = *reinterpret_cast<const uint32_t*>(vr);
-          } else if constexpr (WORDS == 2) {
-            const uint2 u = *reinterpret_cast<const uint2*>(vr);
-            raw[jj][0] = u.x;
-            raw[jj][1] = u.y;
-          } else {
-            const uint4 u = *reinterpret_cast<const uint4*>(vr);
-            raw[jj][0] = u.x;
-            raw[jj][1] = u.y;
-            raw[jj][2] = u.z;
-            raw[jj][3] = u.w;
-          }
-        }
-      }
-#pragma unroll
-      for (int jj = 0; jj < VB; jj++) {
-        const float pj = __shfl_sync(FULL, p, j0 + jj);
-        if (j0 + jj < count && owns) {
-          if constexpr (DPL == 1) {
-            acc[0] += pj * __bfloat162float(__ushort_as_bfloat16((unsigned short)raw[jj][0]));
-          } else {
-#pragma unroll
-            for (int t = 0; t < WORDS; t++) {
-              const float2 f =
-                  __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&raw[jj][t]));
-              acc[2 * t] += pj * f.x;
-              acc[2 * t + 1] += pj * f.y;
-            }
-          }
-        }
+        for (int t = 0; t < A::WORDS; t++) w[t] = v0[jj][t];
+      };
+      auto load = [&](int jj, uint32_t(&w)[A::WORDS]) { load_v<D>(vb, c0 + jj, lane, w); };
+      auto k = [&](int i) { return k0[i]; };
+      if constexpr (PRE_V) {
+        attend_chunk<D>(qs, c0, last, lane, owns, k, from_v0, m, l, acc);
+      } else {
+        attend_chunk<D>(qs, c0, last, lane, owns, k, load, m, l, acc);
       }
     }
-    m = new_m;
+    c += ATT_WARPS * 32;
+  }
+  for (; c <= last; c += ATT_WARPS * 32) {
+    const uint4* kr = k_row<D>(kb, c + lane);
+    attend_chunk<D>(
+        qs, c, last, lane, owns, [&](int i) { return kr[i]; },
+        [&](int jj, uint32_t(&w)[A::WORDS]) { load_v<D>(vb, c + jj, lane, w); }, m, l, acc);
   }
   if (lane == 0) {
     wm[warp] = m;
@@ -575,7 +666,7 @@ __device__ void attend(const int* meta, const bf16* q, const bf16* k_cache,
   }
   if (owns) {
 #pragma unroll
-    for (int t = 0; t < DPL; t++) wacc[warp][lane * DPL + t] = acc[t];
+    for (int t = 0; t < A::DPL; t++) wacc[warp][lane * A::DPL + t] = acc[t];
   }
   __syncthreads();
   float big = -INFINITY;
@@ -594,18 +685,24 @@ __device__ void attend(const int* meta, const bf16* q, const bf16* k_cache,
   }
 }
 
-#define ATTEND(D)                                                                    \
-  extern "C" __global__ void sd_attention_##D(const int* meta, const bf16* q,       \
-                                              const bf16* k_cache, const bf16* v_cache, \
-                                              bf16* out, int heads, int kv,         \
-                                              int n_positions, int window, float scale) { \
-    attend<D>(meta, q, k_cache, v_cache, out, heads, kv, n_positions, window, scale); \
+// sd_attention_{D} loads the first chunk's earlier cache rows before its
+// PDL_WAIT; sd_attention_{D}_late all after it, as before that (for
+// measuring, graph.rs's SPECDEC_CUDA_ATT_PREFETCH=0).
+#define ATTEND(D, NAME, PREFETCH)                                                     \
+  extern "C" __global__ void NAME(const int* meta, const bf16* q, const bf16* k_cache, \
+                                  const bf16* v_cache, bf16* out, int heads, int kv,   \
+                                  int n_positions, int window, float scale) {          \
+    attend<D, PREFETCH>(meta, q, k_cache, v_cache, out, heads, kv, n_positions, window, \
+                        scale);                                                        \
   }
-ATTEND(16)
-ATTEND(32)
-ATTEND(64)
-ATTEND(128)
-ATTEND(256)
+#define ATTENDS(D)                        \
+  ATTEND(D, sd_attention_##D, true)       \
+  ATTEND(D, sd_attention_##D##_late, false)
+ATTENDS(16)
+ATTENDS(32)
+ATTENDS(64)
+ATTENDS(128)
+ATTENDS(256)
 
 // act[row, j] = silu(gu[row, j]) * gu[row, f + j] in f32; grid-stride over width * f.
 extern "C" __global__ void sd_swiglu(const bf16* gu, bf16* act, int rows, int f) {
