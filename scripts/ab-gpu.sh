@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # A/B of the CUDA decode step's switches (graph.rs: SPECDEC_CUDA_PDL,
-# SPECDEC_CUDA_GEMV_UNROLL, _TILES, _RING, SPECDEC_CUDA_ATT_PREFETCH) in one device call: the
+# SPECDEC_CUDA_GEMV_UNROLL, _TILES, SPECDEC_CUDA_ATT_PREFETCH) in one device call: the
 # GPU tests under the default and under every switch off, then the 7B/1.1B
 # pair (grown as bench-gpu-7b.sh grows it) with each variant, greedy,
 # plain and speculative (k = 8, adaptive k <= 8; the default also k = 12
@@ -8,12 +8,11 @@
 # speedup tables, one per variant, under $OUT.
 #   scripts/build-cuda.sh, then in one device call: OUT=$OUT scripts/ab-gpu.sh
 # VARIANTS picks the runs: default, nopdl, u4, u8, mt1 (k = 8 and adaptive
-# k <= 8; default, mt1, late, reg and ring2 also 12), late (attention loads
-# the cache only after its wait), reg / ring2 (product weights through
-# registers / a ring of 2 rounds, not 3), t07 (k = 4, 8 and adaptive <= 8 at temperature
+# k <= 8; default, mt1 and late also 12), late (attention loads the cache
+# only after its wait), t07 (k = 4, 8 and adaptive <= 8 at temperature
 # 0.7), confX (adaptive windows stopping below confidence X); SKIP_TESTS=1
-# skips the tests, which run under the default, with every switch off, with
-# two tiles a block everywhere, and with a ring of 2 rounds.
+# skips the tests, which run under the default, with every switch off, and
+# with two tiles a block everywhere.
 set -euo pipefail
 OUT="${OUT:-/tmp/ab-gpu-out}"
 source "$(dirname "${BASH_SOURCE[0]}")/gpu-common.sh"
@@ -30,7 +29,6 @@ if [[ -z "${SKIP_TESTS:-}" ]]; then
   run_tests default
   run_tests no-switches SPECDEC_CUDA_PDL=0 SPECDEC_CUDA_GEMV_UNROLL=4 SPECDEC_CUDA_GEMV_TILES=1 SPECDEC_CUDA_ATT_PREFETCH=0
   run_tests two-tiles SPECDEC_CUDA_GEMV_TILES=2
-  run_tests ring2 SPECDEC_CUDA_GEMV_RING=2
 fi
 grow_pair
 variant() { # variant LABEL "ENV..." ARGS...
@@ -49,8 +47,6 @@ for v in ${VARIANTS:-default nopdl u4 u8}; do
     u8) variant u8 "SPECDEC_CUDA_GEMV_UNROLL=8" --k 8 --adaptive-k 8 ;;
     mt1) variant mt1 "SPECDEC_CUDA_GEMV_TILES=1" --k 8,12 --adaptive-k 8,12 ;;
     late) variant late "SPECDEC_CUDA_ATT_PREFETCH=0" --k 8,12 --adaptive-k 8,12 ;;
-    reg) variant reg "SPECDEC_CUDA_GEMV_RING=0" --k 8,12 --adaptive-k 8,12 ;;
-    ring2) variant ring2 "SPECDEC_CUDA_GEMV_RING=2" --k 8,12 --adaptive-k 8,12 ;;
     t07) variant t07 "" --k 4,8 --adaptive-k 8 --temperature 0.7 ;;
     conf*) variant "$v" "" --k 8,12 --adaptive-k 8,12 --min-confidence "${v#conf}" ;;
   esac

@@ -56,9 +56,6 @@ const PTX_SM90: &str = include_str!(concat!(env!("OUT_DIR"), "/specdec_kernels_s
 /// `SPECDEC_CUDA_GEMV_UNROLL=4` or `8` sets the product kernel's slabs in
 /// flight per warp, and `SPECDEC_CUDA_GEMV_TILES=1` or `2` its 16-row
 /// tiles per block, for every matrix (else see [`GraphDecoder::tiling`]);
-/// `SPECDEC_CUDA_GEMV_RING=0`, `2` or `3` streams the product kernel's
-/// weights through registers (0) or a shared-memory ring of that many
-/// rounds (default 3, where the GPU has the shared memory);
 /// `SPECDEC_CUDA_ATT_PREFETCH=0` makes attention read the whole cache after
 /// its wait for the q/k/v product (kernels.cu's `sd_attention_{D}_late`);
 /// `SPECDEC_CUDA_SKIP=part,...` leaves kernels out of the step to time the
@@ -67,7 +64,6 @@ const PTX_SM90: &str = include_str!(concat!(env!("OUT_DIR"), "/specdec_kernels_s
 const PDL_ENV: &str = "SPECDEC_CUDA_PDL";
 const GEMV_UNROLL_ENV: &str = "SPECDEC_CUDA_GEMV_UNROLL";
 const GEMV_TILES_ENV: &str = "SPECDEC_CUDA_GEMV_TILES";
-const GEMV_RING_ENV: &str = "SPECDEC_CUDA_GEMV_RING";
 const ATT_PREFETCH_ENV: &str = "SPECDEC_CUDA_ATT_PREFETCH";
 const SKIP_ENV: &str = "SPECDEC_CUDA_SKIP";
 
@@ -78,16 +74,6 @@ const SKIP_PARTS: [&str; 7] = ["norm", "qkv", "attention", "o", "gate_up", "down
 /// 32-wide k slabs of weight loads in flight per warp and its 16-row tiles
 /// per block.
 const GEMV_TILINGS: [(usize, usize); 3] = [(4, 1), (8, 1), (4, 2)];
-
-/// The ring kernels' (kernels.cu, `sd_gemv_*_r{R}`) rounds: a ring of `R`
-/// rounds of 4 KB a warp, `R * RING_ROUND_BYTES` of dynamic shared memory
-/// a block, the weights of `4 / MT` slabs of `MT` tiles a round.
-const GEMV_RINGS: [usize; 2] = [2, 3];
-const RING_ROUND_BYTES: usize = 8 * 4 * 1024;
-
-/// The most static shared memory a product kernel has (its partial sums at
-/// two tiles and 16 columns), which the ring's must fit beside.
-const GEMV_STATIC_SHARED: usize = 8 * 32 * 16 * 4;
 
 /// A switch's value among `allowed`, `None` when unset.
 fn choice(name: &str, allowed: &[usize]) -> Result<Option<usize>> {
@@ -154,9 +140,8 @@ const MAX_NORM_HIDDEN: usize = 8 * 8 * 256;
 
 struct Kernels {
     embed: CudaFunction,
-    /// `sd_gemv_{NG}_{MODE}_{U}_{MT}[_r{R}]` (see kernels.cu) by `(NG,
-    /// MODE, U, MT, R)`, R = 0 for the kernels without a ring.
-    gemv: HashMap<(usize, usize, usize, usize, usize), CudaFunction>,
+    /// `sd_gemv_{NG}_{MODE}_{U}_{MT}` (see kernels.cu) by `(NG, MODE, U, MT)`.
+    gemv: HashMap<(usize, usize, usize, usize), CudaFunction>,
     rms_norm: CudaFunction,
     rope_kv: CudaFunction,
     attention: CudaFunction,
@@ -235,9 +220,6 @@ pub(crate) struct GraphDecoder {
     /// matrix ([`Self::tiling`]).
     unroll: Option<usize>,
     tiles: Option<usize>,
-    /// Rounds of the product kernel's shared-memory ring (0: weights
-    /// through registers), `SPECDEC_CUDA_GEMV_RING`.
-    ring: usize,
     /// Parts of the step left out (`SPECDEC_CUDA_SKIP`), a bit per
     /// [`SKIP_PARTS`] entry; 0 in normal use.
     skip: u32,
@@ -383,18 +365,6 @@ impl GraphDecoder {
         let unroll = choice(GEMV_UNROLL_ENV, &[4, 8])?;
         let tiles = choice(GEMV_TILES_ENV, &[1, 2])?;
         let skip = parts(SKIP_ENV)?;
-        let optin = stream
-            .context()
-            .attribute(
-                sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN,
-            )
-            .map_err(backend)? as usize;
-        // The ring wants its rounds beside the static partial sums; a GPU
-        // with less shared memory a block streams through registers.
-        let ring = choice(GEMV_RING_ENV, &[0, 2, 3])?
-            .unwrap_or(3)
-            .min(optin.saturating_sub(GEMV_STATIC_SHARED) / RING_ROUND_BYTES);
-        let ring = if ring >= 2 { ring } else { 0 };
         let sms = stream
             .context()
             .attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
@@ -407,29 +377,10 @@ impl GraphDecoder {
         let c = &llama.cfg;
         let mut gemv = HashMap::new();
         for ng in 1..=2 {
-            for mode in 0..=4 {
-                for (u, mt) in GEMV_TILINGS {
+            for (u, mt) in GEMV_TILINGS {
+                for mode in 0..=4 {
                     let name = format!("sd_gemv_{ng}_{mode}_{u}_{mt}");
-                    gemv.insert((ng, mode, u, mt, 0), f(&name)?);
-                }
-                for r in GEMV_RINGS.into_iter().filter(|&r| r == ring) {
-                    for mt in [1, 2] {
-                        let u = 4 / mt;
-                        let k = f(&format!("sd_gemv_{ng}_{mode}_{u}_{mt}_r{r}"))?;
-                        let bytes = r * RING_ROUND_BYTES;
-                        // SAFETY: a function of a module loaded above, and an
-                        // attribute within the device's opt-in limit (`ring`).
-                        unsafe {
-                            sys::cuFuncSetAttribute(
-                                k.cu_function(),
-                                sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
-                                bytes as i32,
-                            )
-                            .result()
-                            .map_err(backend)?;
-                        }
-                        gemv.insert((ng, mode, u, mt, r), k);
-                    }
+                    gemv.insert((ng, mode, u, mt), f(&name)?);
                 }
             }
         }
@@ -519,7 +470,6 @@ impl GraphDecoder {
             pdl,
             unroll,
             tiles,
-            ring,
             skip,
             sms,
             blas,
@@ -842,22 +792,6 @@ impl GraphDecoder {
         pdl: bool,
         args: &mut [*mut c_void],
     ) -> Result<()> {
-        self.launch_shared(f, grid, block, 0, pdl, args)
-    }
-
-    /// [`Self::launch`] with `shared` bytes of dynamic shared memory.
-    ///
-    /// # Safety
-    /// As for [`Self::launch`].
-    unsafe fn launch_shared(
-        &self,
-        f: &CudaFunction,
-        grid: (u32, u32, u32),
-        block: u32,
-        shared: u32,
-        pdl: bool,
-        args: &mut [*mut c_void],
-    ) -> Result<()> {
         let mut attr: sys::CUlaunchAttribute = std::mem::zeroed();
         attr.id = sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION;
         attr.value.programmaticStreamSerializationAllowed = 1;
@@ -868,7 +802,7 @@ impl GraphDecoder {
             blockDimX: block,
             blockDimY: 1,
             blockDimZ: 1,
-            sharedMemBytes: shared,
+            sharedMemBytes: 0,
             hStream: self.stream.cu_stream(),
             attrs: &mut attr,
             numAttrs: u32::from(pdl),
@@ -922,19 +856,7 @@ impl GraphDecoder {
     ) -> Result<()> {
         let (unroll, mt) = self.tiling(m.rows / GEMV_ROWS);
         let blocks = m.rows / GEMV_ROWS / mt;
-        // The ring takes the rule's tiles a block, 4 / MT slabs a round,
-        // unless a switch fixed the tiling.
-        let ring = if self.unroll.is_none() && self.tiles.is_none() {
-            self.ring
-        } else {
-            0
-        };
-        let key = if ring > 0 {
-            (w.div_ceil(8), mode, 4 / mt, mt, ring)
-        } else {
-            (w.div_ceil(8), mode, unroll, mt, 0)
-        };
-        let shared = (ring * RING_ROUND_BYTES) as u32;
+        let key = (w.div_ceil(8), mode, unroll, mt);
         let f = self
             .kernels
             .gemv
@@ -952,11 +874,10 @@ impl GraphDecoder {
             d.n_positions as i32,
         );
         unsafe {
-            self.launch_shared(
+            self.launch(
                 f,
                 (blocks as u32, 1, 1),
                 GEMV_THREADS,
-                shared,
                 self.pdl,
                 &mut args![
                     a.meta, m.ptr, x, y, out, inp, cols, bias, a.cos, a.sin, a.q, k_cache, v_cache,

@@ -196,32 +196,7 @@ struct QkvOut {
   int heads, kv, d, n_positions;
 };
 
-// cp.async of 16 bytes global -> shared, bypassing L1, with an L2
-// evict-first policy (the weights are read once a step), and its group
-// bookkeeping.
-__device__ __forceinline__ void cp_async16(void* dst, const void* src, uint64_t policy) {
-  const unsigned d = (unsigned)__cvta_generic_to_shared(dst);
-  asm volatile("cp.async.cg.shared.global.L2::cache_hint [%0], [%1], 16, %2;\n" ::"r"(d),
-               "l"(src), "l"(policy)
-               : "memory");
-}
-__device__ __forceinline__ void cp_async_commit() {
-  asm volatile("cp.async.commit_group;\n" ::: "memory");
-}
-template <int N>
-__device__ __forceinline__ void cp_async_wait() {
-  asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
-}
-
-// RING = 0: each warp holds UNROLL slabs of weights in registers, loaded a
-// round (UNROLL slabs) at a time, the next round issued after this one's
-// products. RING = R > 0: the weights stream through a ring of R rounds in
-// shared memory by cp.async (GEMV_WARPS * R * UNROLL * MT KB of dynamic
-// shared memory a block), so a warp always has R - 1 to R rounds of
-// weight loads in flight without holding them in registers, and the first
-// R rounds go out before PDL_WAIT. Both add the same products in the same
-// order: the result is the same bits.
-template <int NG, int MODE, int UNROLL, int MT, int RING>
+template <int NG, int MODE, int UNROLL, int MT>
 __device__ void gemv(const int* meta, const bf16* __restrict__ w, const bf16* __restrict__ x,
                      void* y, int out, int k, int ncols, QkvOut qo) {
   __shared__ float part[GEMV_WARPS][16 * MT][8 * NG];
@@ -232,6 +207,30 @@ __device__ void gemv(const int* meta, const bf16* __restrict__ w, const bf16* __
   const uint4* wt = reinterpret_cast<const uint4*>(w) + (size_t)blockIdx.x * MT * slabs * 64 + lane;
   const size_t tile_step = (size_t)slabs * 64;
   constexpr int STEP = GEMV_WARPS * UNROLL;
+  // The first round of weight loads goes out before PDL_WAIT, while the
+  // kernel before this one is still finishing.
+  uint4 lo[UNROLL][MT], hi[UNROLL][MT];
+#pragma unroll
+  for (int u = 0; u < UNROLL; u++) {
+    const int s = warp + u * GEMV_WARPS;
+    if (s < slabs) {
+#pragma unroll
+      for (int mt = 0; mt < MT; mt++) {
+        lo[u][mt] = __ldcs(wt + mt * tile_step + 64 * (size_t)s);
+        hi[u][mt] = __ldcs(wt + mt * tile_step + 64 * (size_t)s + 32);
+      }
+    }
+  }
+  PDL_LAUNCH();
+  PDL_WAIT();
+  const int cols = min(ncols, meta[1]);
+  const uint4* xr[NG];
+  bool live[NG];
+#pragma unroll
+  for (int q = 0; q < NG; q++) {
+    xr[q] = reinterpret_cast<const uint4*>(x + (size_t)(8 * q + g) * k) + t;
+    live[q] = 8 * q + g < cols;
+  }
   float c[MT][NG][4];
 #pragma unroll
   for (int mt = 0; mt < MT; mt++)
@@ -239,132 +238,39 @@ __device__ void gemv(const int* meta, const bf16* __restrict__ w, const bf16* __
     for (int q = 0; q < NG; q++)
 #pragma unroll
       for (int e = 0; e < 4; e++) c[mt][q][e] = 0.f;
-  int cols;
-  if constexpr (RING > 0) {
-    extern __shared__ uint4 ring_mem[];
-    // This warp's ring: slot (round % RING, u, mt) holds 64 uint4 (1 KB); a
-    // lane copies, and later reads, only its own two of them.
-    uint4* ring = ring_mem + (size_t)warp * RING * UNROLL * MT * 64 + lane;
-    uint64_t policy;
-    asm volatile("createpolicy.fractional.L2::evict_first.b64 %0, 1.0;\n" : "=l"(policy));
-    auto issue = [&](int round) {
-      uint4* slot = ring + (size_t)(round % RING) * UNROLL * MT * 64;
-#pragma unroll
-      for (int u = 0; u < UNROLL; u++) {
-        const int s = warp + (round * UNROLL + u) * GEMV_WARPS;
-        if (s < slabs) {
-#pragma unroll
-          for (int mt = 0; mt < MT; mt++) {
-            uint4* d = slot + (u * MT + mt) * 64;
-            cp_async16(d, wt + mt * tile_step + 64 * (size_t)s, policy);
-            cp_async16(d + 32, wt + mt * tile_step + 64 * (size_t)s + 32, policy);
-          }
-        }
-      }
-      cp_async_commit();  // a group a round, empty or not, so that waits count rounds
-    };
-#pragma unroll
-    for (int r = 0; r < RING; r++) issue(r);
-    PDL_LAUNCH();
-    PDL_WAIT();
-    cols = min(ncols, meta[1]);
-    const uint4* xr[NG];
-    bool live[NG];
-#pragma unroll
-    for (int q = 0; q < NG; q++) {
-      xr[q] = reinterpret_cast<const uint4*>(x + (size_t)(8 * q + g) * k) + t;
-      live[q] = 8 * q + g < cols;
-    }
-    for (int round = 0; warp + round * STEP < slabs; round++) {
-      const int s0 = warp + round * STEP;
-      uint4 b[UNROLL][NG];
-#pragma unroll
-      for (int u = 0; u < UNROLL; u++) {
-        const int s = s0 + u * GEMV_WARPS;
-#pragma unroll
-        for (int q = 0; q < NG; q++)
-          b[u][q] = live[q] && s < slabs ? __ldcg(xr[q] + 4 * (size_t)s) : make_uint4(0, 0, 0, 0);
-      }
-      cp_async_wait<RING - 1>();  // this round's group has landed
-      const uint4* slot = ring + (size_t)(round % RING) * UNROLL * MT * 64;
-#pragma unroll
-      for (int u = 0; u < UNROLL; u++) {
-        if (s0 + u * GEMV_WARPS < slabs) {
-#pragma unroll
-          for (int mt = 0; mt < MT; mt++) {
-            const uint4 lo = slot[(u * MT + mt) * 64], hi = slot[(u * MT + mt) * 64 + 32];
-#pragma unroll
-            for (int q = 0; q < NG; q++) {
-              mma_bf16(c[mt][q], lo.x, hi.x, lo.y, hi.y, b[u][q].x, b[u][q].y);
-              mma_bf16(c[mt][q], lo.z, hi.z, lo.w, hi.w, b[u][q].z, b[u][q].w);
-            }
-          }
-        }
-      }
-      // The slot is refilled only after its values went into the products
-      // above (their operands were read in order before this issue).
-      issue(round + RING);
-    }
-    cp_async_wait<0>();
-  } else {
-    // The first round of weight loads goes out before PDL_WAIT, while the
-    // kernel before this one is still finishing.
-    uint4 lo[UNROLL][MT], hi[UNROLL][MT];
+  for (int s0 = warp; s0 < slabs; s0 += STEP) {
+    uint4 b[UNROLL][NG];
 #pragma unroll
     for (int u = 0; u < UNROLL; u++) {
-      const int s = warp + u * GEMV_WARPS;
+      const int s = s0 + u * GEMV_WARPS;
+#pragma unroll
+      for (int q = 0; q < NG; q++)
+        b[u][q] = live[q] && s < slabs ? __ldcg(xr[q] + 4 * (size_t)s) : make_uint4(0, 0, 0, 0);
+    }
+#pragma unroll
+    for (int u = 0; u < UNROLL; u++) {
+      if (s0 + u * GEMV_WARPS < slabs) {
+#pragma unroll
+        for (int mt = 0; mt < MT; mt++) {
+#pragma unroll
+          for (int q = 0; q < NG; q++) {
+            mma_bf16(c[mt][q], lo[u][mt].x, hi[u][mt].x, lo[u][mt].y, hi[u][mt].y, b[u][q].x,
+                     b[u][q].y);
+            mma_bf16(c[mt][q], lo[u][mt].z, hi[u][mt].z, lo[u][mt].w, hi[u][mt].w, b[u][q].z,
+                     b[u][q].w);
+          }
+        }
+      }
+    }
+    // The next round's weights.
+#pragma unroll
+    for (int u = 0; u < UNROLL; u++) {
+      const int s = s0 + STEP + u * GEMV_WARPS;
       if (s < slabs) {
 #pragma unroll
         for (int mt = 0; mt < MT; mt++) {
           lo[u][mt] = __ldcs(wt + mt * tile_step + 64 * (size_t)s);
           hi[u][mt] = __ldcs(wt + mt * tile_step + 64 * (size_t)s + 32);
-        }
-      }
-    }
-    PDL_LAUNCH();
-    PDL_WAIT();
-    cols = min(ncols, meta[1]);
-    const uint4* xr[NG];
-    bool live[NG];
-#pragma unroll
-    for (int q = 0; q < NG; q++) {
-      xr[q] = reinterpret_cast<const uint4*>(x + (size_t)(8 * q + g) * k) + t;
-      live[q] = 8 * q + g < cols;
-    }
-    for (int s0 = warp; s0 < slabs; s0 += STEP) {
-      uint4 b[UNROLL][NG];
-#pragma unroll
-      for (int u = 0; u < UNROLL; u++) {
-        const int s = s0 + u * GEMV_WARPS;
-#pragma unroll
-        for (int q = 0; q < NG; q++)
-          b[u][q] = live[q] && s < slabs ? __ldcg(xr[q] + 4 * (size_t)s) : make_uint4(0, 0, 0, 0);
-      }
-#pragma unroll
-      for (int u = 0; u < UNROLL; u++) {
-        if (s0 + u * GEMV_WARPS < slabs) {
-#pragma unroll
-          for (int mt = 0; mt < MT; mt++) {
-#pragma unroll
-            for (int q = 0; q < NG; q++) {
-              mma_bf16(c[mt][q], lo[u][mt].x, hi[u][mt].x, lo[u][mt].y, hi[u][mt].y, b[u][q].x,
-                       b[u][q].y);
-              mma_bf16(c[mt][q], lo[u][mt].z, hi[u][mt].z, lo[u][mt].w, hi[u][mt].w, b[u][q].z,
-                       b[u][q].w);
-            }
-          }
-        }
-      }
-      // The next round's weights.
-#pragma unroll
-      for (int u = 0; u < UNROLL; u++) {
-        const int s = s0 + STEP + u * GEMV_WARPS;
-        if (s < slabs) {
-#pragma unroll
-          for (int mt = 0; mt < MT; mt++) {
-            lo[u][mt] = __ldcs(wt + mt * tile_step + 64 * (size_t)s);
-            hi[u][mt] = __ldcs(wt + mt * tile_step + 64 * (size_t)s + 32);
-          }
         }
       }
     }
@@ -446,50 +352,33 @@ __device__ void gemv(const int* meta, const bf16* __restrict__ w, const bf16* __
 }
 
 // Every product kernel, sd_gemv_{NG}_{MODE}_{U}_{MT} with UNROLL = U and MT
-// row tiles a block (out % (16 * MT) == 0) and weights through registers,
-// or sd_gemv_{NG}_{MODE}_{U}_{MT}_r{R} through a shared-memory ring of R
-// rounds, takes the same parameters; those after ncols are the q/k/v
-// epilogue's (MODE 4; 0 otherwise). Two tiles a block read each x slab
-// once for both, halving x's traffic from L2 where a window has many
-// columns.
-#define GEMV(NG, MODE, U, MT, R, NAME)                                                   \
+// row tiles a block (out % (16 * MT) == 0), takes the same parameters; those
+// after ncols are the q/k/v epilogue's (MODE 4; 0 otherwise). Two tiles a
+// block read each x slab once for both, halving x's traffic from L2 where
+// a window has many columns.
+#define GEMV(NG, MODE, U, MT)                                                            \
   extern "C" __global__ void __launch_bounds__(32 * GEMV_WARPS, 2)                       \
-      NAME(const int* meta, const bf16* w, const bf16* x, void* y, int out, int k,       \
-           int ncols, const bf16* bias, const float* cos_t, const float* sin_t,          \
-           bf16* q_out, bf16* k_cache, bf16* v_cache, int heads, int kv, int d,          \
-           int n_positions) {                                                            \
-    gemv<NG, MODE, U, MT, R>(meta, w, x, y, out, k, ncols,                               \
-                             QkvOut{bias, cos_t, sin_t, q_out, k_cache, v_cache, heads, kv, \
-                                    d, n_positions});                                    \
+      sd_gemv_##NG##_##MODE##_##U##_##MT(                                                \
+          const int* meta, const bf16* w, const bf16* x, void* y, int out, int k,        \
+          int ncols, const bf16* bias, const float* cos_t, const float* sin_t,           \
+          bf16* q_out, bf16* k_cache, bf16* v_cache, int heads, int kv, int d,           \
+          int n_positions) {                                                             \
+    gemv<NG, MODE, U, MT>(meta, w, x, y, out, k, ncols,                                  \
+                          QkvOut{bias, cos_t, sin_t, q_out, k_cache, v_cache, heads, kv, \
+                                 d, n_positions});                                       \
   }
-#define GEMV_MODES(NG, U, MT)                             \
-  GEMV(NG, 0, U, MT, 0, sd_gemv_##NG##_0_##U##_##MT)      \
-  GEMV(NG, 1, U, MT, 0, sd_gemv_##NG##_1_##U##_##MT)      \
-  GEMV(NG, 2, U, MT, 0, sd_gemv_##NG##_2_##U##_##MT)      \
-  GEMV(NG, 3, U, MT, 0, sd_gemv_##NG##_3_##U##_##MT)      \
-  GEMV(NG, 4, U, MT, 0, sd_gemv_##NG##_4_##U##_##MT)
-#define GEMV_RING_MODES(NG, U, MT, R)                            \
-  GEMV(NG, 0, U, MT, R, sd_gemv_##NG##_0_##U##_##MT##_r##R)      \
-  GEMV(NG, 1, U, MT, R, sd_gemv_##NG##_1_##U##_##MT##_r##R)      \
-  GEMV(NG, 2, U, MT, R, sd_gemv_##NG##_2_##U##_##MT##_r##R)      \
-  GEMV(NG, 3, U, MT, R, sd_gemv_##NG##_3_##U##_##MT##_r##R)      \
-  GEMV(NG, 4, U, MT, R, sd_gemv_##NG##_4_##U##_##MT##_r##R)
+#define GEMV_MODES(NG, U, MT) \
+  GEMV(NG, 0, U, MT)          \
+  GEMV(NG, 1, U, MT)          \
+  GEMV(NG, 2, U, MT)          \
+  GEMV(NG, 3, U, MT)          \
+  GEMV(NG, 4, U, MT)
 GEMV_MODES(1, 4, 1)
 GEMV_MODES(2, 4, 1)
 GEMV_MODES(1, 8, 1)
 GEMV_MODES(2, 8, 1)
 GEMV_MODES(1, 4, 2)
 GEMV_MODES(2, 4, 2)
-// Rings of 2 and 3 rounds of 4 KB (one tile) or 2 x 2 KB (two tiles) a
-// warp: 64 or 96 KB a block, two blocks an SM.
-GEMV_RING_MODES(1, 4, 1, 2)
-GEMV_RING_MODES(2, 4, 1, 2)
-GEMV_RING_MODES(1, 2, 2, 2)
-GEMV_RING_MODES(2, 2, 2, 2)
-GEMV_RING_MODES(1, 4, 1, 3)
-GEMV_RING_MODES(2, 4, 1, 3)
-GEMV_RING_MODES(1, 2, 2, 3)
-GEMV_RING_MODES(2, 2, 2, 3)
 
 // dst = W [out, k] row-major re-laid out tile-major for sd_gemv (see
 // there); tile row r of tile R is source row src_row(R, r): perm 0: 16 R +
