@@ -94,7 +94,7 @@ print(f"plain {r['plain_decode_ms_per_token']:.2f} ms/token decoding, target pas
 for x in r["runs"]:
     print(f"k {x['k']}{' adaptive' if x['min_draft_confidence'] else ''}: {x['ms_per_token']:.2f} ms/token ({x['speedup']:.2f}x), decode {x['decode_ms_per_token']:.2f} ({x['decode_speedup']:.2f}x), r_k {x['verify_cost_ratio']:.2f}, identical {x['identical']}")
 PY
-ours_json t07 --draft "$work/py-1b" --k 4,8 --adaptive-k 8,16 --temperature 0.7
+ours_json t07 --draft "$work/py-1b" --k 4,8,16 --adaptive-k 8,16 --temperature 0.7
 say "ours T=0.7 ($(elapsed))"
 ours py-s --draft "$SPECDEC_SHARED_MODELS/py-s" --k 4,8,16 --adaptive-k 8,16
 say "ours py-s draft ($(elapsed))"
