@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # A/B of the CUDA decode step's switches (graph.rs: SPECDEC_CUDA_PDL,
-# SPECDEC_CUDA_GEMV_UNROLL, _TILES, SPECDEC_CUDA_ATT_PREFETCH) in one device call: the
+# SPECDEC_CUDA_GEMV_UNROLL, _TILES, SPECDEC_CUDA_ATT_PREFETCH, _ROWS) in one device call: the
 # GPU tests under the default and under every switch off, then the 7B/1.1B
 # pair (grown as bench-gpu-7b.sh grows it) with each variant, greedy,
 # plain and speculative (k = 8, adaptive k <= 8; the default also k = 12
@@ -8,8 +8,10 @@
 # speedup tables, one per variant, under $OUT.
 #   scripts/build-cuda.sh, then in one device call: OUT=$OUT scripts/ab-gpu.sh
 # VARIANTS picks the runs: default, nopdl, u4, u8, mt1 (k = 8 and adaptive
-# k <= 8; default, mt1 and late also 12), late (attention loads the cache
-# only after its wait), t07 (k = 4, 8 and adaptive <= 8 at temperature
+# k <= 8; default, mt1, late, single and w1 also 12, and default, single
+# and w1 16), late (attention loads the cache only after its wait), single
+# (attention a block per (head, row) at every width), w1 (the target with
+# a width-1 graph for plain steps too), t07 (k = 4, 8 and adaptive <= 8 at temperature
 # 0.7), confX (adaptive windows stopping below confidence X); SKIP_TESTS=1
 # skips the tests, which run under the default, with every switch off, and
 # with two tiles a block everywhere.
@@ -27,7 +29,7 @@ run_tests() { # run_tests LABEL [ENV...]
 }
 if [[ -z "${SKIP_TESTS:-}" ]]; then
   run_tests default
-  run_tests no-switches SPECDEC_CUDA_PDL=0 SPECDEC_CUDA_GEMV_UNROLL=4 SPECDEC_CUDA_GEMV_TILES=1 SPECDEC_CUDA_ATT_PREFETCH=0
+  run_tests no-switches SPECDEC_CUDA_PDL=0 SPECDEC_CUDA_GEMV_UNROLL=4 SPECDEC_CUDA_GEMV_TILES=1 SPECDEC_CUDA_ATT_PREFETCH=0 SPECDEC_CUDA_ATT_ROWS=0
   run_tests two-tiles SPECDEC_CUDA_GEMV_TILES=2
 fi
 grow_pair
@@ -41,12 +43,14 @@ variant() { # variant LABEL "ENV..." ARGS...
 }
 for v in ${VARIANTS:-default nopdl u4 u8}; do
   case "$v" in
-    default) variant default "" --k 8,12 --adaptive-k 8,12 ;;
+    default) variant default "" --k 8,12,16 --adaptive-k 8,12,16 ;;
     nopdl) variant nopdl "SPECDEC_CUDA_PDL=0" --k 8 --adaptive-k 8 ;;
     u4) variant u4 "SPECDEC_CUDA_GEMV_UNROLL=4" --k 8 --adaptive-k 8 ;;
     u8) variant u8 "SPECDEC_CUDA_GEMV_UNROLL=8" --k 8 --adaptive-k 8 ;;
     mt1) variant mt1 "SPECDEC_CUDA_GEMV_TILES=1" --k 8,12 --adaptive-k 8,12 ;;
     late) variant late "SPECDEC_CUDA_ATT_PREFETCH=0" --k 8,12 --adaptive-k 8,12 ;;
+    single) variant single "SPECDEC_CUDA_ATT_ROWS=0" --k 8,12,16 --adaptive-k 8,12,16 ;;
+    w1) variant w1 "" --k 8,12,16 --adaptive-k 8,12,16 --graph-widths 1,8,16 ;;
     t07) variant t07 "" --k 4,8 --adaptive-k 8 --temperature 0.7 ;;
     conf*) variant "$v" "" --k 8,12 --adaptive-k 8,12 --min-confidence "${v#conf}" ;;
   esac

@@ -58,6 +58,9 @@ const PTX_SM90: &str = include_str!(concat!(env!("OUT_DIR"), "/specdec_kernels_s
 /// tiles per block, for every matrix (else see [`GraphDecoder::tiling`]);
 /// `SPECDEC_CUDA_ATT_PREFETCH=0` makes attention read the whole cache after
 /// its wait for the q/k/v product (kernels.cu's `sd_attention_{D}_late`);
+/// `SPECDEC_CUDA_ATT_ROWS=0` runs a block per (head, row) in graphs wider
+/// than 1 too, instead of a block per head and 2-4 rows
+/// (`sd_attention_rows_{D}`);
 /// `SPECDEC_CUDA_SKIP=part,...` leaves kernels out of the step to time the
 /// rest (parts: `norm`, `qkv`, `attention`, `o`, `gate_up`, `down`,
 /// `head`): the output is then wrong, so it is for timing only.
@@ -65,6 +68,7 @@ const PDL_ENV: &str = "SPECDEC_CUDA_PDL";
 const GEMV_UNROLL_ENV: &str = "SPECDEC_CUDA_GEMV_UNROLL";
 const GEMV_TILES_ENV: &str = "SPECDEC_CUDA_GEMV_TILES";
 const ATT_PREFETCH_ENV: &str = "SPECDEC_CUDA_ATT_PREFETCH";
+const ATT_ROWS_ENV: &str = "SPECDEC_CUDA_ATT_ROWS";
 const SKIP_ENV: &str = "SPECDEC_CUDA_SKIP";
 
 /// The parts of a step that `SPECDEC_CUDA_SKIP` can leave out, by bit.
@@ -145,6 +149,10 @@ struct Kernels {
     rms_norm: CudaFunction,
     rope_kv: CudaFunction,
     attention: CudaFunction,
+    /// `sd_attention_rows_{D}` and its rows per block (kernels.cu's
+    /// ATT_ROWS), for graphs wider than 1, where the model has no sliding
+    /// window and head_dim <= 128.
+    attention_rows: Option<(CudaFunction, usize)>,
     swiglu: CudaFunction,
     argmax: CudaFunction,
 }
@@ -398,6 +406,13 @@ impl GraphDecoder {
                     "_late"
                 }
             ))?,
+            attention_rows: match c.head_dim {
+                16 | 32 | 64 | 128 if c.sliding_window.is_none() && switch(ATT_ROWS_ENV) => Some((
+                    f(&format!("sd_attention_rows_{}", c.head_dim))?,
+                    if c.head_dim == 128 { 2 } else { 4 },
+                )),
+                _ => None,
+            },
             swiglu: f("sd_swiglu")?,
             argmax: f("sd_argmax")?,
         };
@@ -712,10 +727,17 @@ impl GraphDecoder {
                 }
             }
             if !self.skips("attention") {
+                // A block per (head, row) at width 1; wider, a block per
+                // head and `rb` rows, which reads the cache once for them
+                // (the same bits a row, kernels.cu).
+                let (f, rb) = match &self.kernels.attention_rows {
+                    Some((f, rb)) if w > 1 => (f, *rb),
+                    _ => (&self.kernels.attention, 1),
+                };
                 unsafe {
                     self.launch(
-                        &self.kernels.attention,
-                        (d.heads as u32, wi, 1),
+                        f,
+                        (d.heads as u32, w.div_ceil(rb) as u32, 1),
                         ATT_THREADS,
                         self.pdl,
                         &mut args![

@@ -704,6 +704,228 @@ ATTENDS(64)
 ATTENDS(128)
 ATTENDS(256)
 
+// Attention of up to ATT_ROWS(D) consecutive queries (rows) of one head in one
+// block, for models without a sliding window and D <= 128: the block reads
+// each cache row once for all its rows, where sd_attention_{D} has a block
+// per (head, row) that each read the head's whole cache (a verify window
+// of 16 read it 16 times). For each of its rows it does exactly what
+// sd_attention_{D} does (the same chunks per warp, the same online softmax
+// and order of adds, the same merge), so a row's output is the same bits
+// in either kernel and with any rows beside it. As there, cache rows of
+// earlier steps in a warp's first chunk are loaded before PDL_WAIT (K for
+// D <= 128, V for D <= 64). Grid (heads, ceil(width / ATT_ROWS(D))), block
+// 32 * ATT_WARPS; `window` is not read (the host uses this kernel only
+// without one). Rows a block: 4, or 2 at D = 128, where 4 rows' state
+// beside a K row and a batch of V would not fit in 128 registers (2
+// blocks an SM).
+#define ATT_ROWS(D) ((D) >= 128 ? 2 : 4)
+
+// One warp's chunk of keys c ... c + 31 for the block's rows (row r's last
+// key is first_last + r; only rows that see the chunk take it): as
+// attend_chunk for each row, with key c + L's K row from k(0 ... KW - 1)
+// on lane L and the lane's V words of key c + jj from v(jj, words), each
+// loaded once for all rows.
+template <int D, int RB, typename K, typename V>
+__device__ __forceinline__ void attend_rows_chunk(const float (*qs)[D], int c, int first_last,
+                                                  int rows, int lane, bool owns, K&& k, V&& v,
+                                                  float (&m)[RB], float (&l)[RB],
+                                                  float (&acc)[RB][Att<D>::DPL]) {
+  using A = Att<D>;
+  const int j = c + lane;
+  float s[RB];
+  {
+    uint4 kr[A::KW];
+    if (j <= first_last + rows - 1) {
+#pragma unroll
+      for (int i = 0; i < A::KW; i++) kr[i] = k(i);
+    }
+#pragma unroll
+    for (int r = 0; r < RB; r++) {
+      s[r] = -INFINITY;
+      if (r < rows && j <= first_last + r) {
+        float dot = 0.f;
+#pragma unroll
+        for (int i = 0; i < A::KW; i++) {
+          const __nv_bfloat162* e = reinterpret_cast<const __nv_bfloat162*>(&kr[i]);
+#pragma unroll
+          for (int t = 0; t < 4; t++) {
+            const float2 f = __bfloat1622float2(e[t]);
+            dot += qs[r][8 * i + 2 * t] * f.x;
+            dot += qs[r][8 * i + 2 * t + 1] * f.y;
+          }
+        }
+        s[r] = dot;
+      }
+    }
+  }
+  float p[RB];
+#pragma unroll
+  for (int r = 0; r < RB; r++) {
+    p[r] = 0.f;
+    // Uniform across the warp: whether row r sees this chunk at all.
+    if (r < rows && c <= first_last + r) {
+      const float new_m = fmaxf(m[r], warp_max(s[r]));  // lane 0's key exists: finite
+      const float corr = __expf(m[r] - new_m);
+      p[r] = j <= first_last + r ? __expf(s[r] - new_m) : 0.f;
+      l[r] = l[r] * corr + warp_sum(p[r]);
+#pragma unroll
+      for (int t = 0; t < A::DPL; t++) acc[r][t] *= corr;
+      m[r] = new_m;  // only the adds below remain, which do not read m
+    }
+  }
+  const int count = min(32, first_last + rows - c);
+  // V rows in flight: half of attend_chunk's at D = 128, for registers.
+  constexpr int VB = A::WORDS == 2 ? A::VB / 2 : A::VB;
+#pragma unroll
+  for (int j0 = 0; j0 < 32; j0 += VB) {
+    uint32_t raw[VB][A::WORDS];
+#pragma unroll
+    for (int jj = 0; jj < VB; jj++) {
+      if (j0 + jj < count && owns) v(j0 + jj, raw[jj]);
+    }
+#pragma unroll
+    for (int jj = 0; jj < VB; jj++) {
+#pragma unroll
+      for (int r = 0; r < RB; r++) {
+        const float pj = __shfl_sync(FULL, p[r], j0 + jj);
+        // Row r adds key c + j0 + jj when it is one of its keys.
+        if (r < rows && c + j0 + jj <= first_last + r && owns) {
+          if constexpr (A::DPL == 1) {
+            acc[r][0] += pj * __bfloat162float(__ushort_as_bfloat16((unsigned short)raw[jj][0]));
+          } else {
+#pragma unroll
+            for (int t = 0; t < A::WORDS; t++) {
+              const float2 f =
+                  __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&raw[jj][t]));
+              acc[r][2 * t] += pj * f.x;
+              acc[r][2 * t + 1] += pj * f.y;
+            }
+          }
+        }
+      }
+    }
+  }
+}
+
+template <int D, int RB>
+__device__ void attend_rows(const int* meta, const bf16* q, const bf16* k_cache,
+                            const bf16* v_cache, bf16* out, int heads, int kv,
+                            int n_positions, float scale) {
+  using A = Att<D>;
+  PDL_LAUNCH();
+  const bool owns = D >= 32 || (int)(threadIdx.x & 31) < D;
+  __shared__ float qs[RB][D];
+  __shared__ float wm[ATT_WARPS][RB], wl[ATT_WARPS][RB];
+  __shared__ float wacc[ATT_WARPS][RB][D];
+  const int head = blockIdx.x, row0 = blockIdx.y * RB;
+  const int pos = meta[0], n = meta[1];
+  if (row0 >= n) return;
+  const int rows = min(RB, n - row0);
+  const int kvh = head / (heads / kv);
+  // Row r sees keys 0 ... first_last + r; the block reads up to the last.
+  const int first_last = pos + row0, last_max = first_last + rows - 1;
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const bf16* kb = k_cache + (size_t)kvh * n_positions * D;
+  const bf16* vb = v_cache + (size_t)kvh * n_positions * D;
+  const int c0 = warp * 32;
+  const int count0 = c0 <= last_max ? min(32, last_max - c0 + 1) : 0;
+  uint4 k0[A::KW];
+  uint32_t v0[A::PRE_V ? 32 : 1][A::WORDS];
+  if (lane < count0 && c0 + lane < pos) {
+#pragma unroll
+    for (int i = 0; i < A::KW; i++) k0[i] = k_row<D>(kb, c0 + lane)[i];
+  }
+  if constexpr (A::PRE_V) {
+#pragma unroll
+    for (int jj = 0; jj < 32; jj++) {
+      if (jj < count0 && c0 + jj < pos && owns) load_v<D>(vb, c0 + jj, lane, v0[jj]);
+    }
+  }
+  PDL_WAIT();
+  for (int e = threadIdx.x; e < rows * D; e += blockDim.x) {
+    const int r = e / D, d = e % D;
+    qs[r][d] = __bfloat162float(q[((size_t)(row0 + r) * heads + head) * D + d]) * scale;
+  }
+  if (lane < count0 && c0 + lane >= pos) {
+#pragma unroll
+    for (int i = 0; i < A::KW; i++) k0[i] = k_row<D>(kb, c0 + lane)[i];
+  }
+  if constexpr (A::PRE_V) {
+#pragma unroll
+    for (int jj = 0; jj < 32; jj++) {
+      if (jj < count0 && c0 + jj >= pos && owns) load_v<D>(vb, c0 + jj, lane, v0[jj]);
+    }
+  }
+  __syncthreads();
+  float m[RB], l[RB], acc[RB][A::DPL];
+#pragma unroll
+  for (int r = 0; r < RB; r++) {
+    m[r] = -INFINITY;
+    l[r] = 0.f;
+#pragma unroll
+    for (int t = 0; t < A::DPL; t++) acc[r][t] = 0.f;
+  }
+  if (count0 > 0) {
+    auto k = [&](int i) { return k0[i]; };
+    auto from_v0 = [&](int jj, uint32_t(&w)[A::WORDS]) {
+#pragma unroll
+      for (int t = 0; t < A::WORDS; t++) w[t] = v0[A::PRE_V ? jj : 0][t];
+    };
+    auto load = [&](int jj, uint32_t(&w)[A::WORDS]) { load_v<D>(vb, c0 + jj, lane, w); };
+    if constexpr (A::PRE_V) {
+      attend_rows_chunk<D, RB>(qs, c0, first_last, rows, lane, owns, k, from_v0, m, l, acc);
+    } else {
+      attend_rows_chunk<D, RB>(qs, c0, first_last, rows, lane, owns, k, load, m, l, acc);
+    }
+  }
+  for (int c = c0 + ATT_WARPS * 32; c <= last_max; c += ATT_WARPS * 32) {
+    const uint4* kr = k_row<D>(kb, c + lane);
+    attend_rows_chunk<D, RB>(
+        qs, c, first_last, rows, lane, owns, [&](int i) { return kr[i]; },
+        [&](int jj, uint32_t(&w)[A::WORDS]) { load_v<D>(vb, c + jj, lane, w); }, m, l, acc);
+  }
+  if (lane == 0) {
+#pragma unroll
+    for (int r = 0; r < RB; r++) {
+      wm[warp][r] = m[r];
+      wl[warp][r] = l[r];
+    }
+  }
+  if (owns) {
+#pragma unroll
+    for (int r = 0; r < RB; r++)
+#pragma unroll
+      for (int t = 0; t < A::DPL; t++) wacc[warp][r][lane * A::DPL + t] = acc[r][t];
+  }
+  __syncthreads();
+  for (int e = threadIdx.x; e < rows * D; e += blockDim.x) {
+    const int r = e / D, i = e % D;
+    float big = -INFINITY;
+    for (int w = 0; w < ATT_WARPS; w++) big = fmaxf(big, wm[w][r]);
+    float total = 0.f, sum = 0.f;
+    for (int w = 0; w < ATT_WARPS; w++) {
+      if (wl[w][r] > 0.f) {
+        const float ex = __expf(wm[w][r] - big);
+        total += wl[w][r] * ex;
+        sum += wacc[w][r][i] * ex;
+      }
+    }
+    out[((size_t)(row0 + r) * heads + head) * D + i] = __float2bfloat16(sum / total);
+  }
+}
+
+#define ATTEND_ROWS(D)                                                                   \
+  extern "C" __global__ void __launch_bounds__(32 * ATT_WARPS, 2) sd_attention_rows_##D( \
+      const int* meta, const bf16* q, const bf16* k_cache, const bf16* v_cache, bf16* out, \
+      int heads, int kv, int n_positions, int window, float scale) {                     \
+    attend_rows<D, ATT_ROWS(D)>(meta, q, k_cache, v_cache, out, heads, kv, n_positions, \
+                                scale);                                                  \
+  }
+ATTEND_ROWS(16)
+ATTEND_ROWS(32)
+ATTEND_ROWS(64)
+ATTEND_ROWS(128)
+
 // act[row, j] = silu(gu[row, j]) * gu[row, f + j] in f32; grid-stride over width * f.
 extern "C" __global__ void sd_swiglu(const bf16* gu, bf16* act, int rows, int f) {
   PDL_LAUNCH();
