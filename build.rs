@@ -29,7 +29,7 @@ fn main() {
         (90, "specdec_kernels_sm90.ptx"),
     ] {
         let status = Command::new(&nvcc)
-            .args(["--ptx", "-O3", "-std=c++17", "-lineinfo"])
+            .args(["--ptx", "-O3", "-std=c++17"])
             .arg(format!("-arch=compute_{arch}"))
             .arg("-o")
             .arg(out.join(name))
