@@ -1,6 +1,6 @@
 # Sourced (not run) by the scripts that run on the GPU machine from the
 # repo root, carrying .cuda-out (bench-gpu-7b.sh, ab-gpu.sh,
-# breakdown-gpu.sh): their common setup, and the grown 7B / 1.1B pair.
+# breakdown-gpu.sh, profile-gpu.sh): their common setup, and the grown 7B / 1.1B pair.
 # Sets repo, out (results, $OUT), work (grown checkpoints, $WORK; never in
 # the repository), N (tokens a generation), bin and shared; unpacks the
 # binaries and models; exports what the binaries read.

@@ -8,17 +8,9 @@
 #      of ours, summed by kernel name.
 # Writes under $OUT: gemm.txt, ncu.csv, ncu-summary.txt.
 set -euo pipefail
-repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-cd "$repo"
-out="${OUT:-/tmp/gpu-profile}"
-work="${WORK:-/tmp/specdec-7b}"
-mkdir -p "$out" "$work"
-export LD_LIBRARY_PATH="/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}"
-export SPECDEC_MODELS="$repo/models" SPECDEC_SHARED_MODELS="$repo/.cuda-out/models"
-[[ -x .cuda-out/bin/generate ]] || sh .cuda-out/unpack.sh
-if [[ ! -f "$work/py-7b/config.json" ]]; then
-  python3 .cuda-out/shared/grow.py "$SPECDEC_SHARED_MODELS/py-m" "$work/py-7b" --preset llama2-7b > /dev/null
-fi
+OUT="${OUT:-/tmp/gpu-profile}"
+source "$(dirname "${BASH_SOURCE[0]}")/gpu-common.sh"
+grow "$SPECDEC_SHARED_MODELS/py-m" "$work/py-7b" llama2-7b
 
 python3 - <<'PY' | tee "$out/gemm.txt"
 import torch
