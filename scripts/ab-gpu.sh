@@ -1,20 +1,22 @@
 #!/usr/bin/env bash
 # A/B of the CUDA decode step's switches (graph.rs: SPECDEC_CUDA_PDL,
-# SPECDEC_CUDA_GEMV_UNROLL, _TILES, SPECDEC_CUDA_ATT_PREFETCH, _ROWS) in one device call: the
-# GPU tests under the default and under every switch off, then the 7B/1.1B
-# pair (grown as bench-gpu-7b.sh grows it) with each variant, greedy,
-# plain and speculative (k = 8, adaptive k <= 8; the default also k = 12
-# and adaptive k <= 12). Output: the
-# speedup tables, one per variant, under $OUT.
+# SPECDEC_CUDA_GEMV_UNROLL, _TILES, SPECDEC_CUDA_ATT_PREFETCH, _ROWS) in
+# one device call: the GPU tests under the default, with every switch off
+# and with two tiles a block everywhere, then the 7B/1.1B pair (grown as
+# bench-gpu-7b.sh grows it) with each variant, greedy, plain and
+# speculative. Output: the speedup tables, one per variant, under $OUT.
 #   scripts/build-cuda.sh, then in one device call: OUT=$OUT scripts/ab-gpu.sh
-# VARIANTS picks the runs: default, nopdl, u4, u8, mt1 (k = 8 and adaptive
-# k <= 8; default, mt1, late, single and w1 also 12, and default, single
-# and w1 16), late (attention loads the cache only after its wait), single
-# (attention a block per (head, row) at every width), w1 (the target with
-# a width-1 graph for plain steps too), t07 (k = 4, 8 and adaptive <= 8 at temperature
-# 0.7), confX (adaptive windows stopping below confidence X); SKIP_TESTS=1
-# skips the tests, which run under the default, with every switch off, and
-# with two tiles a block everywhere.
+# VARIANTS picks the runs (default "default nopdl u4 u8"):
+#   default, single, w1     k = 8, 12, 16 and adaptive k <= 8, 12, 16
+#   mt1, late               k = 8, 12 and adaptive k <= 8, 12
+#   nopdl, u4, u8           k = 8 and adaptive k <= 8
+#   t07                     k = 4, 8 and adaptive k <= 8 at temperature 0.7
+#   confX                   k = 8, 12 and adaptive k <= 8, 12 stopping below confidence X
+# nopdl: no programmatic dependent launch; u4 / u8 / mt1: the product
+# kernel's slabs in flight / tiles a block fixed; late: attention loads
+# the cache only after its wait; single: attention a block per (head, row)
+# at every width; w1: the target also gets a width-1 graph, for plain
+# steps. SKIP_TESTS=1 skips the tests.
 set -euo pipefail
 OUT="${OUT:-/tmp/ab-gpu-out}"
 source "$(dirname "${BASH_SOURCE[0]}")/gpu-common.sh"
