@@ -24,11 +24,13 @@
 //! (rows `n..w` are padding: computed, never written to the cache, never
 //! read back), or in chunks of the largest. Every kernel computes a row on
 //! its own with a reduction order that does not depend on how many rows
-//! are valid, and the product kernel always computes 8 columns on the
-//! tensor cores, each from its own row alone: a token's logits are the same
-//! bits whether it is decoded alone or verified in a window, at any width,
-//! which makes greedy speculative output identical to plain decoding by
-//! construction. (On the cuBLAS fallback this holds within one width.)
+//! are valid (attention in graphs wider than 1 takes 2-4 rows a block,
+//! reading the cache once for them, but does for each row what the
+//! one-row kernel of width 1 does), and the product kernel always
+//! computes 8 columns on the tensor cores, each from its own row alone: a
+//! token's logits are the same bits whether it is decoded alone or
+//! verified in a window, at any width, which makes greedy speculative
+//! output identical to plain decoding by construction. (On the cuBLAS fallback this holds within one width.)
 
 use std::collections::HashMap;
 use std::ffi::c_void;
