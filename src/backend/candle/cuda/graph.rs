@@ -30,7 +30,8 @@
 //! computes 8 columns on the tensor cores, each from its own row alone: a
 //! token's logits are the same bits whether it is decoded alone or
 //! verified in a window, at any width, which makes greedy speculative
-//! output identical to plain decoding by construction. (On the cuBLAS fallback this holds within one width.)
+//! output identical to plain decoding by construction. (On the cuBLAS
+//! fallback this holds within one width.)
 
 use std::collections::HashMap;
 use std::ffi::c_void;
