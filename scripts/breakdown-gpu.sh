@@ -8,7 +8,7 @@
 # per-call time of plain decoding in `speedup` (7 prompts, $N tokens).
 #   scripts/build-cuda.sh, then in one device call from the repo root,
 #   carrying .cuda-out: OUT=$OUT scripts/breakdown-gpu.sh
-# Extra environment (say SPECDEC_CUDA_GEMV_WAVE=0) applies to every run.
+# Extra environment (say SPECDEC_CUDA_ATT_ROWS=0) applies to every run.
 set -euo pipefail
 OUT="${OUT:-/tmp/breakdown-gpu-out}"
 N="${N:-64}"
