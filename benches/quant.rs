@@ -66,7 +66,7 @@ fn setup() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(2);
     // The second bench to ask finds the pool already running.
-    let _ = specdec::init_thread_pool(Some(threads));
+    let _ = specdec::backend::candle::init_thread_pool(Some(threads));
 }
 
 fn shapes(c: &mut Criterion) {

@@ -12,17 +12,17 @@
 use std::path::PathBuf;
 
 use criterion::{criterion_group, criterion_main, BatchSize, BenchmarkId, Criterion};
+use specdec::sampling::SeededRandom;
 use specdec::sampling::{argmax, gumbel, warp, Sampler, SamplingMode};
-use specdec::verify::{verify_greedy, verify_sampled};
+use specdec::verify::{verify_greedy, verify_logits, verify_sampled};
 use specdec::{
-    CandleModel, Eos, GenerateConfig, Generator, LanguageModel, Logits, NGram, Role,
-    SamplingParams, SeededRandom,
+    CandleModel, Eos, GenerateConfig, Generator, LanguageModel, Logits, NGram, SamplingParams,
 };
 
 fn pair() -> (PathBuf, PathBuf, &'static str) {
     // Forward passes then run on this thread, as a pool thread, like the
     // examples' (the second bench to ask finds the pool already running).
-    let _ = specdec::init_thread_pool(None);
+    let _ = specdec::backend::candle::init_thread_pool(None);
     let shared = std::env::var_os("SPECDEC_SHARED_MODELS")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/models"));
@@ -78,17 +78,17 @@ fn verifier(c: &mut Criterion) {
     let q: Vec<_> = q_rows
         .iter()
         .enumerate()
-        .map(|(i, r)| warp(r, &params, &[], Role::Draft, i).unwrap())
+        .map(|(i, r)| warp(r, &params, &[], i).unwrap())
         .collect();
     let p: Vec<_> = p_rows
         .iter()
         .enumerate()
-        .map(|(i, r)| warp(r, &params, &[], Role::Target, i).unwrap())
+        .map(|(i, r)| warp(r, &params, &[], i).unwrap())
         .collect();
     let draft = [3u32, 17, 99, 1024];
     let mut group = c.benchmark_group("verifier");
     group.bench_function("warp 8192 logits (t=0.8, top-p 0.95)", |b| {
-        b.iter(|| warp(&p_rows[0], &params, &[], Role::Target, 0).unwrap())
+        b.iter(|| warp(&p_rows[0], &params, &[], 0).unwrap())
     });
     group.bench_function("verify_sampled k=5 vocab 8192", |b| {
         b.iter_batched(
@@ -110,10 +110,7 @@ fn verifier(c: &mut Criterion) {
     });
     group.bench_function("greedy: 5 argmax rows + verify_greedy", |b| {
         b.iter(|| {
-            let best: Vec<u32> = p_rows
-                .iter()
-                .map(|r| argmax(r, &[], Role::Target, 0).unwrap())
-                .collect();
+            let best: Vec<u32> = p_rows.iter().map(|r| argmax(r, &[], 0).unwrap()).collect();
             verify_greedy(&draft, &best)
         })
     });
@@ -135,18 +132,15 @@ fn host_verify(c: &mut Criterion) {
     let mut group = c.benchmark_group("host_verify");
     for vocab in [32000usize, 128256, 152064] {
         let target = Logits::new(lm_rows(k, vocab, 2).concat(), vocab);
-        let greedy = Sampler::new(
-            SamplingParams::default(),
-            SamplingMode::Rejection,
-            0,
-            Vec::new(),
-        );
+        // Greedy on the host: each row's argmax (what the default
+        // `forward_greedy` takes), then the longest agreeing prefix.
         group.bench_function(BenchmarkId::new("greedy window of 8", vocab), |b| {
-            b.iter_batched(
-                || SeededRandom::new(1),
-                |mut rng| greedy.verify(&target, 100, &draft, &[], &mut rng).unwrap(),
-                BatchSize::SmallInput,
-            )
+            b.iter(|| {
+                let choices: Vec<u32> = (0..k)
+                    .map(|i| argmax(target.row(i), &[], i).unwrap())
+                    .collect();
+                verify_greedy(&draft, &choices)
+            })
         });
         let params = SamplingParams {
             top_p: Some(0.95),
@@ -156,7 +150,7 @@ fn host_verify(c: &mut Criterion) {
         // One row alone, on this thread: what each row of a window costs.
         group.bench_function(
             BenchmarkId::new("warp one row (T=0.7, top-p 0.95)", vocab),
-            |b| b.iter(|| warp(target.row(0), &params, &[], Role::Target, 0).unwrap()),
+            |b| b.iter(|| warp(target.row(0), &params, &[], 0).unwrap()),
         );
         // Worst case: the draft is the target (q = p on every row, each
         // draft token a likely one), so all 7 are accepted and all 8 rows
@@ -166,23 +160,22 @@ fn host_verify(c: &mut Criterion) {
             .iter()
             .take(k - 1)
             .enumerate()
-            .map(|(i, r)| warp(r, &params, &[], Role::Draft, i).unwrap())
+            .map(|(i, r)| warp(r, &params, &[], i).unwrap())
             .collect();
         let likely: Vec<u32> = (0..k - 1)
-            .map(|i| argmax(target.row(i), &[], Role::Target, i).unwrap())
+            .map(|i| argmax(target.row(i), &[], i).unwrap())
             .collect();
         let q_other: Vec<_> = lm_rows(k - 1, vocab, 1)
             .iter()
             .enumerate()
-            .map(|(i, r)| warp(r, &params, &[], Role::Draft, i).unwrap())
+            .map(|(i, r)| warp(r, &params, &[], i).unwrap())
             .collect();
         let unlikely: Vec<u32> = (0..k - 1)
-            .map(|i| argmax(&lm_rows(k - 1, vocab, 1)[i], &[], Role::Draft, i).unwrap())
+            .map(|i| argmax(&lm_rows(k - 1, vocab, 1)[i], &[], i).unwrap())
             .collect();
         for (draft, q) in [(&likely, &q_same), (&unlikely, &q_other)] {
-            let verdict = sampled
-                .verify(&target, 100, draft, q, &mut SeededRandom::new(1))
-                .unwrap();
+            let verdict =
+                verify_logits(&sampled, &target, 100, draft, q, &mut SeededRandom::new(1)).unwrap();
             let label = format!(
                 "sampled window of 8, {} of 7 accepted (T=0.7, top-p 0.95)",
                 verdict.accepted
@@ -190,7 +183,7 @@ fn host_verify(c: &mut Criterion) {
             group.bench_function(BenchmarkId::new(label, vocab), |b| {
                 b.iter_batched(
                     || SeededRandom::new(1),
-                    |mut rng| sampled.verify(&target, 100, draft, q, &mut rng).unwrap(),
+                    |mut rng| verify_logits(&sampled, &target, 100, draft, q, &mut rng).unwrap(),
                     BatchSize::SmallInput,
                 )
             });

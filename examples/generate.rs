@@ -32,9 +32,9 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use specdec::{
-    CandleModel, ChatMessage, Drafter, Eos, Error, GenerateConfig, GenerationPrompt, Generator,
-    LanguageModel, NGram, Output, Role, SamplingMode, SamplingParams,
-};
+    CandleModel, ChatMessage, Drafter, Eos, Error, GenerateConfig, Generator, LanguageModel, NGram,
+    Output, Role, SamplingMode, SamplingParams,
+, GenerationPrompt};
 
 mod common;
 
@@ -79,9 +79,10 @@ struct Args {
     /// Adaptive windows: the draft stops proposing when its next token's
     /// probability is below this (0 = always draft k - 1). Greedy output
     /// does not change, nor the distribution of sampled output.
-    #[arg(long, default_value_t = GenerateConfig::default().min_draft_confidence,
+    #[arg(long, alias = "min-confidence",
+          default_value_t = GenerateConfig::default().min_draft_confidence,
           allow_negative_numbers = true)]
-    min_confidence: f32,
+    min_draft_confidence: f32,
     /// Sampling temperature; 0 = greedy.
     #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
     temperature: f32,
@@ -151,7 +152,7 @@ fn run(args: &Args) -> anyhow::Result<()> {
             SamplingMode::Rejection
         },
         seed: args.seed,
-        min_draft_confidence: args.min_confidence,
+        min_draft_confidence: args.min_draft_confidence,
         stop_strings: args.stop.clone(),
         eos: if args.ignore_eos {
             Eos::Ignore
@@ -227,7 +228,7 @@ fn run(args: &Args) -> anyhow::Result<()> {
     let output = output.map_err(|e| {
         let dir = match e.root_cause() {
             Error::NonFiniteLogits { role, .. } | Error::EmptyDistribution { role, .. } => {
-                Some(if *role == Role::Target {
+                Some(if *role == Some(Role::Target) {
                     &target_dir
                 } else {
                     &draft_dir

@@ -29,7 +29,7 @@
 //! speculative on the same prompt), not ratios of the median times.
 //!
 //! `--adaptive-k 4,8` adds rows for adaptive windows: the draft stops
-//! proposing when its next token's probability is below `--min-confidence`
+//! proposing when its next token's probability is below `--min-draft-confidence`
 //! (the library default, 0.3), so windows vary from 1 to `k`. The closed
 //! form assumes a fixed window, so these rows are "predicted" from the cost
 //! model alone: the tokens they produced over (draft passes x `c` + the sum
@@ -98,13 +98,14 @@ struct Args {
           value_parser = common::window, allow_negative_numbers = true)]
     k: Vec<usize>,
     /// Adaptive windows to measure too, comma-separated largest windows: the
-    /// draft stops proposing below `--min-confidence`.
+    /// draft stops proposing below `--min-draft-confidence`.
     #[arg(long, value_delimiter = ',', value_parser = common::window, allow_negative_numbers = true)]
     adaptive_k: Vec<usize>,
     /// The draft confidence below which adaptive windows stop drafting.
-    #[arg(long, default_value_t = GenerateConfig::default().min_draft_confidence,
+    #[arg(long, alias = "min-confidence",
+          default_value_t = GenerateConfig::default().min_draft_confidence,
           allow_negative_numbers = true)]
-    min_confidence: f32,
+    min_draft_confidence: f32,
     /// Sampling temperature (0 = greedy, where outputs must be identical).
     #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
     temperature: f32,
@@ -200,7 +201,7 @@ fn median(values: &[f64]) -> f64 {
 struct Row {
     k: usize,
     /// The adaptive runs' confidence threshold; 0 for fixed windows.
-    min_confidence: f32,
+    min_draft_confidence: f32,
     mean_window: f64,
     ms_per_token: f64,
     speedup: f64,
@@ -254,8 +255,8 @@ fn run(args: &Args) -> anyhow::Result<()> {
         "--k and --adaptive-k take windows >= 2"
     );
     anyhow::ensure!(
-        args.min_confidence > 0.0 && args.min_confidence <= 1.0,
-        "--min-confidence takes a probability in (0, 1]"
+        args.min_draft_confidence > 0.0 && args.min_draft_confidence <= 1.0,
+        "--min-draft-confidence takes a probability in (0, 1]"
     );
     anyhow::ensure!(
         args.ngram.is_none() || args.adaptive_k.is_empty(),
@@ -313,7 +314,11 @@ fn run(args: &Args) -> anyhow::Result<()> {
         .k
         .iter()
         .map(|&k| (k, 0.0))
-        .chain(args.adaptive_k.iter().map(|&k| (k, args.min_confidence)))
+        .chain(
+            args.adaptive_k
+                .iter()
+                .map(|&k| (k, args.min_draft_confidence)),
+        )
         .collect();
     let mut spec: Vec<Series> = settings
         .iter()
@@ -375,7 +380,7 @@ fn run(args: &Args) -> anyhow::Result<()> {
     let rows: Vec<Row> = spec
         .iter()
         .zip(&settings)
-        .map(|(s, &(k, min_confidence))| {
+        .map(|(s, &(k, min_draft_confidence))| {
             let alpha = s.accepted as f64 / (s.accepted + s.rejections).max(1) as f64;
             let r_k = median(&Series::ratio_to(
                 &s.verify_per_call,
@@ -399,7 +404,7 @@ fn run(args: &Args) -> anyhow::Result<()> {
                     &(0..s.alpha.len())
                         .map(|i| {
                             let c_i = s.draft_per_call[i] / base[i];
-                            if min_confidence == 0.0 {
+                            if min_draft_confidence == 0.0 {
                                 let r_i = s.verify_per_call[i] / base[i];
                                 return predicted(s.alpha[i], k, c_i, r_i);
                             }
@@ -428,7 +433,7 @@ fn run(args: &Args) -> anyhow::Result<()> {
             };
             Row {
                 k,
-                min_confidence,
+                min_draft_confidence,
                 mean_window: s.scored_positions as f64 / s.target_calls.max(1) as f64,
                 ms_per_token: ms,
                 speedup: median(&Series::ratio_to(&plain.ms_per_token, &s.ms_per_token)),
@@ -465,7 +470,7 @@ fn run(args: &Args) -> anyhow::Result<()> {
             .iter()
             .map(|r| {
                 serde_json::json!({
-                    "k": r.k, "min_draft_confidence": r.min_confidence, "mean_window": r.mean_window,
+                    "k": r.k, "min_draft_confidence": r.min_draft_confidence, "mean_window": r.mean_window,
                     "ms_per_token": r.ms_per_token, "speedup": r.speedup,
                     "decode_ms_per_token": r.decode_ms_per_token, "decode_speedup": r.decode_speedup,
                     "acceptance_rate": r.acceptance_rate, "alpha": r.alpha,
@@ -546,13 +551,13 @@ fn run(args: &Args) -> anyhow::Result<()> {
     if !args.adaptive_k.is_empty() {
         println!(
             "adaptive rows (k <= K): the draft stops below confidence {}; their \"predicted\" is the cost model only (their measured tokens and draft passes, verify costs r_w from the fixed rows), a check for unexplained overhead",
-            args.min_confidence
+            args.min_draft_confidence
         );
     }
     println!("|     k | ms/token | speedup | decode ms/token | decode speedup | predicted | acceptance | alpha | tokens/pass | mean window | matched | verify cost r_k | identical |");
     println!("|------:|---------:|--------:|----------------:|---------------:|----------:|-----------:|------:|------------:|------------:|--------:|----------------:|:---------:|");
     for r in &rows {
-        let k = if r.min_confidence > 0.0 {
+        let k = if r.min_draft_confidence > 0.0 {
             format!("<= {}", r.k)
         } else {
             r.k.to_string()
@@ -589,8 +594,14 @@ fn run(args: &Args) -> anyhow::Result<()> {
 /// for fixed windows; adaptive windows as dots (measured filled, predicted
 /// hollow) at their largest window.
 fn svg(all: &[Row], args: &Args) -> String {
-    let rows: Vec<&Row> = all.iter().filter(|r| r.min_confidence == 0.0).collect();
-    let adaptive: Vec<&Row> = all.iter().filter(|r| r.min_confidence > 0.0).collect();
+    let rows: Vec<&Row> = all
+        .iter()
+        .filter(|r| r.min_draft_confidence == 0.0)
+        .collect();
+    let adaptive: Vec<&Row> = all
+        .iter()
+        .filter(|r| r.min_draft_confidence > 0.0)
+        .collect();
     let (w, h, left, right, top, bottom) = (560.0, 340.0, 60.0, 20.0, 40.0, 50.0);
     let kmin = all.iter().map(|r| r.k).min().unwrap_or(2) as f64;
     let kmax = (all.iter().map(|r| r.k).max().unwrap_or(8) as f64).max(kmin + 1.0);
@@ -665,7 +676,7 @@ fn svg(all: &[Row], args: &Args) -> String {
 "##,
             left + 10.0,
             top + 20.0,
-            r.min_confidence
+            r.min_draft_confidence
         );
     }
     out += &format!(

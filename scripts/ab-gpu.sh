@@ -54,6 +54,6 @@ for v in ${VARIANTS:-default nopdl u4 u8}; do
     single) variant single "SPECDEC_CUDA_ATT_ROWS=0" --k 8,12,16 --adaptive-k 8,12,16 ;;
     w1) variant w1 "" --k 8,12,16 --adaptive-k 8,12,16 --graph-widths 1,8,16 ;;
     t07) variant t07 "" --k 4,8 --adaptive-k 8 --temperature 0.7 ;;
-    conf*) variant "$v" "" --k 8,12 --adaptive-k 8,12 --min-confidence "${v#conf}" ;;
+    conf*) variant "$v" "" --k 8,12 --adaptive-k 8,12 --min-draft-confidence "${v#conf}" ;;
   esac
 done

@@ -3,10 +3,6 @@
 use crate::error::{Error, Result};
 use crate::sampling::{SamplingMode, SamplingParams};
 
-/// The largest window accepted. Acceptance decays geometrically along the
-/// window, so beyond a few dozen tokens a window only costs.
-pub const MAX_WINDOW: usize = 64;
-
 /// Which tokens end a sequence.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub enum Eos {
@@ -25,7 +21,7 @@ pub enum Eos {
 pub struct GenerateConfig {
     /// Most tokens to generate (EOS excluded).
     pub max_new_tokens: usize,
-    /// Window `k`, `1..=MAX_WINDOW`: the target scores up to `k` positions
+    /// Window `k`, `1..=`[`GenerateConfig::MAX_WINDOW`]: the target scores up to `k` positions
     /// per pass, up to `k - 1` of them drafted (exactly, with
     /// `min_draft_confidence` 0). `k = 1` is plain decoding of the target.
     pub k: usize,
@@ -88,11 +84,19 @@ impl Default for GenerateConfig {
 }
 
 impl GenerateConfig {
+    /// The largest window `k` accepted. Acceptance decays geometrically
+    /// along the window, so beyond a few dozen tokens a window only costs.
+    pub const MAX_WINDOW: usize = 64;
+
     /// Checks the settings that need no model: `k`, sampling ranges,
     /// `min_draft_confidence`, stop strings. The error names the setting.
     pub fn validate(&self) -> Result<()> {
-        if self.k == 0 || self.k > MAX_WINDOW {
-            return Err(Error::setting("k", self.k, format!("1..={MAX_WINDOW}")));
+        if self.k == 0 || self.k > Self::MAX_WINDOW {
+            return Err(Error::setting(
+                "k",
+                self.k,
+                format!("1..={}", Self::MAX_WINDOW),
+            ));
         }
         self.sampling.validate()?;
         let confidence = self.min_draft_confidence;

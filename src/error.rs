@@ -28,6 +28,18 @@ impl std::fmt::Display for Role {
     }
 }
 
+/// `"target model"`, `"draft model"`, or `"model"` when the role is unknown.
+struct RoleLabel(Option<Role>);
+
+impl std::fmt::Display for RoleLabel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Some(role) => write!(f, "{role} model"),
+            None => f.write_str("model"),
+        }
+    }
+}
+
 /// Everything that can go wrong in specdec.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -194,22 +206,47 @@ pub enum Error {
         limit: usize,
     },
 
-    /// A forward pass was asked for something the model cannot do (past
-    /// `n_positions`, an empty input, a truncation beyond the cached length,
-    /// or a shape a static-shape backend did not compile).
+    /// A forward pass or truncation asked for more than the model holds:
+    /// positions past `n_positions`, an empty input, a token id outside the
+    /// vocabulary, or a truncation beyond the cached length. The request is
+    /// at fault, and the model's cache is as it was.
     #[error("{model}: {message}")]
-    Shape {
-        /// Which model (its name or role).
+    OutOfRange {
+        /// Which model (its name).
         model: String,
         /// The offending request and the limit.
         message: String,
     },
 
+    /// A static-shape model was asked for a shape it has no compiled graph
+    /// for: a window, a prompt bucket or a batch size (see
+    /// [`StaticShapes`](crate::backend::static_shape::StaticShapes)).
+    #[error("{model}: {message}")]
+    NotCompiled {
+        /// Which model (its name or role).
+        model: String,
+        /// The shape asked for and the compiled ones.
+        message: String,
+    },
+
+    /// A backend or a drafter returned something its contract rules out:
+    /// logits of the wrong shape, a greedy choice past the vocabulary, a
+    /// proposal longer than asked or with `q` rows that do not match its
+    /// tokens. A bug in that component, not in the input.
+    #[error("{model} broke its contract: {message}")]
+    Contract {
+        /// The component (a model's name, or `drafter`).
+        model: String,
+        /// What it returned and what was expected.
+        message: String,
+    },
+
     /// A backend returned logits with NaN or +inf.
-    #[error("{role} model returned a non-finite logit {value} at window position {position}, token id {token}")]
+    #[error("{} returned a non-finite logit {value} at window position {position}, token id {token}", RoleLabel(*role))]
     NonFiniteLogits {
-        /// The model.
-        role: Role,
+        /// The model, where known: sampling functions and backends leave it
+        /// `None`, and the generator names the model it asked.
+        role: Option<Role>,
         /// Row of the forward's output (0 = first new token).
         position: usize,
         /// Column (token id).
@@ -220,10 +257,10 @@ pub enum Error {
 
     /// After suppression and top-k / top-p / min-p no token is left with
     /// nonzero probability.
-    #[error("{role} model: no token has nonzero probability at window position {position} (every logit is -inf or suppressed)")]
+    #[error("{}: no token has nonzero probability at window position {position} (every logit is -inf or suppressed)", RoleLabel(*role))]
     EmptyDistribution {
-        /// The model.
-        role: Role,
+        /// The model, where known (as for [`Error::NonFiniteLogits`]).
+        role: Option<Role>,
         /// Row of the forward's output.
         position: usize,
     },
@@ -297,6 +334,20 @@ impl Error {
             self.root_cause(),
             Error::NonFiniteLogits { .. } | Error::EmptyDistribution { .. }
         )
+    }
+
+    /// Names `role` as the model a logits fault ([`Error::NonFiniteLogits`],
+    /// [`Error::EmptyDistribution`]) came from, where it names none yet;
+    /// any other error is returned as it is. Sampling functions and
+    /// backends know only a row of logits: the caller that asked a model
+    /// adds which one it was.
+    pub fn for_role(mut self, model: Role) -> Self {
+        if let Error::NonFiniteLogits { role, .. } | Error::EmptyDistribution { role, .. } =
+            &mut self
+        {
+            role.get_or_insert(model);
+        }
+        self
     }
 
     pub(crate) fn setting(

@@ -2,8 +2,9 @@
 //!
 //! Read top to bottom: building a generator, one generation (checks, the
 //! prompt pass), then the loop itself in [`Generator::decode`]'s four
-//! numbered steps. Token choice lives in [`crate::sampling`], the verdicts
-//! in [`crate::verify`], proposing in [`crate::draft`], and turning
+//! numbered steps, named as in the [crate docs](crate). Token choice lives
+//! in [`crate::sampling`], the target's pass and verdict in
+//! [`crate::verify`], proposing in [`crate::drafter`], and turning
 //! committed tokens into output (EOS, stop strings, streaming) in
 //! `output.rs`.
 
@@ -11,43 +12,42 @@ use std::ops::ControlFlow;
 use std::time::Instant;
 
 use crate::config::{Eos, GenerateConfig};
-use crate::draft::model::{check_fits, check_static_shapes, expect_rows};
-use crate::draft::{allowed_at_most, Draft, DraftRequest, Drafter};
+use crate::drafter::{DraftRequest, Drafter, Proposal};
 use crate::error::{Error, Result, Role};
-use crate::model::LanguageModel;
+use crate::model::{check_fits, check_static_shapes, LanguageModel};
 use crate::output::{Chunk, Emitter, Output, Release, StopReason};
 use crate::sampling::{RandomSource, Sampler, SamplingMode, SeededRandom};
 use crate::stats::Stats;
 use crate::tokenizer::Tokenizer;
-use crate::verify::{verify_greedy, NextKind, Verdict};
+use crate::verify::{verify_window, NextKind, Verdict};
 
 /// Exact speculative decoding: a drafter proposes, a target model verifies a
 /// window of `k` positions in one forward pass, and the verifier keeps the
 /// output distributed exactly as the target's.
 ///
-/// `D` is any [`Drafter`]: a draft [`LanguageModel`] (`Generator::new(target,
-/// draft_model)`) or the [`NGram`](crate::NGram) drafter, which needs no
-/// model (`Generator::new(target, NGram::new(3)?)`). See the [crate
-/// docs](crate) for the algorithm step by step.
+/// `D` is the [`Drafter`]: a draft model (any [`LanguageModel`]:
+/// `Generator::new(target, draft_model)`) or the [`NGram`](crate::NGram)
+/// drafter, which needs no model (`Generator::new(target, NGram::new(3)?)`).
+/// See the [crate docs](crate) for the algorithm step by step.
 pub struct Generator<T, D> {
     target: T,
-    draft: D,
+    drafter: D,
     tokenizer: Option<Tokenizer>,
 }
 
 impl<T: LanguageModel, D: Drafter> Generator<T, D> {
-    /// Couples `target` and `draft`. A draft model must share the target's
+    /// Couples `target` and `drafter`. A draft model must share the target's
     /// vocabulary: when both have tokenizers, every id must map to the same
     /// token, and their logits must be equally wide (a draft whose embedding
     /// is padded differently could propose ids the target lacks, or fail to
     /// read the target's).
-    pub fn new(target: T, draft: D) -> Result<Self> {
-        draft.check_target(&target)?;
+    pub fn new(target: T, drafter: D) -> Result<Self> {
+        drafter.check_target(&target)?;
         check_static_shapes(Role::Target, &target.shapes())?;
         let tokenizer = target.tokenizer().cloned();
         Ok(Self {
             target,
-            draft,
+            drafter,
             tokenizer,
         })
     }
@@ -57,9 +57,9 @@ impl<T: LanguageModel, D: Drafter> Generator<T, D> {
         &self.target
     }
 
-    /// The drafter (the draft model, for a model drafter).
-    pub fn draft(&self) -> &D {
-        &self.draft
+    /// The drafter (the draft model, when the drafter is one).
+    pub fn drafter(&self) -> &D {
+        &self.drafter
     }
 
     /// The target's tokenizer, if it has one.
@@ -69,13 +69,13 @@ impl<T: LanguageModel, D: Drafter> Generator<T, D> {
 
     /// Gives the target and the drafter back.
     pub fn into_parts(self) -> (T, D) {
-        (self.target, self.draft)
+        (self.target, self.drafter)
     }
 
     /// The window actually used for a requested `k`: `k` itself for dynamic
     /// backends, else the largest compiled window `<= k` of the target.
     pub fn effective_k(&self, k: usize) -> usize {
-        allowed_at_most(&self.target.shapes(), k)
+        self.target.shapes().largest_window_at_most(k)
     }
 
     /// Generates from prompt ids.
@@ -161,9 +161,11 @@ impl<T: LanguageModel, D: Drafter> Generator<T, D> {
         let head = &prompt[..prompt.len() - 1];
         self.target.reset()?;
         if !head.is_empty() {
-            self.target.prefill(head)?;
+            self.target
+                .prefill(head)
+                .map_err(|e| e.for_role(Role::Target))?;
         }
-        self.draft.start(if k > 1 { head } else { &[] })?;
+        self.drafter.start(if k > 1 { head } else { &[] })?;
         run.stats.prefill = start.elapsed();
 
         let start = Instant::now();
@@ -210,7 +212,7 @@ impl<T: LanguageModel, D: Drafter> Generator<T, D> {
                 self.target.eos_token_ids().iter().copied().collect();
             if eos.iter().filter(|&&t| (t as usize) < vocab).count() == vocab {
                 return Err(Error::EmptyDistribution {
-                    role: Role::Target,
+                    role: Some(Role::Target),
                     position: 0,
                 });
             }
@@ -222,7 +224,7 @@ impl<T: LanguageModel, D: Drafter> Generator<T, D> {
             config.max_new_tokens,
         )?;
         if config.k > 1 {
-            self.draft
+            self.drafter
                 .check_limits(prompt.len(), config.max_new_tokens)?;
         }
         Ok(())
@@ -242,79 +244,64 @@ impl<T: LanguageModel, D: Drafter> Generator<T, D> {
                 return Ok(StopReason::MaxNewTokens);
             }
             // 1. Propose up to `window - 1` draft tokens (fewer when the
-            // drafter loses confidence or, for the n-gram drafter, finds
-            // fewer or no match).
-            let window = allowed_at_most(&target_shapes, run.k.min(remaining));
+            // draft model loses confidence or, for the n-gram drafter,
+            // finds fewer or no match).
+            let window = target_shapes.largest_window_at_most(run.k.min(remaining));
             let started = Instant::now();
-            let draft = if window > 1 {
+            let proposal = if window > 1 {
                 let mut request = DraftRequest {
                     committed: &run.committed,
                     max: window - 1,
                     sampler: &run.sampler,
                     rng: &mut *rng,
-                    min_confidence: run.config.min_draft_confidence,
+                    min_draft_confidence: run.config.min_draft_confidence,
                     target_shapes: &target_shapes,
                 };
-                let mut draft = self.draft.propose(&mut request)?;
-                self.check_draft(&draft, window - 1, run.sampler.mode())?;
+                let mut proposal = self.drafter.propose(&mut request)?;
+                self.check_proposal(&proposal, window - 1, run.sampler.mode())?;
                 // A static-shape target runs compiled windows only: a
                 // shorter proposal (an n-gram match running out) is cut to
-                // the largest one it fills. A model drafter never needs
+                // the largest one it fills. A draft model never needs
                 // this: it stops only where a compiled window remains.
-                let fits = allowed_at_most(&target_shapes, draft.tokens.len() + 1) - 1;
-                draft.tokens.truncate(fits);
-                draft.q.truncate(fits);
-                draft
+                let fits = target_shapes.largest_window_at_most(proposal.tokens.len() + 1) - 1;
+                proposal.tokens.truncate(fits);
+                proposal.q.truncate(fits);
+                proposal
             } else {
-                Draft::default()
+                Proposal::default()
             };
             run.stats.draft_time += started.elapsed();
 
             // 2. Verify: one target pass over the last committed token and
-            // the draft tokens, then the verdict (accepted + one more).
+            // the draft tokens, and the verdict (accepted + one more).
             let started = Instant::now();
             let base = run.committed.len();
-            let mut tokens = Vec::with_capacity(draft.tokens.len() + 1);
+            let mut tokens = Vec::with_capacity(proposal.tokens.len() + 1);
             tokens.push(run.committed[base - 1]);
-            tokens.extend_from_slice(&draft.tokens);
-            let verdict = if run.sampler.is_greedy() {
-                // Ids, not logits: a device backend takes the argmax where
-                // the logits are.
-                let choices =
-                    self.target
-                        .forward_greedy(&tokens, run.sampler.suppressed(), Role::Target)?;
-                if choices.len() != tokens.len() {
-                    return Err(Error::Shape {
-                        model: self.target.name().to_string(),
-                        message: format!(
-                            "forward_greedy of {} tokens returned {} choices",
-                            tokens.len(),
-                            choices.len()
-                        ),
-                    });
-                }
-                verify_greedy(&draft.tokens, &choices)
-            } else {
-                let logits = self.target.forward(&tokens)?;
-                expect_rows(&logits, tokens.len(), &self.target)?;
-                run.sampler
-                    .verify(&logits, base, &draft.tokens, &draft.q, rng)?
-            };
+            tokens.extend_from_slice(&proposal.tokens);
+            let verdict = verify_window(
+                &mut self.target,
+                &run.sampler,
+                &tokens,
+                &proposal,
+                base,
+                rng,
+            )?;
 
-            // 3. Roll the target and the drafter back to what is now
-            // committed (the new last token stays pending for the next
-            // window).
+            // 3. Accept: roll the target and the drafter back to the
+            // accepted prefix (the recovered or bonus token stays pending,
+            // fed first by the next window).
             let keep = base + verdict.accepted;
             if self.target.cached_len() > keep {
                 self.target.truncate(keep)?;
             }
-            self.draft.rollback(keep)?;
+            self.drafter.rollback(keep)?;
             run.stats.verify_time += started.elapsed();
-            run.record(&draft, window - 1, &verdict);
+            run.record(&proposal, window - 1, &verdict);
 
             // 4. Commit, stopping at EOS, a stop string or the budget.
             let mut stop = None;
-            for &token in draft.tokens[..verdict.accepted]
+            for &token in proposal.tokens[..verdict.accepted]
                 .iter()
                 .chain([&verdict.next])
             {
@@ -341,7 +328,7 @@ impl<T: LanguageModel, D: Drafter> Generator<T, D> {
 
     /// A drafter's proposal must fit the window and the vocabulary, and
     /// carry one `q` per token or none (none is a point mass).
-    fn check_draft(&self, draft: &Draft, max: usize, mode: SamplingMode) -> Result<()> {
+    fn check_proposal(&self, draft: &Proposal, max: usize, mode: SamplingMode) -> Result<()> {
         let vocab = self.target.vocab_size();
         let problem = if draft.tokens.len() > max {
             format!(
@@ -363,7 +350,7 @@ impl<T: LanguageModel, D: Drafter> Generator<T, D> {
         } else {
             return Ok(());
         };
-        Err(Error::Shape {
+        Err(Error::Contract {
             model: "drafter".into(),
             message: problem,
         })
@@ -383,7 +370,7 @@ struct Run<'a> {
 
 impl Run<'_> {
     /// Counts one window: `room` draft tokens were allowed.
-    fn record(&mut self, draft: &Draft, room: usize, verdict: &Verdict) {
+    fn record(&mut self, draft: &Proposal, room: usize, verdict: &Verdict) {
         let s = &mut self.stats;
         let drafted = draft.tokens.len();
         s.target_calls += 1;

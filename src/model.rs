@@ -40,8 +40,8 @@
 //! [`crate::StaticShapeModel`] wraps any model and enforces exactly these rules,
 //! which is how the CPU backend stands in as the reference for such a backend.
 
-use crate::error::{Result, Role};
-use crate::sampling::{argmax, greedy_pick};
+use crate::error::{Error, Result, Role};
+use crate::sampling::{argmax, greedy_pick, Confidence};
 use crate::tokenizer::Tokenizer;
 
 /// Logits of a forward pass: `[n, vocab]` row-major `f32`, one row per new
@@ -94,6 +94,34 @@ impl Logits {
     pub fn as_slice(&self) -> &[f32] {
         &self.data
     }
+
+    /// Checks these are `[rows, vocab]` logits, as the contract says a
+    /// forward of `rows` tokens returns; [`Error::Contract`] naming `model`
+    /// otherwise (a bug in that backend).
+    pub fn expect_shape(&self, rows: usize, vocab: usize, model: &str) -> Result<()> {
+        if self.rows() != rows || self.vocab() != vocab {
+            return Err(Error::Contract {
+                model: model.to_string(),
+                message: format!(
+                    "returned logits [{}, {}], expected [{rows}, {vocab}]",
+                    self.rows(),
+                    self.vocab()
+                ),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Which rows of logits a forward pass returns: a backend's private
+/// switch between [`LanguageModel::forward`] and
+/// [`LanguageModel::forward_last`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Rows {
+    /// One row per new token, `[n, vocab]`.
+    All,
+    /// The last new token's row only, `[1, vocab]`.
+    Last,
 }
 
 /// Shapes a backend can run. Dynamic backends (candle on CPU or CUDA) run any
@@ -104,6 +132,25 @@ pub enum Shapes {
     Dynamic,
     /// Only the compiled shapes.
     Static(StaticShapes),
+}
+
+impl Shapes {
+    /// The largest token count `<= n` a forward may have: `n` itself for a
+    /// dynamic backend, else the largest compiled window `<= n` (1, plain
+    /// decoding, when none is; [`check_static_shapes`] makes sure 1 is
+    /// compiled).
+    pub fn largest_window_at_most(&self, n: usize) -> usize {
+        match self {
+            Shapes::Dynamic => n,
+            Shapes::Static(s) => s
+                .windows
+                .iter()
+                .copied()
+                .filter(|&w| w <= n)
+                .max()
+                .unwrap_or(1),
+        }
+    }
 }
 
 /// The compiled shapes of a static-shape backend (an Inferentia2 model
@@ -153,22 +200,23 @@ pub trait LanguageModel {
     /// row's greedy choice, `[n]`: the id of the largest logit not in
     /// `suppress`, the lowest id among ties, with
     /// [`argmax`](crate::sampling::argmax)'s errors (a NaN or `+inf`
-    /// logit, no choosable id) naming `role` and the row. The generator
+    /// logit, no choosable id) naming the row (the caller adds which model it asked, [`Error::for_role`]). The generator
     /// verifies greedy windows through this, so a backend that keeps its
     /// logits on a device can return ids instead of `[n, vocab]` floats;
     /// it must choose exactly what `argmax` over `forward`'s rows would.
     /// The default does just that.
-    fn forward_greedy(&mut self, tokens: &[u32], suppress: &[u32], role: Role) -> Result<Vec<u32>> {
+    fn forward_greedy(&mut self, tokens: &[u32], suppress: &[u32]) -> Result<Vec<u32>> {
         let logits = self.forward(tokens)?;
         (0..logits.rows())
-            .map(|i| argmax(logits.row(i), suppress, role, i))
+            .map(|i| argmax(logits.row(i), suppress, i))
             .collect()
     }
 
     /// Feeds `tokens` as [`forward_last`](Self::forward_last) does and
     /// returns the last row's greedy choice (as
     /// [`forward_greedy`](Self::forward_greedy) chooses, row 0 in errors)
-    /// and, when `confidence`, that choice's softmax probability in the row
+    /// and, when `confidence` is [`Confidence::Wanted`], that choice's
+    /// softmax probability in the row
     /// renormalized without `suppress`, in `[0, 1]`, as
     /// [`greedy_confidence`](crate::sampling::greedy_confidence) computes it
     /// (a backend may differ from it by float rounding: the drafter only
@@ -181,12 +229,11 @@ pub trait LanguageModel {
         &mut self,
         tokens: &[u32],
         suppress: &[u32],
-        role: Role,
-        confidence: bool,
+        confidence: Confidence,
     ) -> Result<(u32, Option<f32>)> {
         let logits = self.forward_last(tokens)?;
-        crate::draft::model::expect_rows(&logits, 1, self)?;
-        greedy_pick(logits.row(0), suppress, role, confidence)
+        logits.expect_shape(1, self.vocab_size(), self.name())?;
+        greedy_pick(logits.row(0), suppress, confidence)
     }
 
     /// Feeds a prompt (or the first part of one) whose logits are not needed.
@@ -242,17 +289,16 @@ impl<M: LanguageModel + ?Sized> LanguageModel for Box<M> {
     fn forward_last(&mut self, tokens: &[u32]) -> Result<Logits> {
         (**self).forward_last(tokens)
     }
-    fn forward_greedy(&mut self, tokens: &[u32], suppress: &[u32], role: Role) -> Result<Vec<u32>> {
-        (**self).forward_greedy(tokens, suppress, role)
+    fn forward_greedy(&mut self, tokens: &[u32], suppress: &[u32]) -> Result<Vec<u32>> {
+        (**self).forward_greedy(tokens, suppress)
     }
     fn forward_last_greedy(
         &mut self,
         tokens: &[u32],
         suppress: &[u32],
-        role: Role,
-        confidence: bool,
+        confidence: Confidence,
     ) -> Result<(u32, Option<f32>)> {
-        (**self).forward_last_greedy(tokens, suppress, role, confidence)
+        (**self).forward_last_greedy(tokens, suppress, confidence)
     }
     fn prefill(&mut self, tokens: &[u32]) -> Result<()> {
         (**self).prefill(tokens)
@@ -272,4 +318,120 @@ impl<M: LanguageModel + ?Sized> LanguageModel for Box<M> {
     fn name(&self) -> &str {
         (**self).name()
     }
+}
+
+// ---------------------------------------------------------------------------
+// Checks of the contract, shared by the generator, the drafters and the
+// backends.
+// ---------------------------------------------------------------------------
+
+/// A static-shape model must run batch size 1 and have the 1-token graph
+/// (plain decoding); [`Error::NotCompiled`] naming `role` otherwise.
+pub(crate) fn check_static_shapes(role: Role, shapes: &Shapes) -> Result<()> {
+    if let Shapes::Static(s) = shapes {
+        if s.batch_size != 1 {
+            return Err(Error::NotCompiled {
+                model: role.to_string(),
+                message: format!(
+                    "compiled for batch size {}; speculative decoding runs batch size 1",
+                    s.batch_size
+                ),
+            });
+        }
+        if !s.windows.contains(&1) {
+            return Err(Error::NotCompiled {
+                model: role.to_string(),
+                message: format!(
+                    "compiled windows {:?} lack 1 (the plain decoding graph)",
+                    s.windows
+                ),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// A prompt of `prompt` tokens plus `max_new_tokens` fit `model`'s
+/// positions ([`Error::TooLong`]), and all but the prompt's last token fit
+/// a compiled prompt bucket ([`Error::NotCompiled`]).
+pub(crate) fn check_fits<M: LanguageModel + ?Sized>(
+    role: Role,
+    model: &M,
+    prompt: usize,
+    max_new_tokens: usize,
+) -> Result<()> {
+    let Some(needed) = prompt.checked_add(max_new_tokens) else {
+        return Err(Error::setting(
+            "max_new_tokens",
+            max_new_tokens,
+            format!("at most usize::MAX - {prompt} (the prompt's length)"),
+        ));
+    };
+    let limit = model.n_positions();
+    if needed > limit {
+        return Err(Error::TooLong {
+            role,
+            prompt,
+            max_new_tokens,
+            needed,
+            limit,
+        });
+    }
+    if let Shapes::Static(s) = model.shapes() {
+        let largest = s.prompt_buckets.last().copied().unwrap_or(0);
+        if prompt - 1 > largest {
+            return Err(Error::NotCompiled {
+                model: role.to_string(),
+                message: format!(
+                    "a prompt of {prompt} tokens is prefilled as {} (all but the last), more than the largest compiled bucket, {largest}",
+                    prompt - 1
+                ),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// The contract's rules for a forward of `tokens` on a model with `cached`
+/// of its `n_positions` filled: at least one token, none past
+/// `n_positions`, every id below `vocab` ([`Error::OutOfRange`] naming
+/// `model` otherwise).
+pub(crate) fn check_feed(
+    model: &str,
+    tokens: &[u32],
+    cached: usize,
+    n_positions: usize,
+    vocab: usize,
+) -> Result<()> {
+    let err = |message: String| Error::OutOfRange {
+        model: model.to_string(),
+        message,
+    };
+    if tokens.is_empty() {
+        return Err(err("forward of 0 tokens".into()));
+    }
+    if cached + tokens.len() > n_positions {
+        return Err(err(format!(
+            "{cached} cached + {} new tokens exceed n_positions = {n_positions}",
+            tokens.len()
+        )));
+    }
+    if let Some(&bad) = tokens.iter().find(|&&t| t as usize >= vocab) {
+        return Err(err(format!(
+            "token id {bad} is outside the vocabulary of {vocab}"
+        )));
+    }
+    Ok(())
+}
+
+/// The contract's rule for [`LanguageModel::truncate`]: `len` may not
+/// exceed the `cached` positions ([`Error::OutOfRange`] naming `model`).
+pub(crate) fn check_truncate(model: &str, len: usize, cached: usize) -> Result<()> {
+    if len > cached {
+        return Err(Error::OutOfRange {
+            model: model.to_string(),
+            message: format!("cannot truncate to {len}: only {cached} positions are cached"),
+        });
+    }
+    Ok(())
 }

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 /// What one generation did and how long it took.
 ///
-/// Words as in [`crate::verify`]: each decode iteration is one *window*
+/// Words as in the [crate docs](crate#words): each decode iteration is one *window*
 /// (one target forward); it *drafts* up to `k - 1` tokens, *accepts* some and
 /// commits one *recovered* or *bonus* token after them.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -17,7 +17,8 @@ pub struct Stats {
     pub generated_tokens: usize,
     /// Target forward passes while decoding (one per window; prefill excluded).
     pub target_calls: usize,
-    /// Draft forward passes while decoding (prefill excluded).
+    /// Draft-model forward passes while decoding (prefill excluded; 0 for
+    /// the n-gram drafter).
     pub draft_calls: usize,
     /// Draft tokens proposed.
     pub drafted: usize,

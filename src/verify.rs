@@ -26,8 +26,12 @@
 use std::borrow::Borrow;
 use std::convert::Infallible;
 
-use crate::error::Result;
-use crate::sampling::{residual, without, Distribution, RandomSource};
+use crate::drafter::Proposal;
+use crate::error::{Error, Result, Role};
+use crate::model::{LanguageModel, Logits};
+use crate::sampling::{
+    gumbel, residual, without, Distribution, RandomSource, Sampler, SamplingMode,
+};
 
 /// What follows the accepted draft tokens.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -47,6 +51,203 @@ pub struct Verdict {
     pub next: u32,
     /// Whether `next` is a recovered or a bonus token.
     pub kind: NextKind,
+}
+
+/// Step 2 of the loop, the whole of it: the target's one pass over the
+/// window `tokens` (`[m + 1]`: the last committed token, then the `m`
+/// draft tokens of `proposal`) at absolute positions `position..`, and the
+/// verdict. Greedy windows ask the target for its choices
+/// ([`LanguageModel::forward_greedy`]) and keep the longest agreeing prefix
+/// ([`verify_greedy`]); sampled ones take its logits and verify them
+/// ([`verify_logits`]). A logits fault names the target.
+pub(crate) fn verify_window<T: LanguageModel + ?Sized>(
+    target: &mut T,
+    sampler: &Sampler,
+    tokens: &[u32],
+    proposal: &Proposal,
+    position: usize,
+    rng: &mut dyn RandomSource,
+) -> Result<Verdict> {
+    let verdict = if sampler.is_greedy() {
+        // Ids, not logits: a device backend takes the argmax where the
+        // logits are.
+        target
+            .forward_greedy(tokens, sampler.suppressed())
+            .and_then(|choices| {
+                if choices.len() != tokens.len() {
+                    return Err(Error::Contract {
+                        model: target.name().to_string(),
+                        message: format!(
+                            "forward_greedy of {} tokens returned {} choices",
+                            tokens.len(),
+                            choices.len()
+                        ),
+                    });
+                }
+                Ok(verify_greedy(&proposal.tokens, &choices))
+            })
+    } else {
+        target.forward(tokens).and_then(|logits| {
+            logits.expect_shape(tokens.len(), target.vocab_size(), target.name())?;
+            verify_logits(
+                sampler,
+                &logits,
+                position,
+                &proposal.tokens,
+                &proposal.q,
+                rng,
+            )
+        })
+    };
+    verdict.map_err(|e| e.for_role(Role::Target))
+}
+
+/// Sampled verification of one window from the target's logits, as
+/// `sampler` picks tokens: rejection sampling ([`verify_sampled_with`], or
+/// [`verify_point_with`] when `q` is empty) or, in reproducible mode, a
+/// match with the target's keyed Gumbel-max choices
+/// ([`verify_token_match`]). `logits`: `[m + 1, vocab]`, row `i` for
+/// absolute position `position + i`; `drafts`: `[m]`; `q`: the
+/// distributions the draft tokens were drawn from (`[m]`), or empty when
+/// each was chosen outright, which rejection sampling treats as a point
+/// mass. The rows are warped only as far as verification reads them.
+///
+/// Errors with [`Error::InvalidSetting`] for a greedy `sampler` (greedy
+/// windows are verified on the target's choices, by [`verify_greedy`]),
+/// and with [`Error::Contract`] when the shapes do not line up.
+pub fn verify_logits(
+    sampler: &Sampler,
+    logits: &Logits,
+    position: usize,
+    drafts: &[u32],
+    q: &[Distribution],
+    rng: &mut dyn RandomSource,
+) -> Result<Verdict> {
+    if sampler.is_greedy() {
+        return Err(Error::setting(
+            "temperature",
+            0,
+            "> 0: greedy windows are verified on the target's choices (verify_greedy)",
+        ));
+    }
+    let want_q = if q.is_empty() { 0 } else { drafts.len() };
+    if logits.rows() != drafts.len() + 1 || q.len() != want_q {
+        return Err(Error::Contract {
+            model: "verify_logits' caller".into(),
+            message: format!(
+                "verifying {} draft tokens takes {} logits rows and {} or 0 draft \
+                 distributions; got {} rows and {}",
+                drafts.len(),
+                drafts.len() + 1,
+                drafts.len(),
+                logits.rows(),
+                q.len()
+            ),
+        });
+    }
+    let p = |i: usize| sampler.distribution(logits.row(i), i);
+    match sampler.mode() {
+        SamplingMode::Reproducible => {
+            let choose = |p_of: &mut dyn FnMut(usize) -> Result<Distribution>| {
+                verify_token_match(drafts, |i| {
+                    Ok(gumbel::choose(&p_of(i)?, sampler.seed(), position + i))
+                })
+            };
+            if helped(drafts.len() + 1, logits.vocab()) {
+                verify_with_helper(drafts.len() + 1, &p, choose)
+            } else {
+                choose(&mut &p)
+            }
+        }
+        SamplingMode::Rejection => {
+            // The target's rows are warped only as far as verification
+            // reads them (up to the first rejection); at a large
+            // vocabulary a helper on rayon's pool warps rows ahead
+            // while this thread verifies. Each row is the same
+            // function of its logits either way, and the draws happen
+            // here, in order, so the verdict and draws are too.
+            let rows = drafts.len() + 1;
+            if helped(rows, logits.vocab()) {
+                return verify_with_helper(rows, &p, |p_of| {
+                    if q.is_empty() {
+                        verify_point_with(drafts, p_of, rng)
+                    } else {
+                        verify_sampled_with(drafts, q, p_of, rng)
+                    }
+                });
+            }
+            if q.is_empty() {
+                verify_point_with(drafts, p, rng)
+            } else {
+                verify_sampled_with(drafts, q, p, rng)
+            }
+        }
+    }
+}
+
+/// Whether a window of `rows` rows of `vocab` logits is warped with a
+/// helper ([`verify_with_helper`]): more than one row, a vocabulary where a
+/// row's warp outweighs a hand-off to the pool, and a pool of two threads
+/// or more.
+fn helped(rows: usize, vocab: usize) -> bool {
+    rows > 1 && vocab >= 1 << 13 && rayon::current_num_threads() > 1
+}
+
+/// Runs `verify` (verification over `rows` window rows, asking for
+/// them in order through the `p_of` it is given) while one helper task on
+/// rayon's pool warps rows ahead of it. Rows are claimed from a shared
+/// counter, by the helper and by this thread whenever the row it waits
+/// for is not ready, so two cores share the warping with one hand-off per
+/// window (not one per pair of rows), and a window rejected early stops the
+/// helper after the row it is on. `p(i)` must be a pure function of `i`:
+/// which thread warps a row changes nothing.
+fn verify_with_helper<P, V>(rows: usize, p: &P, verify: V) -> Result<Verdict>
+where
+    P: Fn(usize) -> Result<Distribution> + Sync,
+    V: FnOnce(&mut dyn FnMut(usize) -> Result<Distribution>) -> Result<Verdict>,
+{
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::Mutex;
+    // A row's slot holds its warp, or the panic that warping it raised
+    // (re-raised on this thread when verification asks for the row, so a
+    // panic in the helper cannot leave this thread waiting forever).
+    let slots: Vec<Mutex<Option<std::thread::Result<Result<Distribution>>>>> =
+        (0..rows).map(|_| Mutex::new(None)).collect();
+    let next = AtomicUsize::new(0);
+    let done = AtomicBool::new(false);
+    let lock = |i: usize| slots[i].lock().unwrap_or_else(|e| e.into_inner());
+    // Warps the next unclaimed row; false when none is left or the verdict
+    // is in.
+    let claim = || {
+        if done.load(Ordering::Acquire) {
+            return false;
+        }
+        let i = next.fetch_add(1, Ordering::AcqRel);
+        if i >= rows {
+            return false;
+        }
+        let row = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| p(i)));
+        *lock(i) = Some(row);
+        true
+    };
+    rayon::in_place_scope(|scope| {
+        scope.spawn(|_| while claim() {});
+        let mut p_of = |i: usize| loop {
+            match lock(i).take() {
+                Some(Ok(row)) => return row,
+                Some(Err(panic)) => std::panic::resume_unwind(panic),
+                None => {}
+            }
+            // Row i is being warped by the helper: warp one further ahead
+            // meanwhile, or wait.
+            if !claim() {
+                std::thread::yield_now();
+            }
+        };
+        let verdict = verify(&mut p_of);
+        done.store(true, Ordering::Release);
+        verdict
+    })
 }
 
 /// Token-match verification, lazily: `choice(i)` is the target's choice at
@@ -418,5 +619,217 @@ mod tests {
         let v = verify_token_match(&[4, 5], |i| Ok([4, 5, 8][i])).unwrap();
         assert_eq!((v.accepted, v.next, v.kind), (2, 8, NextKind::Bonus));
         assert_eq!(v, verify_greedy(&[4, 5], &[4, 5, 8]));
+    }
+}
+
+#[cfg(test)]
+mod window_tests {
+    use super::*;
+    use crate::sampling::{argmax, SamplingParams, SeededRandom};
+
+    /// Language-model-like rows over `vocab` ids, a different shuffle per
+    /// row and seed.
+    fn rows(n: usize, vocab: usize, seed: u64) -> Vec<f32> {
+        (0..n as u64)
+            .flat_map(|i| {
+                (0..vocab as u64).map(move |v| {
+                    let rank = (v * 7919 + seed * 31 + i * 7) % vocab as u64;
+                    12.0 - 1.1 * ((1 + rank) as f32).ln()
+                })
+            })
+            .collect()
+    }
+
+    /// At a vocabulary where a helper warps rows ahead, the verdicts and
+    /// draws are those of verifying the fully warped window: for drafts
+    /// accepted to every depth, with and without `q`, over many seeds.
+    /// A window whose logits or `q` do not match its drafts is an error.
+    #[test]
+    fn verify_checks_the_window_shape() {
+        let vocab = 9001;
+        let sampler = Sampler::new(
+            SamplingParams::with_temperature(0.7),
+            SamplingMode::Rejection,
+            0,
+            vec![],
+        );
+        let target = Logits::new(rows(3, vocab, 2), vocab);
+        let q = sampler.distribution(target.row(0), 0).unwrap();
+        let mut rng = SeededRandom::new(1);
+        for (drafts, qs) in [
+            (vec![1u32, 2, 3], vec![]),
+            (vec![1, 2], vec![q.clone()]),
+            (vec![1], vec![]),
+        ] {
+            let err = verify_logits(&sampler, &target, 0, &drafts, &qs, &mut rng);
+            assert!(
+                matches!(err, Err(Error::Contract { .. })),
+                "{drafts:?}: {err:?}"
+            );
+        }
+        assert!(verify_logits(&sampler, &target, 0, &[1, 2], &[], &mut rng).is_ok());
+    }
+
+    /// A panic while warping a row, on the helper or on this thread, comes
+    /// back to the caller when verification reaches that row, instead of
+    /// leaving it waiting for the row forever.
+    #[test]
+    fn a_panic_in_a_helped_row_reaches_the_caller() {
+        for bad in 0..4 {
+            let p = |i: usize| -> Result<Distribution> {
+                if i == bad {
+                    panic!("row {i}");
+                }
+                Ok(Distribution::from_weights(vec![1.0, 1.0]).unwrap())
+            };
+            let got = std::panic::catch_unwind(|| {
+                verify_with_helper(4, &p, |p_of| {
+                    for i in 0..4 {
+                        p_of(i)?;
+                    }
+                    Ok(Verdict {
+                        accepted: 0,
+                        next: 0,
+                        kind: NextKind::Bonus,
+                    })
+                })
+            });
+            assert!(got.is_err(), "row {bad}: the panic was lost");
+        }
+    }
+
+    #[test]
+    fn verifying_with_a_helper_gives_the_sequential_verdicts() {
+        let (k, vocab) = (6, 9001);
+        let params = SamplingParams {
+            top_p: Some(0.95),
+            ..SamplingParams::with_temperature(0.7)
+        };
+        let sampler = Sampler::new(params, SamplingMode::Rejection, 0, vec![3]);
+        let target = Logits::new(rows(k + 1, vocab, 2), vocab);
+        let p: Vec<Distribution> = (0..=k)
+            .map(|i| sampler.distribution(target.row(i), i).unwrap())
+            .collect();
+        let draft_logits = Logits::new(rows(k, vocab, 1), vocab);
+        let mut depths = std::collections::BTreeSet::new();
+        for (seed, same) in (0..40u64).zip([true, false].into_iter().cycle()) {
+            // A draft equal to the target (accepted deep) or another one.
+            let q: Vec<Distribution> = (0..k)
+                .map(|i| {
+                    let row = if same {
+                        target.row(i)
+                    } else {
+                        draft_logits.row(i)
+                    };
+                    sampler.distribution(row, i).unwrap()
+                })
+                .collect();
+            let mut draw = SeededRandom::new(seed + 1000);
+            let drafts: Vec<u32> = q.iter().map(|d| d.sample(&mut draw)).collect();
+            let got = verify_logits(
+                &sampler,
+                &target,
+                50,
+                &drafts,
+                &q,
+                &mut SeededRandom::new(seed),
+            )
+            .unwrap();
+            let want = verify_sampled(&drafts, &q, &p, &mut SeededRandom::new(seed));
+            assert_eq!(got, want, "seed {seed}");
+            depths.insert(got.accepted);
+            let got = verify_logits(
+                &sampler,
+                &target,
+                50,
+                &drafts,
+                &[],
+                &mut SeededRandom::new(seed),
+            )
+            .unwrap();
+            assert_eq!(got, verify_point(&drafts, &p, &mut SeededRandom::new(seed)));
+        }
+        assert!(depths.len() >= 3, "accepted counts seen: {depths:?}");
+        // A bad row is an error when verification reaches it, and only then.
+        let mut data = rows(k + 1, vocab, 2);
+        data[2 * vocab + 17] = f32::NAN;
+        let bad = Logits::new(data, vocab);
+        let q: Vec<Distribution> = (0..k)
+            .map(|i| sampler.distribution(target.row(i), i).unwrap())
+            .collect();
+        let likely: Vec<u32> = (0..k as u32)
+            .map(|i| argmax(target.row(i as usize), &[3], 0).unwrap())
+            .collect();
+        let e =
+            verify_logits(&sampler, &bad, 50, &likely, &q, &mut SeededRandom::new(1)).unwrap_err();
+        assert!(matches!(
+            e,
+            Error::NonFiniteLogits {
+                position: 2,
+                token: 17,
+                ..
+            }
+        ));
+        // The first draft token has q = 0 (q is a point mass on another
+        // id), so it is rejected at row 0, whatever the helper warped.
+        let mut drafts = likely.clone();
+        drafts[0] = p[0]
+            .support()
+            .map(|(i, _)| i)
+            .find(|&i| i != likely[0])
+            .unwrap();
+        let mut q = q;
+        q[0] = Distribution::point(likely[0], vocab);
+        let v = verify_logits(&sampler, &bad, 50, &drafts, &q, &mut SeededRandom::new(1)).unwrap();
+        assert_eq!(v.accepted, 0);
+    }
+
+    /// Reproducible mode with a helper: the target's own keyed choices,
+    /// row by row, as without one.
+    #[test]
+    fn reproducible_verification_with_a_helper_matches_the_plain_choices() {
+        let (k, vocab) = (5, 8500);
+        let params = SamplingParams {
+            top_k: Some(400),
+            ..SamplingParams::with_temperature(1.3)
+        };
+        let sampler = Sampler::new(params, SamplingMode::Reproducible, 77, vec![]);
+        let target = Logits::new(rows(k + 1, vocab, 4), vocab);
+        let mut depths = std::collections::BTreeSet::new();
+        for position in 0..60 {
+            let chosen: Vec<u32> = (0..=k)
+                .map(|i| {
+                    let p = sampler.distribution(target.row(i), i).unwrap();
+                    gumbel::choose(&p, 77, position + i)
+                })
+                .collect();
+            // Drafts that agree with the target's choices up to a depth.
+            let depth = position % (k + 1);
+            let drafts: Vec<u32> = (0..k)
+                .map(|i| {
+                    if i < depth {
+                        chosen[i]
+                    } else {
+                        (chosen[i] + 1) % vocab as u32
+                    }
+                })
+                .collect();
+            let v = verify_logits(
+                &sampler,
+                &target,
+                position,
+                &drafts,
+                &[],
+                &mut SeededRandom::new(0),
+            )
+            .unwrap();
+            assert_eq!(
+                (v.accepted, v.next),
+                (depth, chosen[depth]),
+                "position {position}"
+            );
+            depths.insert(v.accepted);
+        }
+        assert_eq!(depths.len(), k + 1);
     }
 }

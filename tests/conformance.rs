@@ -6,10 +6,9 @@
 mod common;
 
 use common::toy::Toy;
-use specdec::conformance::{check_all, Tolerance};
-use specdec::{
-    CandleModel, LanguageModel, LoadOptions, Logits, Quantization, StaticShapeModel, StaticShapes,
-};
+use specdec::backend::conformance::{check_all, Tolerance};
+use specdec::backend::static_shape::{StaticShapeModel, StaticShapes};
+use specdec::{CandleModel, LanguageModel, LoadOptions, Logits, Quantization};
 
 /// Ordinary text as token ids, from the embedded tokenizer.
 fn tokens() -> Vec<u32> {

@@ -10,13 +10,17 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use specdec::conformance::{check_all, Tolerance};
+use specdec::backend::conformance::{check_all, Tolerance};
 use specdec::sampling::argmax;
 use specdec::{CandleModel, GenerateConfig, Generator, LanguageModel, LoadOptions, Role};
 
 /// bf16 on GPU 0 with the default graph widths (`DEFAULT_GRAPH_WIDTHS`).
 fn gpu(dir: PathBuf, n_positions: usize) -> CandleModel {
-    gpu_with(dir, n_positions, &specdec::DEFAULT_GRAPH_WIDTHS)
+    gpu_with(
+        dir,
+        n_positions,
+        &specdec::backend::candle::DEFAULT_GRAPH_WIDTHS,
+    )
 }
 
 /// bf16 on GPU 0 with these CUDA graph widths (`[]`: candle's ops).
@@ -168,7 +172,7 @@ fn graph_decoding_matches_candles_ops() {
                 .fold(0f32, |m, (x, y)| m.max((x - y).abs()));
             worst = worst.max(diff / scale);
             // Where candle's top choice leads clearly, the graph picks it too.
-            let top = argmax(rb, &[], Role::Target, i).unwrap() as usize;
+            let top = argmax(rb, &[], i).unwrap() as usize;
             let second = rb
                 .iter()
                 .enumerate()
@@ -176,7 +180,7 @@ fn graph_decoding_matches_candles_ops() {
                 .fold(f32::NEG_INFINITY, |m, (_, &x)| m.max(x));
             if rb[top] - second > 0.05 * scale {
                 assert_eq!(
-                    argmax(ra, &[], Role::Target, i).unwrap() as usize,
+                    argmax(ra, &[], i).unwrap() as usize,
                     top,
                     "{}: row {i}",
                     d.display()
@@ -208,15 +212,13 @@ fn graph_argmax_equals_argmax_of_the_logits() {
     for suppress in [vec![], vec![0u32], {
         // Suppress each row's own winner: the device's choice is overruled.
         (0..8)
-            .map(|i| argmax(logits.row(i), &[], Role::Target, i).unwrap())
+            .map(|i| argmax(logits.row(i), &[], i).unwrap())
             .collect()
     }] {
         m.truncate(head.len()).unwrap();
-        let ids = m
-            .forward_greedy(&rest[..8], &suppress, Role::Target)
-            .unwrap();
+        let ids = m.forward_greedy(&rest[..8], &suppress).unwrap();
         let want: Vec<u32> = (0..8)
-            .map(|i| argmax(logits.row(i), &suppress, Role::Target, i).unwrap())
+            .map(|i| argmax(logits.row(i), &suppress, i).unwrap())
             .collect();
         assert_eq!(ids, want, "suppress {suppress:?}");
         assert_eq!(m.cached_len(), head.len() + 8);

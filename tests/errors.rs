@@ -484,7 +484,7 @@ impl LanguageModel for Faulty {
         let v = logits.vocab();
         match self.trouble {
             Trouble::Error => {
-                return Err(Error::Shape {
+                return Err(Error::Backend {
                     model: "faulty".into(),
                     message: "device lost".into(),
                 })
@@ -547,7 +547,7 @@ fn misbehaving_backends_surface_errors_and_keep_committed_tokens() {
             matches!(
                 *source,
                 Error::NonFiniteLogits {
-                    role: Role::Target,
+                    role: Some(Role::Target),
                     position: 1,
                     token: 2,
                     ..
@@ -581,7 +581,7 @@ fn misbehaving_backends_surface_errors_and_keep_committed_tokens() {
                     matches!(
                         *source,
                         Error::EmptyDistribution {
-                            role: Role::Target,
+                            role: Some(Role::Target),
                             ..
                         }
                     ),
@@ -615,7 +615,7 @@ fn a_draft_returning_no_rows_is_a_shape_error() {
             other => other,
         };
         match source {
-            Error::Shape { message, .. } => assert!(message.contains("[0, 5]"), "{message}"),
+            Error::Contract { message, .. } => assert!(message.contains("[0, 5]"), "{message}"),
             other => panic!("{other}"),
         }
     }
@@ -1080,7 +1080,7 @@ fn caller_values_do_not_overflow() {
 #[test]
 fn absurd_thread_counts_are_refused() {
     // Once: --threads 10000 started 10000 spinning workers and hung.
-    match specdec::init_thread_pool(Some(10_000)) {
+    match specdec::backend::candle::init_thread_pool(Some(10_000)) {
         Err(Error::InvalidSetting { name, expected, .. }) => {
             assert_eq!(name, "threads");
             assert!(expected.contains("per core"), "{expected}");
@@ -1279,7 +1279,7 @@ fn a_model_fault_mid_generation_keeps_committed_tokens_and_blames_the_model() {
                 matches!(
                     **source,
                     Error::NonFiniteLogits {
-                        role: Role::Target,
+                        role: Some(Role::Target),
                         ..
                     }
                 ),
@@ -1368,7 +1368,7 @@ fn eos_ids_must_be_in_the_vocabulary_and_leave_something_to_generate() {
     assert!(matches!(
         g.generate(&[1], &config),
         Err(Error::EmptyDistribution {
-            role: Role::Target,
+            role: Some(Role::Target),
             ..
         })
     ));
@@ -1382,7 +1382,7 @@ fn negative_numbers_reach_the_range_checks() {
         ("--threads", "-2", "per core"),
         ("--max-new-tokens", "-5", "out of range"),
         ("--top-k", "-3", "out of range"),
-        ("--min-confidence", "-0.5", "min_draft_confidence"),
+        ("--min-draft-confidence", "-0.5", "min_draft_confidence"),
         ("--min-p", "-0.1", "min_p"),
         ("--temperature", "-1", "temperature"),
     ] {
@@ -1400,7 +1400,7 @@ fn settings_are_checked_before_any_model_is_loaded() {
     let bad = ["--target", "/no/such/model"];
     for (setting, value, name) in [
         ("--k", "0", "--k"),
-        ("--min-confidence", "2", "min_draft_confidence"),
+        ("--min-draft-confidence", "2", "min_draft_confidence"),
         ("--stop", "", "stop_strings"),
         ("--top-p", "0", "top_p"),
     ] {
@@ -1537,7 +1537,7 @@ fn the_fuzz_entry_point_runs_the_real_loading_path() {
 
 #[test]
 fn cuda_graph_widths_out_of_range_are_refused_by_name() {
-    for bad in [0usize, specdec::MAX_GRAPH_WIDTH + 1] {
+    for bad in [0usize, specdec::backend::candle::MAX_GRAPH_WIDTH + 1] {
         let options = LoadOptions {
             cuda_graph_widths: vec![8, bad],
             ..LoadOptions::default()

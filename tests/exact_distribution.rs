@@ -16,7 +16,7 @@ use std::collections::BTreeMap;
 use common::exact::{assert_same, reference, reference_warp, speculative as enumerate, Outcome};
 use common::toy::{Stubborn, Toy};
 use specdec::sampling::warp;
-use specdec::{Drafter, Eos, GenerateConfig, Generator, NGram, Role, SamplingParams};
+use specdec::{Drafter, Eos, GenerateConfig, Generator, NGram, SamplingParams};
 
 fn speculative<D: Drafter + Clone>(
     target: &Toy,
@@ -255,7 +255,7 @@ fn warp_equals_the_independent_reference() {
                 (Some(2), Some(0.5), Some(0.4)),
             ] {
                 let params = sampling(t, top_k, top_p, min_p);
-                let got = warp(&row, &params, &suppress, Role::Target, 0).unwrap();
+                let got = warp(&row, &params, &suppress, 0).unwrap();
                 let want = reference_warp(&row, &params, &suppress);
                 for (v, (a, b)) in got.probs().iter().zip(&want).enumerate() {
                     assert!(

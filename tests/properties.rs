@@ -5,8 +5,9 @@
 
 use proptest::prelude::*;
 use specdec::sampling::{argmax, greedy_confidence, residual, warp};
+use specdec::sampling::{Distribution, RandomSource, SeededRandom};
 use specdec::verify::{verify_greedy, verify_sampled, NextKind};
-use specdec::{Distribution, RandomSource, Role, SamplingParams, SeededRandom};
+use specdec::SamplingParams;
 
 fn logit() -> impl Strategy<Value = f32> {
     prop_oneof![8 => -30.0f32..30.0, 1 => Just(f32::NEG_INFINITY), 1 => Just(0.0f32)]
@@ -49,7 +50,7 @@ proptest! {
         params in params(),
         suppress in proptest::collection::vec(0u32..64, 0..3),
     ) {
-        match warp(&row, &params, &suppress, Role::Draft, 7) {
+        match warp(&row, &params, &suppress, 7) {
             Ok(d) => {
                 check_distribution(&d, &row)?;
                 for &s in &suppress {
@@ -60,7 +61,7 @@ proptest! {
                     prop_assert!(live <= k);
                 }
                 // The most likely unsuppressed token always survives filtering.
-                let best = argmax(&row, &suppress, Role::Draft, 7).unwrap();
+                let best = argmax(&row, &suppress, 7).unwrap();
                 prop_assert!(d.prob(best) > 0.0);
             }
             Err(specdec::Error::EmptyDistribution { position: 7, .. }) => {
@@ -88,7 +89,7 @@ proptest! {
                 _ => Some((i, x)),
             })
             .map(|(i, _)| i as u32);
-        match (argmax(&row, &suppress, Role::Draft, 1), naive) {
+        match (argmax(&row, &suppress, 1), naive) {
             (Ok(got), Some(want)) => {
                 prop_assert_eq!(got, want);
                 let sure = greedy_confidence(&row, got, &suppress);
@@ -109,8 +110,8 @@ proptest! {
     ) {
         let row = |i: usize| raw[i * vocab..(i + 1) * vocab].to_vec();
         let mut rng = SeededRandom::new(seed);
-        let q: Vec<Distribution> = (0..m).map(|i| warp(&row(i), &params, &[], Role::Draft, i).unwrap()).collect();
-        let p: Vec<Distribution> = (0..=m).map(|i| warp(&row(6 + i), &params, &[], Role::Target, i).unwrap()).collect();
+        let q: Vec<Distribution> = (0..m).map(|i| warp(&row(i), &params, &[], i).unwrap()).collect();
+        let p: Vec<Distribution> = (0..=m).map(|i| warp(&row(6 + i), &params, &[], i).unwrap()).collect();
         let draft: Vec<u32> = q.iter().map(|d| rng.categorical(d.probs()) as u32).collect();
         for (d, t) in q.iter().zip(&draft) {
             prop_assert!(d.prob(*t) > 0.0, "drawn tokens have mass");

@@ -8,9 +8,10 @@
 mod common;
 
 use common::toy::{Stubborn, Toy};
+use specdec::backend::static_shape::{StaticShapeModel, StaticShapes};
 use specdec::{
     CandleModel, Drafter, GenerateConfig, Generator, LanguageModel, NGram, SamplingMode,
-    SamplingParams, StaticShapeModel, StaticShapes,
+    SamplingParams,
 };
 
 fn settings() -> Vec<SamplingParams> {

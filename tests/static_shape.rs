@@ -6,9 +6,9 @@ mod common;
 
 use common::exact::{assert_same, reference, speculative};
 use common::toy::{Stubborn, Toy};
+use specdec::backend::static_shape::{StaticShapeModel, StaticShapes};
 use specdec::{
     Drafter, Error, GenerateConfig, Generator, LanguageModel, NGram, SamplingMode, SamplingParams,
-    StaticShapeModel, StaticShapes,
 };
 
 fn shapes(windows: &[usize], buckets: &[usize]) -> StaticShapes {
@@ -68,7 +68,7 @@ fn greedy_output_is_identical_through_compiled_shapes() {
             .all(|(w, _)| [1, 2, 4].contains(w)),
         "{calls:?}"
     );
-    let draft_calls = fixed.draft().graph_calls();
+    let draft_calls = fixed.drafter().graph_calls();
     assert!(
         draft_calls.token_generation.iter().all(|(w, _)| *w == 1),
         "{draft_calls:?}"
@@ -213,7 +213,7 @@ fn the_adapter_rejects_shapes_that_were_not_compiled() {
     assert_eq!(m.cached_len(), 3);
     assert_eq!(m.graph_calls().padded_positions, 5);
     match m.forward(&[1, 2, 3]) {
-        Err(Error::Shape { message, .. }) => assert!(
+        Err(Error::NotCompiled { message, .. }) => assert!(
             message.contains("no compiled graph for 3 tokens"),
             "{message}"
         ),
@@ -261,7 +261,7 @@ fn bad_compiled_shapes_are_refused_at_construction() {
     let no_plain = wrap(Toy::new(3, 0.1), &[4], &[8], 16);
     assert!(matches!(
         Generator::new(no_plain, Toy::new(3, 0.2)),
-        Err(Error::Shape { .. })
+        Err(Error::NotCompiled { .. })
     ));
 }
 
@@ -288,7 +288,10 @@ fn limits_are_checked_before_generating() {
         ..config
     };
     assert!(
-        matches!(g.generate(&long_prompt, &config), Err(Error::Shape { .. })),
+        matches!(
+            g.generate(&long_prompt, &config),
+            Err(Error::NotCompiled { .. })
+        ),
         "prompt beyond the largest bucket"
     );
     assert_eq!(g.target().graph_calls().context_encoding, 0, "nothing ran");

@@ -14,11 +14,9 @@ use common::exact::{reference, Outcome};
 use common::toy::Toy;
 use specdec::sampling::gumbel::{argmax_with_noise, gumbel, uniform};
 use specdec::sampling::warp;
+use specdec::sampling::{RandomSource, SeededRandom};
 use specdec::verify::verify_sampled;
-use specdec::{
-    GenerateConfig, Generator, LanguageModel, NGram, RandomSource, Role, SamplingMode,
-    SamplingParams, SeededRandom,
-};
+use specdec::{GenerateConfig, Generator, LanguageModel, NGram, SamplingMode, SamplingParams};
 
 const N: usize = 100_000;
 
@@ -205,9 +203,9 @@ fn broken_generation(target: &mut Toy, draft: &mut Toy, rng: &mut dyn RandomSour
         let (mut drafts, mut q_wrong) = (Vec::new(), Vec::new());
         for _ in 0..m {
             let row = rows.row(rows.rows() - 1).to_vec();
-            let q = warp(&row, &warped, &[], Role::Draft, 0).unwrap();
+            let q = warp(&row, &warped, &[], 0).unwrap();
             let token = rng.categorical(q.probs()) as u32;
-            q_wrong.push(warp(&row, &unwarped, &[], Role::Draft, 0).unwrap());
+            q_wrong.push(warp(&row, &unwarped, &[], 0).unwrap());
             drafts.push(token);
             rows = draft.forward(&[token]).unwrap();
         }
@@ -217,7 +215,7 @@ fn broken_generation(target: &mut Toy, draft: &mut Toy, rng: &mut dyn RandomSour
         let logits = target.forward(&window).unwrap();
         let start = context.len() - 1;
         let p: Vec<_> = (start..start + m + 1)
-            .map(|i| warp(logits.row(i), &warped, &[], Role::Target, 0).unwrap())
+            .map(|i| warp(logits.row(i), &warped, &[], 0).unwrap())
             .collect();
         let v = verify_sampled(&drafts, &q_wrong, &p, rng);
         context.extend(&drafts[..v.accepted]);
@@ -334,7 +332,7 @@ fn keyed_decode(target: &Toy, seed: u64, noise: fn(u64, usize, u32) -> f64) -> V
     let mut context = vec![1u32];
     while context.len() < 1 + config.max_new_tokens {
         let row = target.logits_after(&context);
-        let p = warp(&row, &config.sampling, &[], Role::Target, 0).unwrap();
+        let p = warp(&row, &config.sampling, &[], 0).unwrap();
         let position = context.len();
         context.push(argmax_with_noise(&p, |v| noise(seed, position, v)));
     }

@@ -5,7 +5,8 @@
 mod common;
 
 use common::setting_name;
-use specdec::{init_thread_pool, CandleModel, GenerateConfig, Generator};
+use specdec::backend::candle::init_thread_pool;
+use specdec::{CandleModel, GenerateConfig, Generator};
 
 #[test]
 fn the_pool_starts_once_with_this_thread_in_it_and_generation_is_unchanged() {

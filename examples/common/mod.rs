@@ -50,25 +50,25 @@ pub struct Device {
 #[derive(Debug, Clone)]
 pub struct Widths(pub Vec<usize>);
 
-/// `off`, or comma-separated widths in `1..=specdec::MAX_GRAPH_WIDTH`.
+/// `off`, or comma-separated widths in `1..=specdec::backend::candle::MAX_GRAPH_WIDTH`.
 fn widths(s: &str) -> Result<Widths, String> {
     if s.trim() == "off" {
         return Ok(Widths(Vec::new()));
     }
     s.split(',')
-        .map(|w| int_in(w, 1, specdec::MAX_GRAPH_WIDTH))
+        .map(|w| int_in(w, 1, specdec::backend::candle::MAX_GRAPH_WIDTH))
         .collect::<Result<Vec<_>, _>>()
         .map(Widths)
         .map_err(|e| format!("{e} (or `off`)"))
 }
 
 impl Device {
-    /// Starts the thread pool ([`specdec::init_thread_pool`], which makes
+    /// Starts the thread pool ([`specdec::backend::candle::init_thread_pool`], which makes
     /// this thread one of the pool's and refuses absurd counts), then sets
     /// `RAYON_NUM_THREADS` for candle; call before any model work, as the
     /// pools read it when they start.
     pub fn apply_threads(&self) -> anyhow::Result<()> {
-        specdec::init_thread_pool(self.threads)?;
+        specdec::backend::candle::init_thread_pool(self.threads)?;
         if let Some(n) = self.threads {
             std::env::set_var("RAYON_NUM_THREADS", n.to_string());
         }
@@ -135,9 +135,9 @@ pub fn count(s: &str) -> Result<usize, String> {
     int_in(s, 0, usize::MAX)
 }
 
-/// A window `k`: `1..=specdec::MAX_WINDOW`.
+/// A window `k`: `1..=specdec::GenerateConfig::MAX_WINDOW`.
 pub fn window(s: &str) -> Result<usize, String> {
-    int_in(s, 1, specdec::MAX_WINDOW)
+    int_in(s, 1, specdec::GenerateConfig::MAX_WINDOW)
 }
 
 /// A thread count: `1..=specdec::backend::candle::max_threads()`.

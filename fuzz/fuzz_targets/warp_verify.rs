@@ -12,7 +12,8 @@
 use libfuzzer_sys::fuzz_target;
 use specdec::sampling::warp;
 use specdec::verify::{verify_greedy, verify_sampled};
-use specdec::{Distribution, RandomSource, Role, SamplingParams, SeededRandom};
+use specdec::SamplingParams;
+use specdec::sampling::{Distribution, RandomSource, SeededRandom};
 
 struct Bytes<'a>(&'a [u8]);
 
@@ -55,7 +56,7 @@ fuzz_target!(|data: &[u8]| {
     // Warping: a distribution, or an error for a non-finite / empty row.
     let mut dists = Vec::new();
     for (i, row) in rows.iter().enumerate() {
-        match warp(row, &params, &suppress, Role::Target, i) {
+        match warp(row, &params, &suppress, i) {
             Ok(d) => {
                 check(&d);
                 assert!(row.iter().all(|x| !x.is_nan() && *x != f32::INFINITY));

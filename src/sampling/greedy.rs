@@ -1,14 +1,26 @@
 //! Greedy choice: the argmax of a logits row, and how sure a greedy draft
 //! is of it.
 
-use crate::error::{Error, Result, Role};
+use crate::error::{Error, Result};
+
+/// Whether a greedy choice comes with its confidence
+/// ([`greedy_confidence`]), in
+/// [`LanguageModel::forward_last_greedy`](crate::LanguageModel::forward_last_greedy).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Confidence {
+    /// The id alone: no drafting stop depends on it.
+    Skip,
+    /// The id and its softmax probability: the drafter compares it with
+    /// [`min_draft_confidence`](crate::GenerateConfig::min_draft_confidence).
+    Wanted,
+}
 
 /// Checks a logits row for NaN and +inf; `-inf` is allowed (a masked token).
-pub fn check_finite(row: &[f32], role: Role, position: usize) -> Result<()> {
+pub fn check_finite(row: &[f32], position: usize) -> Result<()> {
     match row.iter().position(|x| x.is_nan() || *x == f32::INFINITY) {
         None => Ok(()),
         Some(token) => Err(Error::NonFiniteLogits {
-            role,
+            role: None,
             position,
             token: token as u32,
             value: row[token],
@@ -19,13 +31,13 @@ pub fn check_finite(row: &[f32], role: Role, position: usize) -> Result<()> {
 /// Greedy choice: the id of the largest logit not in `suppress` (the lowest
 /// id among ties). Errors on NaN / +inf, or when every token is suppressed or
 /// `-inf`.
-pub fn argmax(row: &[f32], suppress: &[u32], role: Role, position: usize) -> Result<u32> {
+pub fn argmax(row: &[f32], suppress: &[u32], position: usize) -> Result<u32> {
     // Fast path, all vectorized: the largest logit and whether any is NaN or
     // +inf in one pass, then the first id holding it. A row like that is
     // answered unless the winner is suppressed or -inf.
     let (max, bad) = max_and_bad(row);
     if bad {
-        check_finite(row, role, position)?;
+        check_finite(row, position)?;
     }
     if max != f32::NEG_INFINITY {
         if let Some(i) = row.iter().position(|&x| x == max) {
@@ -43,8 +55,10 @@ pub fn argmax(row: &[f32], suppress: &[u32], role: Role, position: usize) -> Res
             best = Some((i, x));
         }
     }
-    best.map(|(i, _)| i as u32)
-        .ok_or(Error::EmptyDistribution { role, position })
+    best.map(|(i, _)| i as u32).ok_or(Error::EmptyDistribution {
+        role: None,
+        position,
+    })
 }
 
 /// The largest value of `row` (`-inf` if empty), and whether it holds a NaN
@@ -70,19 +84,18 @@ pub(super) fn max_and_bad(row: &[f32]) -> (f32, bool) {
 }
 
 /// A row's greedy choice ([`argmax`], row 0 in errors) and, when
-/// `confidence`, its [`greedy_confidence`]: what
+/// `confidence` is [`Confidence::Wanted`], its [`greedy_confidence`]: what
 /// [`LanguageModel::forward_last_greedy`](crate::LanguageModel::forward_last_greedy)
 /// returns by default.
 pub(crate) fn greedy_pick(
     row: &[f32],
     suppress: &[u32],
-    role: Role,
-    confidence: bool,
+    confidence: Confidence,
 ) -> Result<(u32, Option<f32>)> {
-    let token = argmax(row, suppress, role, 0)?;
+    let token = argmax(row, suppress, 0)?;
     Ok((
         token,
-        confidence.then(|| greedy_confidence(row, token, suppress)),
+        (confidence == Confidence::Wanted).then(|| greedy_confidence(row, token, suppress)),
     ))
 }
 
@@ -218,7 +231,7 @@ mod tests {
                 .map(|_| (rng.random::<f64>() * 30.0 - 15.0) as f32)
                 .collect();
             let suppress: Vec<u32> = if vocab > 2 { vec![1, 1, 2] } else { vec![] };
-            let best = argmax(&row, &suppress, Role::Draft, 0).unwrap();
+            let best = argmax(&row, &suppress, 0).unwrap();
             let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
             let weight = |i: usize| ((row[i] as f64) - max).exp();
             let total: f64 = (0..vocab)
@@ -253,7 +266,7 @@ mod tests {
 
     #[test]
     fn non_finite_logits_name_the_position() {
-        let e = argmax(&[0.0, f32::NAN], &[], Role::Target, 4).unwrap_err();
+        let e = argmax(&[0.0, f32::NAN], &[], 4).unwrap_err();
         assert!(matches!(
             e,
             Error::NonFiniteLogits {
@@ -266,7 +279,6 @@ mod tests {
             &[f32::INFINITY],
             &SamplingParams::with_temperature(1.0),
             &[],
-            Role::Draft,
             0,
         );
         assert!(e.is_err());

@@ -23,7 +23,7 @@ mod sampler;
 pub mod warp;
 
 pub(crate) use greedy::greedy_pick;
-pub use greedy::{argmax, check_finite, greedy_confidence};
+pub use greedy::{argmax, check_finite, greedy_confidence, Confidence};
 pub use random::{RandomSource, SeededRandom};
 pub(crate) use sampler::greedy_draft;
 pub use sampler::{Pick, Sampler, SamplingMode};

@@ -37,7 +37,7 @@
 
 use super::greedy::{check_finite, max_and_bad};
 use super::{Distribution, SamplingParams};
-use crate::error::{Error, Result, Role};
+use crate::error::{Error, Result};
 
 /// The `suppress`ed ids that fall in a row of `len`, ascending, once each.
 fn suppressed_in(suppress: &[u32], len: usize) -> Vec<u32> {
@@ -57,7 +57,7 @@ fn suppressed_in(suppress: &[u32], len: usize) -> Vec<u32> {
 /// docs](self) say. Ties at a top-k / top-p cut are broken by the lower id,
 /// so the result is a function of the row alone.
 ///
-/// `params` must not be greedy (use [`argmax`](super::argmax)); `role` and `position` only
+/// `params` must not be greedy (use [`argmax`](super::argmax)); `position` only
 /// name the row in errors. Errors on settings that
 /// [`SamplingParams::validate`] refuses, on a NaN or `+inf` logit, and when
 /// no id is left to choose.
@@ -65,7 +65,6 @@ pub fn warp(
     row: &[f32],
     params: &SamplingParams,
     suppress: &[u32],
-    role: Role,
     position: usize,
 ) -> Result<Distribution> {
     // Out-of-range settings (an infinite temperature, a NaN min-p) would
@@ -73,9 +72,12 @@ pub fn warp(
     params.validate()?;
     let (top, bad) = max_and_bad(row);
     if bad {
-        check_finite(row, role, position)?;
+        check_finite(row, position)?;
     }
-    let empty = || Error::EmptyDistribution { role, position };
+    let empty = || Error::EmptyDistribution {
+        role: None,
+        position,
+    };
     let sup = suppressed_in(suppress, row.len());
     let max = live_max(row, top, &sup);
     if max == f32::NEG_INFINITY {
@@ -681,10 +683,7 @@ mod tests {
     }
 
     fn dist(row: &[f32], params: &SamplingParams) -> Vec<f64> {
-        warp(row, params, &[], Role::Target, 0)
-            .unwrap()
-            .probs()
-            .to_vec()
+        warp(row, params, &[], 0).unwrap().probs().to_vec()
     }
 
     #[test]
@@ -728,17 +727,17 @@ mod tests {
     #[test]
     fn suppression_and_masking() {
         let params = SamplingParams::with_temperature(1.0);
-        let d = warp(&[5.0, 1.0], &params, &[0], Role::Draft, 3).unwrap();
+        let d = warp(&[5.0, 1.0], &params, &[0], 3).unwrap();
         assert_eq!(d.probs(), &[0.0, 1.0]);
-        let e = warp(&[f32::NEG_INFINITY, 1.0], &params, &[1], Role::Draft, 3).unwrap_err();
+        let e = warp(&[f32::NEG_INFINITY, 1.0], &params, &[1], 3).unwrap_err();
         assert!(matches!(
             e,
             Error::EmptyDistribution {
-                role: Role::Draft,
+                role: None,
                 position: 3
             }
         ));
-        assert_eq!(argmax(&[5.0, 1.0, 5.0], &[0], Role::Target, 0).unwrap(), 2);
+        assert_eq!(argmax(&[5.0, 1.0, 5.0], &[0], 0).unwrap(), 2);
     }
     #[test]
     fn weight32_is_close_to_exp_and_zero_below_its_range() {
@@ -929,7 +928,7 @@ mod tests {
                         min_p,
                         ..SamplingParams::with_temperature(t)
                     };
-                    let got = warp(row, &params, suppress, Role::Target, 0).unwrap();
+                    let got = warp(row, &params, suppress, 0).unwrap();
                     let mut want = kept_by_full_sort(row, &params, &sup);
                     want.sort_unstable();
                     let ctx = row_ctx(row, &sup, t);
@@ -969,8 +968,8 @@ mod tests {
             top_p: Some(0.9),
             ..SamplingParams::with_temperature(0.8)
         };
-        let p = warp(&lm_row(5003, 30.0, 1), &params, &[], Role::Target, 0).unwrap();
-        let q = warp(&lm_row(5003, 30.0, 2), &params, &[], Role::Draft, 0).unwrap();
+        let p = warp(&lm_row(5003, 30.0, 1), &params, &[], 0).unwrap();
+        let q = warp(&lm_row(5003, 30.0, 2), &params, &[], 0).unwrap();
         assert!(p.stored() < 5003 / 4, "kept {} of 5003", p.stored());
         let dense = p.probs();
         assert_eq!(dense.len(), 5003);
@@ -1012,7 +1011,7 @@ mod tests {
         for bad in [f32::NAN, f32::INFINITY] {
             let mut row = lm_row(1000, 20.0, 1);
             row[321] = bad;
-            let e = warp(&row, &params, &[], Role::Target, 6).unwrap_err();
+            let e = warp(&row, &params, &[], 6).unwrap_err();
             assert!(matches!(
                 e,
                 Error::NonFiniteLogits {
@@ -1031,13 +1030,7 @@ mod tests {
             },
             SamplingParams::with_temperature(1.0),
         ] {
-            let e = warp(
-                &[f32::NEG_INFINITY, 1.0, 2.0],
-                &params,
-                &[1, 2],
-                Role::Draft,
-                2,
-            );
+            let e = warp(&[f32::NEG_INFINITY, 1.0, 2.0], &params, &[1, 2], 2);
             assert!(matches!(
                 e,
                 Err(Error::EmptyDistribution { position: 2, .. })
@@ -1051,7 +1044,6 @@ mod tests {
                 ..SamplingParams::with_temperature(1e-45)
             },
             &[],
-            Role::Draft,
             0,
         )
         .unwrap();
@@ -1064,7 +1056,6 @@ mod tests {
                 ..SamplingParams::with_temperature(1.0)
             },
             &[],
-            Role::Draft,
             0,
         )
         .unwrap();
@@ -1081,7 +1072,6 @@ mod tests {
                 ..SamplingParams::with_temperature(1.0)
             },
             &[],
-            Role::Draft,
             0,
         )
         .unwrap();
@@ -1129,8 +1119,8 @@ mod tests {
                     min_p,
                     ..SamplingParams::with_temperature(t)
                 };
-                let best = argmax(&row, &suppress, Role::Target, 0);
-                match warp(&row, &params, &suppress, Role::Target, 0) {
+                let best = argmax(&row, &suppress, 0);
+                match warp(&row, &params, &suppress, 0) {
                     Ok(d) => {
                         let sum: f64 = d.probs().iter().sum();
                         assert!((sum - 1.0).abs() < 1e-12, "{row:?} {params:?}: {sum}");

@@ -10,10 +10,8 @@ use std::collections::BTreeMap;
 use std::ops::ControlFlow;
 
 use super::toy::Toy;
-use specdec::{
-    Drafter, Eos, GenerateConfig, Generator, LanguageModel, RandomSource, SamplingParams,
-    StopReason,
-};
+use specdec::sampling::RandomSource;
+use specdec::{Drafter, Eos, GenerateConfig, Generator, LanguageModel, SamplingParams, StopReason};
 
 /// Warping as `SamplingParams` documents it, in the plainest code: softmax
 /// of `row / temperature` with `suppress`ed ids removed; then top-k (the `k`

@@ -61,13 +61,13 @@ impl Toy {
 impl LanguageModel for Toy {
     fn forward(&mut self, tokens: &[u32]) -> Result<Logits> {
         if tokens.is_empty() || self.context.len() + tokens.len() > self.n_positions {
-            return Err(specdec::Error::Shape {
+            return Err(specdec::Error::OutOfRange {
                 model: "toy".into(),
                 message: format!("bad feed of {}", tokens.len()),
             });
         }
         if tokens.iter().any(|&t| t as usize >= self.vocab) {
-            return Err(specdec::Error::Shape {
+            return Err(specdec::Error::OutOfRange {
                 model: "toy".into(),
                 message: "token outside vocabulary".into(),
             });
@@ -83,7 +83,7 @@ impl LanguageModel for Toy {
 
     fn truncate(&mut self, len: usize) -> Result<()> {
         if len > self.context.len() {
-            return Err(specdec::Error::Shape {
+            return Err(specdec::Error::OutOfRange {
                 model: "toy".into(),
                 message: "truncate past end".into(),
             });
@@ -128,14 +128,14 @@ pub struct Stubborn {
 impl specdec::Drafter for Stubborn {
     fn propose(
         &mut self,
-        request: &mut specdec::DraftRequest<'_>,
-    ) -> specdec::Result<specdec::Draft> {
+        request: &mut specdec::drafter::DraftRequest<'_>,
+    ) -> specdec::Result<specdec::drafter::Proposal> {
         let last = *request.committed.last().unwrap();
-        Ok(specdec::Draft {
+        Ok(specdec::drafter::Proposal {
             tokens: (1..=request.max as u32)
                 .map(|i| (last + i) % self.vocab)
                 .collect(),
-            ..specdec::Draft::default()
+            ..specdec::drafter::Proposal::default()
         })
     }
 }

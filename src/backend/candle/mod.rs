@@ -38,9 +38,9 @@ pub use llama::Quantization;
 pub use weights::fuzz_load;
 
 use crate::chat::ChatTemplate;
-use crate::error::{Error, Result, Role};
-use crate::model::{LanguageModel, Logits};
-use crate::sampling::{argmax, greedy_pick};
+use crate::error::{Error, Result};
+use crate::model::{check_feed, check_truncate, LanguageModel, Logits, Rows};
+use crate::sampling::{argmax, greedy_pick, Confidence};
 use crate::tokenizer::Tokenizer;
 use cuda::GraphDecoder;
 use llama::{LayerCache, Llama, WeightSource};
@@ -368,34 +368,17 @@ impl CandleModel {
     }
 
     fn check_feed(&self, tokens: &[u32]) -> Result<()> {
-        let err = |message: String| Error::Shape {
-            model: self.name.clone(),
-            message,
-        };
-        if tokens.is_empty() {
-            return Err(err("forward of 0 tokens".into()));
-        }
-        if self.len + tokens.len() > self.n_positions {
-            return Err(err(format!(
-                "{} cached + {} new tokens exceed n_positions = {}",
-                self.len,
-                tokens.len(),
-                self.n_positions
-            )));
-        }
-        if let Some(&bad) = tokens
-            .iter()
-            .find(|&&t| t as usize >= self.config.vocab_size)
-        {
-            return Err(err(format!(
-                "token id {bad} is outside the vocabulary of {}",
-                self.config.vocab_size
-            )));
-        }
-        Ok(())
+        check_feed(
+            &self.name,
+            tokens,
+            self.len,
+            self.n_positions,
+            self.config.vocab_size,
+        )
     }
 
-    fn run(&mut self, tokens: &[u32], last_only: bool) -> Result<Logits> {
+    fn run(&mut self, tokens: &[u32], rows: Rows) -> Result<Logits> {
+        let last_only = rows == Rows::Last;
         self.check_feed(tokens)?;
         if let Some(graph) = &mut self.graph {
             let width = graph.max_width();
@@ -461,13 +444,13 @@ fn is_gguf(path: &Path) -> bool {
 
 impl LanguageModel for CandleModel {
     fn forward(&mut self, tokens: &[u32]) -> Result<Logits> {
-        self.run(tokens, false)
+        self.run(tokens, Rows::All)
     }
 
     /// On a CUDA graph, the argmax is taken on the device and only ids
     /// come back; a row whose winner is suppressed, or that holds a NaN or
     /// `+inf`, is copied back and decided on the host.
-    fn forward_greedy(&mut self, tokens: &[u32], suppress: &[u32], role: Role) -> Result<Vec<u32>> {
+    fn forward_greedy(&mut self, tokens: &[u32], suppress: &[u32]) -> Result<Vec<u32>> {
         // (Without a graph, forward checks the feed itself.)
         if self.graph.is_some() {
             self.check_feed(tokens)?;
@@ -475,7 +458,7 @@ impl LanguageModel for CandleModel {
         let Some(graph) = &mut self.graph else {
             let logits = self.forward(tokens)?;
             return (0..logits.rows())
-                .map(|i| argmax(logits.row(i), suppress, role, i))
+                .map(|i| argmax(logits.row(i), suppress, i))
                 .collect();
         };
         let width = graph.max_width();
@@ -488,7 +471,7 @@ impl LanguageModel for CandleModel {
                     Some((id, _)) if !suppress.contains(&id) => id,
                     _ => {
                         let logits = graph.logits(j)?;
-                        argmax(&logits[..self.config.vocab_size], suppress, role, row)?
+                        argmax(&logits[..self.config.vocab_size], suppress, row)?
                     }
                 });
             }
@@ -503,8 +486,7 @@ impl LanguageModel for CandleModel {
         &mut self,
         tokens: &[u32],
         suppress: &[u32],
-        role: Role,
-        confidence: bool,
+        confidence: Confidence,
     ) -> Result<(u32, Option<f32>)> {
         // (Without a graph, forward checks the feed itself.)
         if self.graph.is_some() {
@@ -512,21 +494,22 @@ impl LanguageModel for CandleModel {
         }
         let Some(graph) = &mut self.graph else {
             let logits = self.forward_last(tokens)?;
-            return greedy_pick(logits.row(0), suppress, role, confidence);
+            return greedy_pick(logits.row(0), suppress, confidence);
         };
         let width = graph.max_width();
         for (i, chunk) in tokens.chunks(width).enumerate() {
             graph.step(chunk, self.len + i * width)?;
         }
         self.len += tokens.len();
+        let wanted = confidence == Confidence::Wanted;
         match graph.argmax()?.pop().flatten() {
             // With suppressed ids the confidence must leave their terms out.
-            Some((id, sum)) if suppress.is_empty() || (!confidence && !suppress.contains(&id)) => {
-                Ok((id, confidence.then(|| (1.0 / sum).min(1.0))))
+            Some((id, sum)) if suppress.is_empty() || (!wanted && !suppress.contains(&id)) => {
+                Ok((id, wanted.then(|| (1.0 / sum).min(1.0))))
             }
             _ => {
                 let logits = graph.last_logits()?;
-                greedy_pick(&logits, suppress, role, confidence)
+                greedy_pick(&logits, suppress, confidence)
             }
         }
     }
@@ -561,19 +544,11 @@ impl LanguageModel for CandleModel {
     }
 
     fn forward_last(&mut self, tokens: &[u32]) -> Result<Logits> {
-        self.run(tokens, true)
+        self.run(tokens, Rows::Last)
     }
 
     fn truncate(&mut self, len: usize) -> Result<()> {
-        if len > self.len {
-            return Err(Error::Shape {
-                model: self.name.clone(),
-                message: format!(
-                    "cannot truncate to {len}: only {} positions are cached",
-                    self.len
-                ),
-            });
-        }
+        check_truncate(&self.name, len, self.len)?;
         // The cache beyond `len` is overwritten by the next forward.
         self.len = len;
         Ok(())

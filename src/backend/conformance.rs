@@ -5,20 +5,22 @@
 //! token ids of ordinary text; it drives the model only through the trait and
 //! only with shapes the model declares ([`LanguageModel::shapes`]), so the same
 //! suite serves dynamic backends (candle CPU / CUDA), static-shape ones
-//! (Inferentia2, [`crate::StaticShapeModel`]) and test doubles. specdec runs
+//! (Inferentia2, [`StaticShapeModel`](super::static_shape::StaticShapeModel)) and test doubles. specdec runs
 //! it on all of these in its own tests.
 //!
 //! ```no_run
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! let mut model = specdec::CandleModel::load("models/py-s")?;
 //! let tokens: Vec<u32> = (1..40).collect();
-//! specdec::conformance::check_all(&mut model, &tokens, &specdec::conformance::Tolerance::f32())?;
+//! use specdec::backend::conformance::{check_all, Tolerance};
+//! check_all(&mut model, &tokens, &Tolerance::f32())?;
 //! # Ok(())
 //! # }
 //! ```
 
 use crate::error::Error;
 use crate::model::{LanguageModel, Logits, Shapes};
+use crate::sampling::Confidence;
 
 /// How close logits computed two ways must be.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -286,16 +288,14 @@ pub fn forward_greedy_is_argmax(model: &mut dyn LanguageModel, tokens: &[u32]) -
     let logits = model.forward(feed).map_err(&e)?;
     let choose = |suppress: &[u32]| -> crate::Result<Vec<u32>> {
         (0..w)
-            .map(|i| crate::sampling::argmax(logits.row(i), suppress, crate::Role::Target, i))
+            .map(|i| crate::sampling::argmax(logits.row(i), suppress, i))
             .collect()
     };
     let winners = choose(&[]).map_err(&e)?;
     for suppress in [Vec::new(), winners] {
         let want = choose(&suppress).map_err(&e)?;
         start(model, &tokens[..8]).map_err(&e)?;
-        let got = model
-            .forward_greedy(feed, &suppress, crate::Role::Target)
-            .map_err(&e)?;
+        let got = model.forward_greedy(feed, &suppress).map_err(&e)?;
         if got != want {
             return Err(fail(
                 C,
@@ -321,23 +321,23 @@ pub fn forward_last_greedy_is_argmax(model: &mut dyn LanguageModel, tokens: &[u3
     start(model, &tokens[..8]).map_err(&e)?;
     let logits = model.forward_last(feed).map_err(&e)?;
     let row = logits.row(0);
-    let winner = crate::sampling::argmax(row, &[], crate::Role::Draft, 0).map_err(&e)?;
+    let winner = crate::sampling::argmax(row, &[], 0).map_err(&e)?;
     let other = (winner + 1) % row.len() as u32;
     // With and without the confidence; suppressing the winner, or an id
     // that is not the winner.
     let cases = [
-        (Vec::new(), true),
-        (vec![winner], true),
-        (vec![other], true),
-        (vec![other], false),
-        (vec![winner], false),
+        (Vec::new(), Confidence::Wanted),
+        (vec![winner], Confidence::Wanted),
+        (vec![other], Confidence::Wanted),
+        (vec![other], Confidence::Skip),
+        (vec![winner], Confidence::Skip),
     ];
     for (suppress, confidence) in cases {
-        let want = crate::sampling::argmax(row, &suppress, crate::Role::Draft, 0).map_err(&e)?;
+        let want = crate::sampling::argmax(row, &suppress, 0).map_err(&e)?;
         let sure = crate::sampling::greedy_confidence(row, want, &suppress);
         start(model, &tokens[..8]).map_err(&e)?;
         let (got, conf) = model
-            .forward_last_greedy(feed, &suppress, crate::Role::Draft, confidence)
+            .forward_last_greedy(feed, &suppress, confidence)
             .map_err(&e)?;
         if got != want {
             return Err(fail(
@@ -348,7 +348,7 @@ pub fn forward_last_greedy_is_argmax(model: &mut dyn LanguageModel, tokens: &[u3
             ));
         }
         match conf {
-            _ if !confidence => {}
+            _ if confidence == Confidence::Skip => {}
             Some(c) if (0.0..=1.0).contains(&c) && (c - sure).abs() <= 1e-4 => {}
             _ => {
                 return Err(fail(

@@ -1,6 +1,6 @@
 //! Prompt lookup: a drafter with no model.
 
-use super::{Draft, DraftRequest, Drafter};
+use super::{DraftRequest, Drafter, Proposal};
 use crate::error::{Error, Result};
 
 /// The n-gram drafter (prompt lookup): finds the longest suffix of the
@@ -88,10 +88,10 @@ impl NGram {
 }
 
 impl Drafter for NGram {
-    fn propose(&mut self, request: &mut DraftRequest<'_>) -> Result<Draft> {
-        Ok(Draft {
+    fn propose(&mut self, request: &mut DraftRequest<'_>) -> Result<Proposal> {
+        Ok(Proposal {
             tokens: self.lookup(request.committed, request.max),
-            ..Draft::default()
+            ..Proposal::default()
         })
     }
 }

@@ -1,12 +1,13 @@
 //! Drafters: whatever proposes the draft tokens a target verifies.
 //!
-//! A [`Drafter`] proposes up to `k - 1` tokens to follow the committed
-//! sequence. Two kinds ship here: any [`LanguageModel`]
-//! is one (it samples from its own warped distribution `q`, or picks its
-//! argmax or its Gumbel-max choice, as the target would: see
-//! [`model`]), and [`NGram`] is one with no model at all (prompt lookup: it
-//! copies what followed the last few tokens earlier in the sequence). The
-//! [`Generator`](crate::Generator) runs the same loop for both.
+//! A [`Drafter`] answers each window with a [`Proposal`]: up to `k - 1`
+//! *draft tokens* to follow the committed sequence. Two kinds ship here:
+//! any [`LanguageModel`] is one, a *draft model* (it samples from its own
+//! warped distribution `q`, or picks its argmax or its Gumbel-max choice,
+//! as the target would: see [`model`]), and [`NGram`] is one with no model
+//! at all (prompt lookup: it copies what followed the last few tokens
+//! earlier in the sequence). The [`Generator`](crate::Generator) runs the
+//! same loop for both.
 //!
 //! A proposal with no distribution is verified as a draft whose `q` is a
 //! point mass on the proposed token, which keeps sampled output exactly the
@@ -32,9 +33,9 @@ pub trait Drafter {
     /// a static-shape target a proposal is cut to the largest compiled
     /// window it fills; that keeps the output exact only when the length
     /// proposed does not depend on random draws, so a drafter that draws
-    /// should stop only where [`DraftRequest::stop_below`] allows a stop
-    /// (the model drafter does).
-    fn propose(&mut self, request: &mut DraftRequest<'_>) -> Result<Draft>;
+    /// should stop only where [`DraftRequest::min_draft_confidence`] allows
+    /// a stop (a draft model does).
+    fn propose(&mut self, request: &mut DraftRequest<'_>) -> Result<Proposal>;
 
     /// Checks, when a [`Generator`](crate::Generator) is built, that this
     /// drafter can serve `target` (a model drafter: the same vocabulary).
@@ -66,7 +67,7 @@ pub trait Drafter {
 /// A boxed drafter is a drafter, so one program can choose a draft model or
 /// the n-gram drafter at run time: `Generator<T, Box<dyn Drafter>>`.
 impl Drafter for Box<dyn Drafter + '_> {
-    fn propose(&mut self, request: &mut DraftRequest<'_>) -> Result<Draft> {
+    fn propose(&mut self, request: &mut DraftRequest<'_>) -> Result<Proposal> {
         (**self).propose(request)
     }
     fn check_target(&self, target: &dyn LanguageModel) -> Result<()> {
@@ -95,7 +96,7 @@ pub struct DraftRequest<'a> {
     pub sampler: &'a Sampler,
     /// The generation's random source (rejection sampling's draws).
     pub rng: &'a mut dyn RandomSource,
-    pub(crate) min_confidence: f32,
+    pub(crate) min_draft_confidence: f32,
     pub(crate) target_shapes: &'a Shapes,
 }
 
@@ -105,18 +106,19 @@ impl DraftRequest<'_> {
     /// [`min_draft_confidence`](crate::GenerateConfig::min_draft_confidence)
     /// where a window of `j + 1` positions is one the target runs, else 0
     /// (no stop).
-    pub fn stop_below(&self, j: usize) -> f32 {
-        if allowed_at_most(self.target_shapes, j + 1) == j + 1 {
-            self.min_confidence
+    pub fn min_draft_confidence(&self, j: usize) -> f32 {
+        if self.target_shapes.largest_window_at_most(j + 1) == j + 1 {
+            self.min_draft_confidence
         } else {
             0.0
         }
     }
 }
 
-/// A drafter's proposal for one window.
+/// A drafter's proposal for one window: the draft tokens, and the
+/// distributions they were drawn from where they were drawn.
 #[derive(Debug, Clone, Default)]
-pub struct Draft {
+pub struct Proposal {
     /// The draft tokens, `[m]`, `m <= max`.
     pub tokens: Vec<u32>,
     /// `[m]`: the distribution each token was drawn from, when it was drawn
@@ -128,18 +130,4 @@ pub struct Draft {
     pub forward_passes: usize,
     /// True when the drafter stopped short of `max` for lack of confidence.
     pub stopped_early: bool,
-}
-
-/// The largest token count `<= n` the shapes run (1 is always run).
-pub(crate) fn allowed_at_most(shapes: &Shapes, n: usize) -> usize {
-    match shapes {
-        Shapes::Dynamic => n,
-        Shapes::Static(s) => s
-            .windows
-            .iter()
-            .copied()
-            .filter(|&w| w <= n)
-            .max()
-            .unwrap_or(1),
-    }
 }

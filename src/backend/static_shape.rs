@@ -1,8 +1,12 @@
-//! The static-shape adapter; see [`StaticShapeModel`].
+//! Static shapes: the rules of a backend compiled ahead of time (AWS
+//! Inferentia2), as [`StaticShapes`] it declares and as
+//! [`StaticShapeModel`], which makes any model obey them.
 
 use crate::error::{Error, Result};
-use crate::model::{LanguageModel, Logits, Shapes, StaticShapes};
+use crate::model::{check_truncate, LanguageModel, Logits, Rows, Shapes};
 use crate::tokenizer::Tokenizer;
+
+pub use crate::model::StaticShapes;
 
 /// Token used to pad a prompt up to its bucket (its logits are discarded).
 pub const PAD_TOKEN: u32 = 0;
@@ -111,21 +115,25 @@ impl<M: LanguageModel> StaticShapeModel<M> {
         &self.graph_calls
     }
 
-    fn shape_error(&self, message: String) -> Error {
-        Error::Shape {
-            model: format!("static-shape {}", self.inner.name()),
+    fn name(&self) -> String {
+        format!("static-shape {}", self.inner.name())
+    }
+
+    fn out_of_range(&self, message: String) -> Error {
+        Error::OutOfRange {
+            model: self.name(),
             message,
         }
     }
 
     /// Runs `tokens` through the graph that serves them.
-    fn run(&mut self, tokens: &[u32], last_only: bool) -> Result<Logits> {
+    fn run(&mut self, tokens: &[u32], rows: Rows) -> Result<Logits> {
         let n = tokens.len();
         if n == 0 {
-            return Err(self.shape_error("forward of 0 tokens".into()));
+            return Err(self.out_of_range("forward of 0 tokens".into()));
         }
         if self.len + n > self.n_positions {
-            return Err(self.shape_error(format!(
+            return Err(self.out_of_range(format!(
                 "{} cached + {n} new tokens exceed the compiled n_positions = {}",
                 self.len, self.n_positions
             )));
@@ -136,10 +144,9 @@ impl<M: LanguageModel> StaticShapeModel<M> {
             self.inner.truncate(self.len)?;
         }
         if self.shapes.windows.contains(&n) {
-            let logits = if last_only {
-                self.inner.forward_last(tokens)?
-            } else {
-                self.inner.forward(tokens)?
+            let logits = match rows {
+                Rows::Last => self.inner.forward_last(tokens)?,
+                Rows::All => self.inner.forward(tokens)?,
             };
             self.len += n;
             match self
@@ -168,33 +175,34 @@ impl<M: LanguageModel> StaticShapeModel<M> {
                 self.graph_calls.context_encoding += 1;
                 self.graph_calls.padded_positions += bucket - n;
                 let vocab = logits.vocab();
-                let rows = if last_only { n - 1..n } else { 0..n };
+                let rows = match rows {
+                    Rows::Last => n - 1..n,
+                    Rows::All => 0..n,
+                };
                 Ok(Logits::new(logits.as_slice()[rows.start * vocab..rows.end * vocab].to_vec(), vocab))
             }
-            _ => Err(self.shape_error(format!(
+            _ => Err(Error::NotCompiled {
+                model: self.name(),
+                message: format!(
                 "no compiled graph for {n} tokens at position {}: windows {:?}, prompt buckets {:?} (prompt buckets only on an empty cache)",
-                self.len, self.shapes.windows, self.shapes.prompt_buckets
-            ))),
+                    self.len, self.shapes.windows, self.shapes.prompt_buckets
+                ),
+            }),
         }
     }
 }
 
 impl<M: LanguageModel> LanguageModel for StaticShapeModel<M> {
     fn forward(&mut self, tokens: &[u32]) -> Result<Logits> {
-        self.run(tokens, false)
+        self.run(tokens, Rows::All)
     }
 
     fn forward_last(&mut self, tokens: &[u32]) -> Result<Logits> {
-        self.run(tokens, true)
+        self.run(tokens, Rows::Last)
     }
 
     fn truncate(&mut self, len: usize) -> Result<()> {
-        if len > self.len {
-            return Err(self.shape_error(format!(
-                "cannot truncate to {len}: only {} positions are cached",
-                self.len
-            )));
-        }
+        check_truncate(&self.name(), len, self.len)?;
         self.len = len;
         Ok(())
     }
