@@ -32,9 +32,9 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use specdec::{
-    CandleModel, ChatMessage, Drafter, Eos, Error, GenerateConfig, Generator, LanguageModel, NGram,
-    Output, Role, SamplingMode, SamplingParams,
-, GenerationPrompt};
+    CandleModel, ChatMessage, Drafter, Eos, Error, GenerateConfig, GenerationPrompt, Generator,
+    LanguageModel, NGram, Output, Role, SamplingMode, SamplingParams,
+};
 
 mod common;
 

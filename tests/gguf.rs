@@ -13,9 +13,9 @@ use candle_core::{Device, Tensor};
 use serde_json::Value as Json;
 use specdec::backend::conformance::{check_all, Tolerance};
 use specdec::{
-    CandleModel, ChatMessage, ChatTemplate, Error, GenerateConfig, Generator, LanguageModel,
-    LoadOptions, Quantization, SamplingParams, StopReason, Tokenizer,
-, GenerationPrompt};
+    CandleModel, ChatMessage, ChatTemplate, Error, GenerateConfig, GenerationPrompt, Generator,
+    LanguageModel, LoadOptions, Quantization, SamplingParams, StopReason, Tokenizer,
+};
 
 /// Largest `|logit - transformers' logit|` allowed on the quantized-compute
 /// path, at the reference's top-5 ids of every prompt position. The blocks
