@@ -64,7 +64,7 @@ pub fn uniform(seed: u64, position: usize, token: u32) -> f64 {
 
 /// The standard Gumbel variate `-ln(-ln u)` with `u = uniform(seed,
 /// position, token)`.
-pub fn gumbel(seed: u64, position: usize, token: u32) -> f64 {
+pub fn gumbel_noise(seed: u64, position: usize, token: u32) -> f64 {
     gumbel_of(uniform(seed, position, token))
 }
 
@@ -87,7 +87,7 @@ pub fn argmax_with_noise(p: &Distribution, mut noise: impl FnMut(u32) -> f64) ->
 }
 
 /// The reproducible choice at absolute `position`: `argmax_v (ln p(v) +
-/// gumbel(seed, position, v))`, an exact draw from `p` that depends only on
+/// gumbel_noise(seed, position, v))`, an exact draw from `p` that depends only on
 /// `p`, `seed` and `position`. The lowest id wins a tie (probability 0).
 ///
 /// Computed as the exponential race `argmax_v p(v) / E(v)`, `E = -ln u`.
@@ -141,7 +141,7 @@ mod tests {
         assert!((mean - 0.5).abs() < 0.005, "{mean}");
         assert!((var - 1.0 / 12.0).abs() < 0.002, "{var}");
         // The Gumbel's mean is the Euler-Mascheroni constant.
-        let g = (0..n).map(|i| gumbel(2, i, 9)).sum::<f64>() / n as f64;
+        let g = (0..n).map(|i| gumbel_noise(2, i, 9)).sum::<f64>() / n as f64;
         assert!((g - 0.577_215_66).abs() < 0.02, "{g}");
     }
 
@@ -162,7 +162,7 @@ mod tests {
                 .collect();
             let p = dist(&w);
             for position in [0usize, 17, 1 << 20] {
-                let want = argmax_with_noise(&p, |v| gumbel(case, position, v));
+                let want = argmax_with_noise(&p, |v| gumbel_noise(case, position, v));
                 assert_eq!(choose(&p, case, position), want, "case {case}");
             }
         }

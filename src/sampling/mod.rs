@@ -4,12 +4,12 @@
 //! Both models' logits go through the *same* [`warp()`]: suppression, then
 //! temperature, top-k, top-p and min-p (top-p's cut decided on `f32`
 //! weights), the kept tokens' probabilities in `f64`, stored sparse when a
-//! cut keeps a part of the vocabulary (see [`warp`](mod@warp)). The draft's
+//! cut keeps a part of the vocabulary (see [`warping`]). The draft's
 //! token is drawn from exactly the distribution `q` that [`warp()`] returns, and
 //! that same `q` is what the verifier divides by. Nothing here hands out a
 //! token without the distribution it came from.
 //!
-//! One concern per module: [`warp`](mod@warp) (logits to a distribution),
+//! One concern per module: [`warping`] (logits to a distribution),
 //! [`greedy`] (argmax and a greedy draft's confidence), [`gumbel`] (noise
 //! keyed by seed, position and token, for reproducible sampling) and
 //! [`random`] (the sequential random source of rejection sampling).
@@ -20,14 +20,14 @@ pub mod greedy;
 pub mod gumbel;
 pub mod random;
 mod sampler;
-pub mod warp;
+pub mod warping;
 
 pub(crate) use greedy::greedy_pick;
 pub use greedy::{argmax, check_finite, greedy_confidence, Confidence};
 pub use random::{RandomSource, SeededRandom};
 pub(crate) use sampler::greedy_draft;
 pub use sampler::{Pick, Sampler, SamplingMode};
-pub use warp::warp;
+pub use warping::warp;
 
 use crate::error::{Error, Result};
 
@@ -45,7 +45,7 @@ pub struct SamplingParams {
     pub top_k: Option<usize>,
     /// Keep the smallest set of most likely tokens whose mass reaches `top_p`,
     /// in `(0, 1]` (the mass measured on single-precision weights, within
-    /// about 1e-6 relative; see [`warp`](mod@warp)). 1 keeps every token.
+    /// about 1e-6 relative; see [`warping`]). 1 keeps every token.
     pub top_p: Option<f32>,
     /// Drop tokens whose probability is below `min_p` times the largest, in `[0, 1]`.
     pub min_p: Option<f32>,
