@@ -137,8 +137,7 @@ fn verifying_with_a_helper_gives_the_sequential_verdicts() {
     let likely: Vec<u32> = (0..k as u32)
         .map(|i| argmax(target.row(i as usize), &[3], 0).unwrap())
         .collect();
-    let e =
-        verify_logits(&sampler, &bad, 50, &likely, &q, &mut SeededRandom::new(1)).unwrap_err();
+    let e = verify_logits(&sampler, &bad, 50, &likely, &q, &mut SeededRandom::new(1)).unwrap_err();
     assert!(matches!(
         e,
         Error::NonFiniteLogits {
