@@ -110,6 +110,7 @@ pub mod conformance;
 pub mod draft;
 mod error;
 mod generator;
+mod json;
 mod model;
 mod output;
 pub mod sampling;

@@ -16,6 +16,9 @@
 //! - Llama 3.1's RoPE scaling is not in the metadata but in a tensor,
 //!   `rope_freqs.weight` (`[head_dim / 2]` divisors of the inverse
 //!   frequencies).
+//!
+//! The tokenizer in the metadata is rebuilt by `tokenizer`; what a block
+//! format's bytes mean is `super::super::quant`'s.
 
 use std::cell::RefCell;
 use std::collections::BTreeSet;
@@ -27,11 +30,14 @@ use candle_core::quantized::gguf_file::{Content, TensorInfo, Value};
 use candle_core::quantized::{ggml_file, GgmlDType};
 use candle_core::{DType, Device, Tensor};
 
+mod header;
+pub(crate) mod tokenizer;
+
+use super::super::quant::QType;
 use super::config::{ModelConfig, RopeScaling};
-use super::cpu_quant::QType;
-use super::gguf_header::header_alignment;
-use super::llama::{Blocks, Matrix, WeightSource};
+use super::{Blocks, Matrix, WeightSource};
 use crate::error::{Error, Result};
+use header::header_alignment;
 
 /// `general.architecture` values we load: Llama (and Mistral, which
 /// llama.cpp converts to it) and Qwen2.
@@ -633,7 +639,7 @@ fn qtype(d: GgmlDType) -> Option<QType> {
     })
 }
 
-/// Formats the loader takes: dense ones, the block formats `cpu_quant`
+/// Formats the loader takes: dense ones, the block formats `cpu::quant`
 /// computes on, and the other ggml storage formats (Q5_0, Q5_1, Q2_K,
 /// Q3_K, which files fall back to for rows not a multiple of 256), which
 /// candle dequantizes to f32 on either path. Q8_1 and Q8_K are ggml's
