@@ -192,7 +192,7 @@ impl Linear {
 }
 
 /// `x @ W^T` with `W` in ggml blocks: `parts` stacked along the output
-/// (`out` rows in all, `inp` columns each), computed by `cpu_quant` on the
+/// (`out` rows in all, `inp` columns each), computed by `cpu::quant` on the
 /// CPU from f32 `x (n, inp)` into f32 `(n, out)`.
 pub(crate) struct GgmlWeight {
     parts: Vec<Arc<QMatrix>>,

@@ -14,6 +14,28 @@
 //! ([`Quantization::None`], the exact reference path) or computed on as
 //! stored ([`Quantization::AsStored`], CPU only). A `tokenizer.json`
 //! beside the file replaces the one in its metadata.
+//!
+//! # Where things live
+//!
+//! Each layer imports only the ones below it:
+//!
+//! ```text
+//! mod.rs        CandleModel (LanguageModel), LoadOptions, fuzz_load
+//! cuda/         the CUDA decode step: fused kernels replayed as graphs
+//! llama.rs      the forward pass: Llama, its layers and KV cache
+//! layers.rs     projections (Linear, Quantization), embedding, SwiGLU,
+//!               RMSNorm, rotary tables: our candle-nn
+//! cpu/          our CPU kernels (matmul, quant, attention), what they
+//!               share, and rayon's thread pool (init_thread_pool)
+//! load/         WeightSource, the seam the model reads its tensors through;
+//!   config.rs       config.json -> ModelConfig
+//!   safetensors.rs  a Hugging Face directory's safetensors shards
+//!   gguf/           a GGUF file: metadata, tensors, tokenizer
+//! quant.rs      ggml block formats: sizes, byte layouts, what the bytes mean
+//! ```
+//!
+//! Reading JSON files is the crate's `json` module, shared with the chat
+//! template.
 
 mod cpu;
 mod cuda;
