@@ -116,7 +116,7 @@ impl ChatTemplate {
         let dir = dir.as_ref();
         let config_path = dir.join("tokenizer_config.json");
         let config = if config_path.is_file() {
-            Some(crate::backend::candle::read_json_object(&config_path)?)
+            Some(crate::json::read_json_object(&config_path)?)
         } else {
             None
         };

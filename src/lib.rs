@@ -146,6 +146,7 @@ mod config;
 pub mod drafter;
 mod error;
 mod generator;
+mod json;
 mod model;
 mod output;
 pub mod sampling;

@@ -14,28 +14,43 @@
 //! ([`Quantization::None`], the exact reference path) or computed on as
 //! stored ([`Quantization::AsStored`], CPU only). A `tokenizer.json`
 //! beside the file replaces the one in its metadata.
+//!
+//! # Where things live
+//!
+//! Each layer imports only the ones below it:
+//!
+//! ```text
+//! mod.rs        CandleModel (LanguageModel), LoadOptions, fuzz_load
+//! cuda/         the CUDA decode step: fused kernels replayed as graphs
+//! llama.rs      the forward pass: Llama, its layers and KV cache
+//! layers.rs     projections (Linear, Quantization), embedding, SwiGLU,
+//!               RMSNorm, rotary tables: our candle-nn
+//! cpu/          our CPU kernels (matmul, quant, attention), what they
+//!               share, and rayon's thread pool (init_thread_pool)
+//! load/         WeightSource, the seam the model reads its tensors through;
+//!   config.rs       config.json -> ModelConfig
+//!   safetensors.rs  a Hugging Face directory's safetensors shards
+//!   gguf/           a GGUF file: metadata, tensors, tokenizer
+//! quant.rs      ggml block formats: sizes, byte layouts, what the bytes mean
+//! ```
+//!
+//! Reading JSON files is the crate's `json` module, shared with the chat
+//! template.
 
-mod config;
-mod cpu_attention;
-mod cpu_matmul;
-mod cpu_quant;
+mod cpu;
 mod cuda;
-mod gguf;
-mod gguf_header;
-mod gguf_tokenizer;
+mod layers;
 mod llama;
-mod weights;
-
-pub(crate) use config::read_json_object;
+mod load;
+mod quant;
 
 use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device};
 
-pub use config::{ModelConfig, RopeScaling, SUPPORTED_MODEL_TYPES};
-pub use llama::Quantization;
-#[doc(hidden)]
-pub use weights::fuzz_load;
+pub use cpu::{init_thread_pool, max_threads, THREADS_PER_CORE};
+pub use layers::Quantization;
+pub use load::config::{ModelConfig, RopeScaling, SUPPORTED_MODEL_TYPES};
 
 use crate::chat::ChatTemplate;
 use crate::error::{Error, Result};
@@ -43,61 +58,50 @@ use crate::model::{check_feed, check_truncate, LanguageModel, Logits, Rows};
 use crate::sampling::{argmax, greedy_pick, Confidence};
 use crate::tokenizer::Tokenizer;
 use cuda::GraphDecoder;
-use llama::{LayerCache, Llama, WeightSource};
+use llama::{LayerCache, Llama};
+use load::gguf::{self, GgufFile};
+use load::safetensors::{self, Checkpoint};
+use load::{probe, WeightSource};
 
-/// Starts rayon's global thread pool, which the CPU backend computes on,
-/// with the calling thread as one of its `threads` (default: rayon's,
-/// `RAYON_NUM_THREADS` or one per core). Call it once, early, from the
-/// thread that will call [`Generator::generate`](crate::Generator::generate).
-///
-/// Optional, and only about speed. Without it every forward pass is handed
-/// from the caller's thread to a pool thread and back, two wake-ups that
-/// cost 30-40 us together on the 2-core machine of the benchmarks: a
-/// quarter of a py-xs draft pass (124 -> 93 us a pass with it), and ~15%
-/// of the draft's time in a generation. The calling thread works for the pool only
-/// while it is inside one of its calls, so it stays free otherwise.
-///
-/// Errors with [`Error::InvalidSetting`]
-/// (`threads`) if `threads` (or `RAYON_NUM_THREADS`, when `threads` is
-/// `None`) is 0 or above [`max_threads`], or the global pool is already running
-/// (started by an earlier call, or by any rayon use before this one).
-pub fn init_thread_pool(threads: Option<usize>) -> Result<()> {
-    let mut builder = rayon::ThreadPoolBuilder::new().use_current_thread();
-    let cap = max_threads();
-    let expected = || format!("1..={cap} ({THREADS_PER_CORE} per core of this machine)");
-    if let Some(n) = threads {
-        if n == 0 || n > cap {
-            return Err(Error::setting("threads", n, expected()));
-        }
-        builder = builder.num_threads(n);
-    } else if let Some(env) = std::env::var_os("RAYON_NUM_THREADS") {
-        let env = env.to_string_lossy();
-        if env.trim().parse::<usize>().is_ok_and(|n| n > cap) {
-            return Err(Error::setting(
-                "threads",
-                format!("RAYON_NUM_THREADS={env}"),
-                expected(),
-            ));
-        }
-    }
-    builder.build_global().map_err(|e| {
-        Error::setting(
-            "threads",
-            threads.map_or("default".to_string(), |n| n.to_string()),
-            format!("a first start of rayon's global pool ({e})"),
-        )
-    })
-}
-
-/// The most threads [`init_thread_pool`] starts per core: more only adds
-/// spinning workers (10000 threads on 2 cores drove the load average into
-/// the hundreds and never finished).
-pub const THREADS_PER_CORE: usize = 8;
-
-/// The largest thread count [`init_thread_pool`] accepts:
-/// [`THREADS_PER_CORE`] times the cores this process may use.
-pub fn max_threads() -> usize {
-    std::thread::available_parallelism().map_or(1, |n| n.get()) * THREADS_PER_CORE
+/// Runs the loading path on bytes instead of files, for `fuzz/`: parses
+/// `config_json` into a [`ModelConfig`], reads `weights` as a safetensors
+/// file (every shard of `index_json`, when given, is these bytes), runs every
+/// check of the checkpoint loader, loads the model with `n_positions`
+/// positions on the CPU, checks `generation_config_json`'s EOS ids if given,
+/// and runs one forward pass of up to two tokens.
+/// Whatever the bytes, it returns an error or `Ok`, and never panics.
+#[doc(hidden)]
+pub fn fuzz_load(
+    config_json: &[u8],
+    weights: &[u8],
+    index_json: Option<&[u8]>,
+    generation_config_json: Option<&[u8]>,
+    n_positions: usize,
+) -> Result<()> {
+    let (cfg, ckpt) = safetensors::fuzz_checkpoint(
+        config_json,
+        weights,
+        index_json,
+        generation_config_json,
+        n_positions,
+    )?;
+    let device = Device::Cpu;
+    let llama = Llama::load(
+        &cfg,
+        &ckpt,
+        n_positions,
+        DType::F32,
+        &device,
+        Quantization::None,
+    )?;
+    ckpt.refuse_unused(&cfg)?;
+    // One forward of two tokens (when they fit), so that shapes a hostile
+    // config makes possible are run, not only loaded.
+    let mut cache = llama.new_cache(n_positions)?;
+    let n = n_positions.min(2);
+    let tokens: Vec<u32> = (0..n).map(|t| (t % cfg.vocab_size) as u32).collect();
+    llama.forward(&tokens, 0, &mut cache, false)?;
+    Ok(())
 }
 
 /// Positions allocated when neither the caller nor a small
@@ -233,13 +237,13 @@ impl CandleModel {
                 "dtype F32 (the block kernels compute in f32)",
             ));
         }
-        if is_gguf(dir) && weights::probe(dir)?.is_some_and(|m| m.is_file()) {
+        if is_gguf(dir) && probe(dir)?.is_some_and(|m| m.is_file()) {
             return Self::load_gguf(dir, options);
         }
-        let config_path = weights::model_dir(dir)?;
+        let config_path = safetensors::model_dir(dir)?;
         let config = ModelConfig::from_file(&config_path)?;
         let n_positions = n_positions(options, &config)?;
-        let checkpoint = weights::Checkpoint::open(dir)?;
+        let checkpoint = Checkpoint::open(dir)?;
         checkpoint.check_before_load(
             &config,
             &config_path,
@@ -248,12 +252,12 @@ impl CandleModel {
             &options.device,
         )?;
         let tokenizer_path = dir.join("tokenizer.json");
-        let tokenizer = match weights::probe(&tokenizer_path)? {
+        let tokenizer = match probe(&tokenizer_path)? {
             Some(_) => Some(Tokenizer::from_file(&tokenizer_path)?),
             None => None,
         };
-        let eos =
-            weights::generation_eos(dir, &config)?.unwrap_or_else(|| config.eos_token_ids.clone());
+        let eos = safetensors::generation_eos(dir, &config)?
+            .unwrap_or_else(|| config.eos_token_ids.clone());
         let parts = Parts {
             config,
             tokenizer,
@@ -266,14 +270,14 @@ impl CandleModel {
     }
 
     fn load_gguf(path: &Path, options: &LoadOptions) -> Result<Self> {
-        let mut file = gguf::GgufFile::open(path)?;
+        let mut file = GgufFile::open(path)?;
         let config = file.config()?;
         file.prepare(&config, options.quantization == Quantization::AsStored);
         let beside = path.with_file_name("tokenizer.json");
         let tokenizer = if beside.is_file() {
             Some(Tokenizer::from_file(&beside)?)
         } else {
-            gguf_tokenizer::from_gguf(&file)?
+            gguf::tokenizer::from_gguf(&file)?
         };
         let chat_template = match file.str_opt("tokenizer.chat_template")? {
             None => None,

@@ -31,8 +31,7 @@ use candle_core::{CpuStorage, CustomOp1, DType, Layout, Shape, Tensor};
 use half::{bf16, f16};
 use rayon::prelude::*;
 
-/// Output rows per panel: two AVX2 vectors of f32.
-const PANEL: usize = 16;
+use super::{f32_rows, row_tiles, Isa, Out, PANEL};
 
 /// Most rows of `x` in one tile: 6 x 2 accumulators + 2 weight vectors + 1
 /// broadcast fill AVX2's 16 registers.
@@ -97,23 +96,6 @@ impl CustomOp1 for PackedWeight {
         };
         Ok((CpuStorage::F32(y), Shape::from((n, self.out))))
     }
-}
-
-/// The input of one of our CPU ops: a contiguous f32 `(n, k)` tensor, as
-/// its `[n * k]` slice, `n` and `k`.
-pub(crate) fn f32_rows<'a>(
-    op: &str,
-    s: &'a CpuStorage,
-    l: &Layout,
-) -> candle_core::Result<(&'a [f32], usize, usize)> {
-    let CpuStorage::F32(xs) = s else {
-        candle_core::bail!("{op}: input must be f32");
-    };
-    let Some((a, b)) = l.contiguous_offsets() else {
-        candle_core::bail!("{op}: contiguous input only");
-    };
-    let (n, k) = l.shape().dims2()?;
-    Ok((&xs[a..b], n, k))
 }
 
 /// `w (out, in)` row-major into panels (see [`PackedWeight`]).
@@ -210,60 +192,16 @@ impl Elem for f16 {
     }
 }
 
-/// Where tasks write their columns of `y`.
-#[derive(Clone, Copy)]
-struct Out(*mut f32);
-// SAFETY: every task writes a disjoint set of columns of `y`, which outlives
-// the tasks (they are joined before `matmul` returns).
-unsafe impl Send for Out {}
-unsafe impl Sync for Out {}
-impl Out {
-    fn get(self) -> *mut f32 {
-        self.0
-    }
-}
-
-/// Which kernel runs. Every one computes each output as the same chain of
-/// operations, so AVX-512 and AVX2 give the same bits; the portable code
-/// rounds products and sums separately (no FMA) and may differ from them in
-/// the last place.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Isa {
-    Avx512,
-    Avx2,
-    Portable,
-}
-
-impl Isa {
-    /// The best one this CPU has.
-    fn detect() -> Self {
-        #[cfg(target_arch = "x86_64")]
-        {
-            let avx2 = std::arch::is_x86_feature_detected!("avx2")
-                && std::arch::is_x86_feature_detected!("fma")
-                && std::arch::is_x86_feature_detected!("f16c");
-            // LLVM's avx512f implies AVX2, FMA and F16C: require them too.
-            if avx2 && std::arch::is_x86_feature_detected!("avx512f") {
-                return Isa::Avx512;
-            }
-            if avx2 {
-                return Isa::Avx2;
-            }
-        }
-        Isa::Portable
-    }
-}
-
 /// `x (n, k)` times the packed `W (out, k)`, transposed: `(n, out)`, row-major.
 pub(crate) fn matmul<W: Elem>(x: &[f32], wp: &[W], n: usize, k: usize, out: usize) -> Vec<f32> {
     // SAFETY: detected on this CPU.
-    unsafe { matmul_on(Isa::detect(), x, wp, n, k, out) }
+    unsafe { matmul_on(Isa::detect_f32(), x, wp, n, k, out) }
 }
 
 /// [`matmul`] with a chosen kernel.
 ///
 /// # Safety
-/// The CPU must have `isa` (as [`Isa::detect`] or a lesser one reports).
+/// The CPU must have `isa` (as [`Isa::detect_f32`] or a lesser one reports).
 unsafe fn matmul_on<W: Elem>(
     isa: Isa,
     x: &[f32],
@@ -324,17 +262,6 @@ unsafe fn panels_times_x<W: Elem>(
         Isa::Avx2 => avx2::panels_times_x(x.as_ptr(), wp.as_ptr(), n, k, out, p0, p1, y),
         _ => portable(x, wp, n, k, out, p0, p1, y),
     }
-}
-
-/// Starts and sizes of the row tiles for `n` rows: as few tiles of at most
-/// `max` rows as will do, as even as can be (8 rows in tiles of 6 go 4 + 4,
-/// not 6 + 2).
-fn row_tiles(n: usize, max: usize) -> impl Iterator<Item = (usize, usize)> {
-    let tiles = n.div_ceil(max);
-    (0..tiles).map(move |t| {
-        let (start, end) = (t * n / tiles, (t + 1) * n / tiles);
-        (start, end - start)
-    })
 }
 
 /// Writes the 16 results of panel `p` for row `r` into `y (n, out)`,
@@ -634,7 +561,7 @@ mod tests {
     /// The ISAs this CPU can run, best first.
     fn isas() -> Vec<Isa> {
         let all = [Isa::Avx512, Isa::Avx2, Isa::Portable];
-        let best = all.iter().position(|&i| i == Isa::detect()).unwrap();
+        let best = all.iter().position(|&i| i == Isa::detect_f32()).unwrap();
         all[best..].to_vec()
     }
 
@@ -748,26 +675,6 @@ mod tests {
                 product_on(Isa::Avx2, &x, &w, n, k, out),
                 "n={n}"
             );
-        }
-    }
-
-    #[test]
-    fn row_tiles_cover_every_row_once_and_evenly() {
-        for (n, max) in (0..50).flat_map(|n| [(n, 6), (n, 8)]) {
-            let tiles: Vec<_> = row_tiles(n, max).collect();
-            assert_eq!(tiles.iter().map(|t| t.1).sum::<usize>(), n);
-            let mut next = 0;
-            for &(start, len) in &tiles {
-                assert_eq!(start, next);
-                assert!((1..=max).contains(&len));
-                next += len;
-            }
-            if let (Some(lo), Some(hi)) = (
-                tiles.iter().map(|t| t.1).min(),
-                tiles.iter().map(|t| t.1).max(),
-            ) {
-                assert!(hi - lo <= 1, "n={n}: {tiles:?}");
-            }
         }
     }
 }

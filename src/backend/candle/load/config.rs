@@ -1,13 +1,16 @@
 //! `config.json` of a Llama-family checkpoint, in the forms real checkpoints
 //! use (transformers 4.x: `rope_theta`, `rope_scaling`, `torch_dtype`; 5.x:
 //! `rope_parameters`, `dtype`), read field by field so that every error names
-//! the field, then resolved into one validated [`ModelConfig`].
+//! the field, then resolved into one validated [`ModelConfig`]. Reading the
+//! JSON itself (the file, a field's type) is `crate::json`'s; a GGUF file's
+//! configuration is read by `load::gguf`.
 
 use std::path::Path;
 
 use serde_json::{Map, Value};
 
 use crate::error::{Error, Result};
+use crate::json::{read_json_object, Fields};
 
 /// Architectures this backend runs (`model_type`).
 pub const SUPPORTED_MODEL_TYPES: &[&str] = &["llama", "mistral", "qwen2"];
@@ -76,108 +79,6 @@ pub struct ModelConfig {
     pub stored_dtype: Option<String>,
 }
 
-/// Reads fields of one JSON object, naming the file and field in errors.
-pub(crate) struct Fields<'a> {
-    pub(crate) path: &'a Path,
-    pub(crate) map: &'a Map<String, Value>,
-    pub(crate) prefix: &'a str,
-}
-
-impl<'a> Fields<'a> {
-    fn name(&self, key: &str) -> String {
-        format!("{}{key}", self.prefix)
-    }
-
-    fn get(&self, key: &str) -> Option<&'a Value> {
-        self.map.get(key).filter(|v| !v.is_null())
-    }
-
-    fn err(&self, key: &str, message: impl Into<String>) -> Error {
-        Error::config(self.path, self.name(key), message)
-    }
-
-    fn usize_opt(&self, key: &str) -> Result<Option<usize>> {
-        match self.get(key) {
-            None => Ok(None),
-            Some(v) => match v.as_u64().map(usize::try_from) {
-                Some(Ok(n)) if n > 0 => Ok(Some(n)),
-                Some(Ok(_)) | None => {
-                    Err(self.err(key, format!("expected a positive integer, found {v}")))
-                }
-                Some(Err(_)) => Err(self.err(
-                    key,
-                    format!("{v} does not fit this machine's usize ({})", usize::MAX),
-                )),
-            },
-        }
-    }
-
-    fn usize(&self, key: &str) -> Result<usize> {
-        self.usize_opt(key)?
-            .ok_or_else(|| self.err(key, "missing (a positive integer is required)"))
-    }
-
-    fn f64_opt(&self, key: &str) -> Result<Option<f64>> {
-        match self.get(key) {
-            None => Ok(None),
-            Some(v) => match v.as_f64() {
-                Some(x) if x.is_finite() && x > 0.0 => Ok(Some(x)),
-                _ => Err(self.err(key, format!("expected a positive number, found {v}"))),
-            },
-        }
-    }
-
-    fn f64(&self, key: &str) -> Result<f64> {
-        self.f64_opt(key)?
-            .ok_or_else(|| self.err(key, "missing (a positive number is required)"))
-    }
-
-    fn bool_opt(&self, key: &str) -> Result<Option<bool>> {
-        match self.get(key) {
-            None => Ok(None),
-            Some(Value::Bool(b)) => Ok(Some(*b)),
-            Some(v) => Err(self.err(key, format!("expected true or false, found {v}"))),
-        }
-    }
-
-    fn str_opt(&self, key: &str) -> Result<Option<&'a str>> {
-        match self.get(key) {
-            None => Ok(None),
-            Some(Value::String(s)) => Ok(Some(s)),
-            Some(v) => Err(self.err(key, format!("expected a string, found {v}"))),
-        }
-    }
-
-    fn object_opt(&self, key: &str) -> Result<Option<&'a Map<String, Value>>> {
-        match self.get(key) {
-            None => Ok(None),
-            Some(Value::Object(m)) => Ok(Some(m)),
-            Some(v) => Err(self.err(key, format!("expected an object, found {v}"))),
-        }
-    }
-
-    /// A token id or a list of them (`eos_token_id`).
-    pub(crate) fn ids(&self, key: &str) -> Result<Vec<u32>> {
-        let bad = |v: &Value| {
-            self.err(
-                key,
-                format!("expected a token id or a list of ids, found {v}"),
-            )
-        };
-        let one = |v: &Value| {
-            v.as_u64()
-                .filter(|&n| n <= u32::MAX as u64)
-                .map(|n| n as u32)
-                .ok_or_else(|| bad(v))
-        };
-        match self.get(key) {
-            None => Ok(Vec::new()),
-            Some(Value::Array(items)) => items.iter().map(one).collect(),
-            Some(v) => Ok(vec![one(v)?]),
-        }
-    }
-}
-
 /// Checks EOS ids read from `path` against a vocabulary of `vocab` ids:
 /// each must be an id of it, and they must not be all of it (no token could
 /// then be generated).
@@ -198,39 +99,6 @@ pub(crate) fn check_eos(path: &Path, ids: &[u32], vocab: usize) -> Result<()> {
         ));
     }
     Ok(())
-}
-
-/// Reads `path` as a JSON object.
-pub(crate) fn read_json_object(path: &Path) -> Result<Map<String, Value>> {
-    let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    match serde_json::from_str::<Value>(&text) {
-        Ok(Value::Object(map)) => Ok(map),
-        Ok(other) => Err(Error::Json {
-            path: path.to_path_buf(),
-            message: format!(
-                "expected a JSON object at the top level, found {}",
-                kind(&other)
-            ),
-        }),
-        Err(e) => Err(Error::Json {
-            path: path.to_path_buf(),
-            message: e.to_string(),
-        }),
-    }
-}
-
-fn kind(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
-    }
 }
 
 impl ModelConfig {

@@ -1,7 +1,10 @@
-//! Checkpoint loading: `model.safetensors` or a sharded
-//! `model.safetensors.index.json`, memory-mapped, every tensor checked for
-//! presence, dtype and shape before it is used, and every tensor of the
-//! checkpoint accounted for.
+//! A Hugging Face model directory's weights: `model.safetensors` or a
+//! sharded `model.safetensors.index.json`, memory-mapped, every tensor
+//! checked for presence, dtype and shape before it is used, and every
+//! tensor of the checkpoint accounted for; [`Checkpoint`] is the
+//! directory's [`WeightSource`]. Also the directory's EOS ids
+//! (`generation_config.json`). Its `config.json` is read by `super::config`;
+//! the model built from the weights is `super::super::llama`'s.
 //!
 //! The order of the checks is what keeps a hostile checkpoint from crashing
 //! or hanging the process:
@@ -32,27 +35,15 @@ use candle_core::safetensors::{BufferedSafetensors, MmapedSafetensors};
 use candle_core::{DType, Device, Tensor};
 use serde_json::{Map, Value};
 
-use super::config::{read_json_object, Fields, ModelConfig};
+use super::config::{check_eos, ModelConfig};
+use super::{probe, WeightSource};
 use crate::error::{Error, Result};
+use crate::json::{read_json_object, Fields};
 
 /// Tensors some checkpoints carry that are recomputed from config.json and
 /// so safe to skip: older transformers versions saved RoPE's inverse
 /// frequencies as a buffer of every attention layer.
 const RECOMPUTED_SUFFIXES: &[&str] = &["rotary_emb.inv_freq"];
-
-/// Metadata of `path`, following symlinks: `None` if nothing is there.
-/// Any other failure (a symlink loop, no permission) is an [`Error::Io`]
-/// that says so.
-pub(crate) fn probe(path: &Path) -> Result<Option<std::fs::Metadata>> {
-    match std::fs::metadata(path) {
-        Ok(m) => Ok(Some(m)),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(source) => Err(Error::Io {
-            path: path.to_path_buf(),
-            source,
-        }),
-    }
-}
 
 /// Checks `dir` is a model directory and returns its `config.json`.
 pub(crate) fn model_dir(dir: &Path) -> Result<PathBuf> {
@@ -407,6 +398,22 @@ impl Checkpoint {
     }
 }
 
+impl WeightSource for Checkpoint {
+    fn contains(&self, name: &str) -> bool {
+        Checkpoint::contains(self, name)
+    }
+
+    fn tensor(
+        &self,
+        name: &str,
+        shape: &[usize],
+        dtype: Option<DType>,
+        device: &Device,
+    ) -> Result<Tensor> {
+        Checkpoint::tensor(self, name, shape, dtype, device)
+    }
+}
+
 /// A shard name must stay inside the model directory.
 fn is_plain_file_name(name: &str) -> bool {
     !name.is_empty()
@@ -438,25 +445,23 @@ pub(crate) fn generation_eos(dir: &Path, cfg: &ModelConfig) -> Result<Option<Vec
         prefix: "",
     }
     .ids("eos_token_id")?;
-    super::config::check_eos(&path, &ids, cfg.vocab_size)?;
+    check_eos(&path, &ids, cfg.vocab_size)?;
     Ok((!ids.is_empty()).then_some(ids))
 }
 
-/// Runs the loading path on bytes instead of files, for `fuzz/`: parses
-/// `config_json` into a [`ModelConfig`], reads `weights` as a safetensors
-/// file (every shard of `index_json`, when given, is these bytes), runs every
-/// check of [`Checkpoint`], loads the model with `n_positions` positions
-/// on the CPU, checks `generation_config_json`'s EOS ids if given, and runs
-/// one forward pass of up to two tokens.
-/// Whatever the bytes, it returns an error or `Ok`, and never panics.
-#[doc(hidden)]
-pub fn fuzz_load(
+/// The checkpoint half of `fuzz_load` (in `super::super`, which builds
+/// the model): parses `config_json` into a [`ModelConfig`], checks
+/// `generation_config_json`'s EOS ids if given, reads `weights` as a
+/// safetensors file (every shard of `index_json`, when given, is these
+/// bytes), and runs every check of [`Checkpoint`] that comes before the
+/// tensors are loaded, for `n_positions` positions on the CPU.
+pub(crate) fn fuzz_checkpoint(
     config_json: &[u8],
     weights: &[u8],
     index_json: Option<&[u8]>,
     generation_config_json: Option<&[u8]>,
     n_positions: usize,
-) -> Result<()> {
+) -> Result<(ModelConfig, Checkpoint)> {
     let object = |path: &str, bytes: &[u8]| -> Result<Map<String, Value>> {
         match serde_json::from_slice::<Value>(bytes) {
             Ok(Value::Object(map)) => Ok(map),
@@ -481,7 +486,7 @@ pub fn fuzz_load(
             prefix: "",
         }
         .ids("eos_token_id")?;
-        super::config::check_eos(path, &ids, cfg.vocab_size)?;
+        check_eos(path, &ids, cfg.vocab_size)?;
     }
     let ckpt = match index_json {
         None => Checkpoint::single(Shard::buffer("model.safetensors".into(), weights.to_vec())?),
@@ -495,20 +500,5 @@ pub fn fuzz_load(
     };
     let device = Device::Cpu;
     ckpt.check_before_load(&cfg, config_path, n_positions, 4, &device)?;
-    let llama = super::llama::Llama::load(
-        &cfg,
-        &ckpt,
-        n_positions,
-        DType::F32,
-        &device,
-        super::Quantization::None,
-    )?;
-    ckpt.refuse_unused(&cfg)?;
-    // One forward of two tokens (when they fit), so that shapes a hostile
-    // config makes possible are run, not only loaded.
-    let mut cache = llama.new_cache(n_positions)?;
-    let n = n_positions.min(2);
-    let tokens: Vec<u32> = (0..n).map(|t| (t % cfg.vocab_size) as u32).collect();
-    llama.forward(&tokens, 0, &mut cache, false)?;
-    Ok(())
+    Ok((cfg, ckpt))
 }

@@ -15,7 +15,7 @@
 
 use serde_json::{json, Value as Json};
 
-use super::gguf::GgufFile;
+use super::GgufFile;
 use crate::error::{Error, Result};
 use crate::tokenizer::Tokenizer;
 

@@ -1,7 +1,7 @@
 //! Causal attention over the KV cache on the CPU, in f32, computed row by
 //! row: each query's scores, softmax and weighted sum of values are done in
 //! one fixed order that does not depend on how many queries came in the same
-//! call. With the projection kernel ([`super::cpu_matmul`]) holding the same
+//! call. With the projection kernel ([`super::matmul`]) holding the same
 //! property, a window or a prompt pass gives bit-identical logits to feeding
 //! its tokens one at a time (dense weights; the Q8_0 option goes through
 //! candle's quantized matmul), so greedy speculative decoding equals greedy

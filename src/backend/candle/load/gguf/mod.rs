@@ -16,6 +16,9 @@
 //! - Llama 3.1's RoPE scaling is not in the metadata but in a tensor,
 //!   `rope_freqs.weight` (`[head_dim / 2]` divisors of the inverse
 //!   frequencies).
+//!
+//! The tokenizer in the metadata is rebuilt by `tokenizer`; what a block
+//! format's bytes mean is `super::super::quant`'s.
 
 use std::cell::RefCell;
 use std::collections::BTreeSet;
@@ -27,11 +30,14 @@ use candle_core::quantized::gguf_file::{Content, TensorInfo, Value};
 use candle_core::quantized::{ggml_file, GgmlDType};
 use candle_core::{DType, Device, Tensor};
 
+mod header;
+pub(crate) mod tokenizer;
+
+use super::super::quant::QType;
 use super::config::{ModelConfig, RopeScaling};
-use super::cpu_quant::QType;
-use super::gguf_header::header_alignment;
-use super::llama::{Blocks, Matrix, WeightSource};
+use super::{Blocks, Matrix, WeightSource};
 use crate::error::{Error, Result};
+use header::header_alignment;
 
 /// `general.architecture` values we load: Llama (and Mistral, which
 /// llama.cpp converts to it) and Qwen2.
@@ -633,7 +639,7 @@ fn qtype(d: GgmlDType) -> Option<QType> {
     })
 }
 
-/// Formats the loader takes: dense ones, the block formats `cpu_quant`
+/// Formats the loader takes: dense ones, the block formats `cpu::quant`
 /// computes on, and the other ggml storage formats (Q5_0, Q5_1, Q2_K,
 /// Q3_K, which files fall back to for rows not a multiple of 256), which
 /// candle dequantizes to f32 on either path. Q8_1 and Q8_K are ggml's
@@ -775,41 +781,4 @@ fn unpermute_index(rows: usize, heads: usize) -> Vec<u32> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn names_map_both_ways_we_need() {
-        assert_eq!(
-            gguf_name("model.layers.12.self_attn.q_proj.weight").unwrap(),
-            "blk.12.attn_q.weight"
-        );
-        assert_eq!(
-            gguf_name("model.layers.0.mlp.down_proj.weight").unwrap(),
-            "blk.0.ffn_down.weight"
-        );
-        assert_eq!(gguf_name("lm_head.weight").unwrap(), "output.weight");
-        assert!(gguf_name("model.layers.0.mystery.weight").is_none());
-    }
-
-    /// llama.cpp's `permute` (reshape to `[heads, 2, half]`, swap the last
-    /// two axes) followed by ours is the identity.
-    #[test]
-    fn unpermute_inverts_the_converter() {
-        let (heads, hd) = (3, 8);
-        let rows = heads * hd;
-        let hf: Vec<u8> = (0..rows as u8).collect();
-        let mut gguf = vec![0u8; rows];
-        for h in 0..heads {
-            for j in 0..2 {
-                for i in 0..hd / 2 {
-                    gguf[h * hd + 2 * i + j] = hf[h * hd + j * hd / 2 + i];
-                }
-            }
-        }
-        assert_eq!(unpermute_rows(&gguf, heads, rows, 1), hf);
-        let idx = unpermute_index(rows, heads);
-        let by_index: Vec<u8> = idx.iter().map(|&i| gguf[i as usize]).collect();
-        assert_eq!(by_index, hf);
-    }
-}
+mod tests;
