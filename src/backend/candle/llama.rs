@@ -30,6 +30,7 @@ use super::layers::{rms_norm, rope_tables, swiglu, Embedding, Linear, Quantizati
 use super::load::config::ModelConfig;
 use super::load::{Matrix, WeightSource};
 use crate::error::Result;
+use crate::model::Rows;
 
 /// Per-layer KV cache, allocated once for `n_positions`.
 pub(crate) struct LayerCache {
@@ -228,14 +229,14 @@ impl Llama {
     }
 
     /// Runs `tokens` at positions `pos..pos+n`, writing the cache there.
-    /// Returns logits `(n, vocab)` in f32, or `(1, vocab)` for the last
-    /// position only when `last_only`.
+    /// Returns logits `(n, vocab)` in f32 for [`Rows::All`], or `(1, vocab)`
+    /// for the last position only for [`Rows::Last`].
     pub(crate) fn forward(
         &self,
         tokens: &[u32],
         pos: usize,
         cache: &mut [LayerCache],
-        last_only: bool,
+        rows: Rows,
     ) -> Result<Tensor> {
         if self.graph_only {
             return Err(crate::error::Error::Backend {
@@ -264,7 +265,7 @@ impl Llama {
             let act = swiglu(&gate_up, f, self.cpu_f32())?;
             x = (x + layer.down.forward(&act)?)?;
         }
-        if last_only && n > 1 {
+        if rows == Rows::Last && n > 1 {
             x = x.narrow(0, n - 1, 1)?;
         }
         let x = rms_norm(&x, &self.norm, self.cfg.rms_norm_eps)?;

@@ -100,7 +100,7 @@ pub fn fuzz_load(
     let mut cache = llama.new_cache(n_positions)?;
     let n = n_positions.min(2);
     let tokens: Vec<u32> = (0..n).map(|t| (t % cfg.vocab_size) as u32).collect();
-    llama.forward(&tokens, 0, &mut cache, false)?;
+    llama.forward(&tokens, 0, &mut cache, Rows::All)?;
     Ok(())
 }
 
@@ -382,7 +382,6 @@ impl CandleModel {
     }
 
     fn run(&mut self, tokens: &[u32], rows: Rows) -> Result<Logits> {
-        let last_only = rows == Rows::Last;
         self.check_feed(tokens)?;
         if let Some(graph) = &mut self.graph {
             let width = graph.max_width();
@@ -390,7 +389,7 @@ impl CandleModel {
             let mut data = Vec::new();
             for (i, chunk) in tokens.chunks(width).enumerate() {
                 graph.step(chunk, self.len + i * width)?;
-                if !last_only {
+                if rows == Rows::All {
                     data.extend(graph.logits(0)?);
                 } else if i + 1 == chunks {
                     data = graph.logits(chunk.len() - 1)?;
@@ -401,7 +400,7 @@ impl CandleModel {
         }
         let (llama, cache, pos) = (&self.llama, &mut self.cache, self.len);
         let mut pass = || -> Result<Vec<f32>> {
-            let logits = llama.forward(tokens, pos, cache, last_only)?;
+            let logits = llama.forward(tokens, pos, cache, rows)?;
             Ok(logits.flatten_all()?.to_vec1::<f32>()?)
         };
         // On the CPU the pass runs on one of rayon's threads: each of its
@@ -535,7 +534,9 @@ impl LanguageModel for CandleModel {
         let (llama, cache, pos) = (&self.llama, &mut self.cache, self.len);
         let mut pass = || -> Result<()> {
             // Wait for the pass, so that a device fault is reported here.
-            llama.forward(tokens, pos, cache, true)?.to_vec2::<f32>()?;
+            llama
+                .forward(tokens, pos, cache, Rows::Last)?
+                .to_vec2::<f32>()?;
             Ok(())
         };
         if self.llama.is_cpu() {
