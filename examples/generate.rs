@@ -298,6 +298,8 @@ fn to_json(out: &Output, prompt_tokens: usize) -> serde_json::Value {
             "tokens_per_target_call": s.tokens_per_target_call(),
             "ms_per_token": s.ms_per_token(),
             "prefill_ms": s.prefill_ms(),
+            "target_prefill_ms": s.target_prefill_ms(),
+            "draft_prefill_ms": s.draft_prefill_ms(),
             "decode_ms": s.decode_ms(),
             "draft_ms": s.draft_ms(),
             "verify_ms": s.verify_ms(),

@@ -126,6 +126,11 @@ struct Args {
 #[derive(Default)]
 struct Series {
     ms_per_token: Vec<f64>,
+    /// Per prompt: the target's and the drafter's prompt passes, ms.
+    target_prefill_ms: Vec<f64>,
+    draft_prefill_ms: Vec<f64>,
+    /// Per prompt: its length in tokens.
+    prompt_tokens: Vec<f64>,
     decode_ms_per_token: Vec<f64>,
     accepted: usize,
     drafted: usize,
@@ -156,6 +161,9 @@ impl Series {
     fn add(&mut self, out: &Output) {
         let s = &out.stats;
         self.ms_per_token.push(s.ms_per_token());
+        self.target_prefill_ms.push(s.target_prefill_ms());
+        self.draft_prefill_ms.push(s.draft_prefill_ms());
+        self.prompt_tokens.push(s.prompt_tokens as f64);
         self.decode_ms_per_token
             .push(s.decode_ms() / s.generated_tokens.max(1) as f64);
         self.accepted += s.accepted;
@@ -207,6 +215,9 @@ struct Row {
     speedup: f64,
     decode_ms_per_token: f64,
     decode_speedup: f64,
+    /// Medians of the target's and the drafter's prompt passes, ms.
+    ttft_ms: f64,
+    draft_ttft_ms: f64,
     acceptance_rate: f64,
     alpha: f64,
     tokens_per_target_call: f64,
@@ -361,6 +372,8 @@ fn run(args: &Args) -> anyhow::Result<()> {
 
     let plain_ms = plain.median();
     let plain_decode_ms = plain.decode_median();
+    let plain_ttft_ms = median(&plain.target_prefill_ms);
+    let prompt_tokens = median(&plain.prompt_tokens);
     let one_pass_ms = median(&plain.verify_per_call);
     let draft_pass_ms = median(
         &spec
@@ -439,6 +452,8 @@ fn run(args: &Args) -> anyhow::Result<()> {
                 speedup: median(&Series::ratio_to(&plain.ms_per_token, &s.ms_per_token)),
                 decode_ms_per_token: decode_ms,
                 decode_speedup,
+                ttft_ms: median(&s.target_prefill_ms),
+                draft_ttft_ms: median(&s.draft_prefill_ms),
                 acceptance_rate: s.accepted as f64 / s.drafted.max(1) as f64,
                 alpha,
                 tokens_per_target_call: s.tokens as f64 / s.target_calls.max(1) as f64,
@@ -473,6 +488,7 @@ fn run(args: &Args) -> anyhow::Result<()> {
                     "k": r.k, "min_draft_confidence": r.min_draft_confidence, "mean_window": r.mean_window,
                     "ms_per_token": r.ms_per_token, "speedup": r.speedup,
                     "decode_ms_per_token": r.decode_ms_per_token, "decode_speedup": r.decode_speedup,
+                    "ttft_ms": r.ttft_ms, "draft_ttft_ms": r.draft_ttft_ms,
                     "acceptance_rate": r.acceptance_rate, "alpha": r.alpha,
                     "tokens_per_target_call": r.tokens_per_target_call,
                     "matched_windows": r.matched, "target_calls": r.target_calls,
@@ -495,6 +511,7 @@ fn run(args: &Args) -> anyhow::Result<()> {
                 "graph_widths": args.device.cuda.map(|_| &args.device.graph_widths.0),
                 "draft_graph_widths": args.device.cuda.map(|_| &args.device.draft_graph_widths.0),
                 "plain_ms_per_token": plain_ms, "plain_decode_ms_per_token": plain_decode_ms,
+                "plain_ttft_ms": plain_ttft_ms, "prompt_tokens": prompt_tokens,
                 "target_pass_ms": one_pass_ms,
                 // No draft passes with the n-gram drafter: null.
                 "draft_pass_ms": args.ngram.is_none().then_some(draft_pass_ms),
@@ -548,14 +565,17 @@ fn run(args: &Args) -> anyhow::Result<()> {
     println!(
         "plain: {plain_ms:.2} ms/token end to end, {plain_decode_ms:.2} decoding (medians); one target pass {one_pass_ms:.2} ms, {draft_cost}"
     );
+    println!(
+        "prompts: median {prompt_tokens:.0} tokens; the target's prompt pass (TTFT) {plain_ttft_ms:.1} ms in plain decoding (median)"
+    );
     if !args.adaptive_k.is_empty() {
         println!(
             "adaptive rows (k <= K): the draft stops below confidence {}; their \"predicted\" is the cost model only (their measured tokens and draft passes, verify costs r_w from the fixed rows), a check for unexplained overhead",
             args.min_draft_confidence
         );
     }
-    println!("|     k | ms/token | speedup | decode ms/token | decode speedup | predicted | acceptance | alpha | tokens/pass | mean window | matched | verify cost r_k | identical |");
-    println!("|------:|---------:|--------:|----------------:|---------------:|----------:|-----------:|------:|------------:|------------:|--------:|----------------:|:---------:|");
+    println!("|     k | ms/token | speedup | decode ms/token | decode speedup | TTFT target / draft ms | predicted | acceptance | alpha | tokens/pass | mean window | matched | verify cost r_k | identical |");
+    println!("|------:|---------:|--------:|----------------:|---------------:|-----------------------:|----------:|-----------:|------:|------------:|------------:|--------:|----------------:|:---------:|");
     for r in &rows {
         let k = if r.min_draft_confidence > 0.0 {
             format!("<= {}", r.k)
@@ -563,12 +583,13 @@ fn run(args: &Args) -> anyhow::Result<()> {
             r.k.to_string()
         };
         println!(
-            "| {:>5} | {:>8.2} | {:>6.2}x | {:>15.2} | {:>13.2}x | {:>9} | {:>10.3} | {:>5.3} | {:>11.2} | {:>11.2} | {:>7} | {:>15.2} | {:^9} |",
+            "| {:>5} | {:>8.2} | {:>6.2}x | {:>15.2} | {:>13.2}x | {:>22} | {:>9} | {:>10.3} | {:>5.3} | {:>11.2} | {:>11.2} | {:>7} | {:>15.2} | {:^9} |",
             k,
             r.ms_per_token,
             r.speedup,
             r.decode_ms_per_token,
             r.decode_speedup,
+            format!("{:.1} / {:.1}", r.ttft_ms, r.draft_ttft_ms),
             if r.predicted_speedup.is_nan() {
                 "n/a".to_string()
             } else {

@@ -165,8 +165,10 @@ impl<T: LanguageModel, D: Drafter> Generator<T, D> {
                 .prefill(head)
                 .map_err(|e| e.for_role(Role::Target))?;
         }
+        run.stats.target_prefill = start.elapsed();
+        let start = Instant::now();
         self.drafter.start(if k > 1 { head } else { &[] })?;
-        run.stats.prefill = start.elapsed();
+        run.stats.draft_prefill = start.elapsed();
 
         let start = Instant::now();
         let result = self.decode(&mut run, rng, on_chunk);

@@ -137,7 +137,7 @@ pub enum Shapes {
 impl Shapes {
     /// The largest token count `<= n` a forward may have: `n` itself for a
     /// dynamic backend, else the largest compiled window `<= n` (1, plain
-    /// decoding, when none is; [`check_static_shapes`] makes sure 1 is
+    /// decoding, when none is; the generator makes sure 1 is
     /// compiled).
     pub fn largest_window_at_most(&self, n: usize) -> usize {
         match self {

@@ -48,8 +48,12 @@ pub struct Stats {
     /// with room for one: for the n-gram drafter, the windows whose suffix
     /// matched earlier in the sequence (the others were plain decoding).
     pub matched: usize,
-    /// Time to feed the prompt to both models.
-    pub prefill: Duration,
+    /// Time to feed the prompt (all but its last token) to the target: the
+    /// target's prompt pass, most of the time to the first token.
+    pub target_prefill: Duration,
+    /// Time to feed the same prompt to the drafter (a draft model's prompt
+    /// pass; about 0 for the n-gram drafter and for `k = 1`).
+    pub draft_prefill: Duration,
     /// Decode time in the draft (forward passes and sampling).
     pub draft_time: Duration,
     /// Decode time in the target forward and the verifier.
@@ -86,9 +90,19 @@ impl Stats {
         )
     }
 
-    /// Prefill time, milliseconds.
+    /// Prefill time of both models, milliseconds.
     pub fn prefill_ms(&self) -> f64 {
-        ms(self.prefill)
+        ms(self.target_prefill + self.draft_prefill)
+    }
+
+    /// The target's prompt pass, milliseconds.
+    pub fn target_prefill_ms(&self) -> f64 {
+        ms(self.target_prefill)
+    }
+
+    /// The drafter's prompt pass, milliseconds.
+    pub fn draft_prefill_ms(&self) -> f64 {
+        ms(self.draft_prefill)
     }
 
     /// Decode time, milliseconds.
@@ -138,10 +152,12 @@ impl Stats {
     /// One line for humans: tokens, ms/token, acceptance, tokens per target pass.
     pub fn summary(&self) -> String {
         format!(
-            "{} tokens, {:.2} ms/token (prefill {:.1} ms), k={} (mean window {:.2}), acceptance {:.1}% ({}/{}), {:.2} tokens/target pass",
+            "{} tokens, {:.2} ms/token (prompt {} tokens: target {:.1} ms, draft {:.1} ms), k={} (mean window {:.2}), acceptance {:.1}% ({}/{}), {:.2} tokens/target pass",
             self.generated_tokens,
             self.ms_per_token(),
-            self.prefill_ms(),
+            self.prompt_tokens,
+            self.target_prefill_ms(),
+            self.draft_prefill_ms(),
             self.k,
             self.mean_window(),
             100.0 * self.acceptance_rate(),

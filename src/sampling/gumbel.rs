@@ -6,7 +6,7 @@
 //! three times, as Philox and Threefry in JAX and cuRAND turn a key and a
 //! counter into random bits): no sequential state, so any process that
 //! knows the seed and the position computes the same noise.
-//! [`gumbel`]`(s, t, v) = -ln(-ln u)` is then a standard Gumbel variate, and
+//! [`gumbel_noise`]`(s, t, v) = -ln(-ln u)` is then a standard Gumbel variate, and
 //! independent across tokens and positions (to the quality of the hash).
 //!
 //! The Gumbel-max trick: `argmax_v (ln p(v) + g(t, v))` is distributed
@@ -74,7 +74,7 @@ fn gumbel_of(u: f64) -> f64 {
 
 /// `argmax_v (ln p(v) + noise(v))` over the tokens with `p(v) > 0`, the
 /// lowest id among ties: with Gumbel noise, an exact draw from `p`. The
-/// plain form, for tests and for noises other than [`gumbel`].
+/// plain form, for tests and for noises other than [`gumbel_noise`].
 pub fn argmax_with_noise(p: &Distribution, mut noise: impl FnMut(u32) -> f64) -> u32 {
     let mut best = (0u32, f64::NEG_INFINITY);
     for (v, pv) in p.support() {

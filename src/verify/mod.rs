@@ -1,6 +1,9 @@
-//! The verifier: rejection sampling as a pure function.
+//! The verifier: steps 2 and 3 of the loop. The target's pass over a window
+//! and its verdict (`verify_window`, crate-internal), and beneath it
+//! rejection sampling as pure functions: draft tokens, `q` rows, `p` rows
+//! and a random source in, a [`Verdict`] out.
 //!
-//! Vocabulary, used the same way in code, docs and stats: a *window* of `k`
+//! Words as in the [crate docs](crate#words): a *window* of `k`
 //! target positions holds the last committed token plus `k - 1` *draft tokens*
 //! `d_1..d_{k-1}`. The verifier *accepts* a prefix `d_1..d_a`, then emits one
 //! more token: a *recovered* token when `d_{a+1}` was rejected, or a *bonus*
@@ -53,7 +56,7 @@ pub struct Verdict {
     pub kind: NextKind,
 }
 
-/// Step 2 of the loop, the whole of it: the target's one pass over the
+/// Steps 2 and 3 of the loop: the target's one pass over the
 /// window `tokens` (`[m + 1]`: the last committed token, then the `m`
 /// draft tokens of `proposal`) at absolute positions `position..`, and the
 /// verdict. Greedy windows ask the target for its choices
