@@ -167,8 +167,10 @@ type Segment<'a> = (&'a [f32], &'a [f32]);
 fn row(q: &[f32], segments: &[Segment<'_>], scale: f32, o: &mut [f32]) {
     assert!(
         o.len() == q.len()
-            && segments.iter().all(|(keys, values)| keys.len() == values.len()
-                && keys.len().is_multiple_of(q.len().max(1))),
+            && segments
+                .iter()
+                .all(|(keys, values)| keys.len() == values.len()
+                    && keys.len().is_multiple_of(q.len().max(1))),
         "attention row: shapes do not fit"
     );
     #[cfg(target_arch = "x86_64")]
