@@ -191,6 +191,13 @@ fn run(args: &Args) -> anyhow::Result<()> {
         _ => None,
     };
     let draft_dir = args.draft.clone().unwrap_or_else(|| embedded("py-xs"));
+    if let (Some(_), Some(w)) = (ngram, args.device.draft_window) {
+        anyhow::bail!(
+            "--draft-window {},{}: the n-gram drafter has no attention to bound (give --draft DIR)",
+            w.sinks,
+            w.recent
+        );
+    }
     let draft: Box<dyn Drafter> = match ngram {
         Some(n) => Box::new(NGram::new(n)?),
         None => Box::new(CandleModel::load_with(
@@ -242,14 +249,19 @@ fn run(args: &Args) -> anyhow::Result<()> {
         }
     })?;
     if args.json {
-        writeln!(stdout, "{}", to_json(&output, ids.len()))?;
+        let mut json = to_json(&output, ids.len());
+        json["draft_window"] = common::window_json(args.device.draft_window);
+        writeln!(stdout, "{json}")?;
     } else {
         writeln!(stdout)?;
         if !args.quiet {
             // Said with the summary, so that a fault still prints one line.
-            let drafter = match ngram {
-                Some(n) => format!(" (drafted by the n-gram drafter, n = {n}: no draft model)"),
-                None => String::new(),
+            let drafter = match (ngram, args.device.draft_window) {
+                (Some(n), _) => {
+                    format!(" (drafted by the n-gram drafter, n = {n}: no draft model)")
+                }
+                (None, Some(w)) => format!(" (draft window: {})", common::window_label(Some(w))),
+                (None, None) => String::new(),
             };
             eprintln!(
                 "[{}] stop: {}{drafter}",

@@ -44,6 +44,15 @@
 //! closed form models (speculation does not touch the prompt pass, and the
 //! draft's own prompt pass is a cost the formula leaves out).
 //!
+//! `--draft-window SINKS,RECENT` loads the draft with a bounded attention
+//! context (attention sinks + the most recent keys), still exact; compare
+//! its acceptance with a run without it on long prompts:
+//!
+//! ```text
+//! cargo run --release --example speedup -- --target ../shared/models/py-m-4k \
+//!     --draft ../shared/models/py-s-4k --draft-window 4,256 --prompts long.json --k 4
+//! ```
+//!
 //! `--ngram N` replaces `--draft DIR` with the n-gram drafter (prompt
 //! lookup, no draft model): its windows vary with the matches found, so no
 //! speedup is predicted, and the `matched` column counts the windows that
@@ -295,6 +304,9 @@ fn run(args: &Args) -> anyhow::Result<()> {
 
     let target = CandleModel::load_with(&args.target, &args.device.target_options()?)?;
     let draft: Box<dyn Drafter> = match (&args.draft, args.ngram) {
+        (_, Some(_)) if args.device.draft_window.is_some() => {
+            anyhow::bail!("--draft-window: the n-gram drafter has no attention to bound")
+        }
         (_, Some(n)) => Box::new(NGram::new(n)?),
         (Some(dir), None) => Box::new(CandleModel::load_with(dir, &args.device.draft_options()?)?),
         (None, None) => anyhow::bail!("give --draft DIR or --ngram N"),
@@ -504,6 +516,7 @@ fn run(args: &Args) -> anyhow::Result<()> {
                 "sampling_mode": if args.reproducible { "reproducible" } else { "rejection" },
                 "quantized_draft": args.device.quantize_draft,
                 "draft_as_stored": args.device.draft_as_stored,
+                "draft_window": common::window_json(args.device.draft_window),
                 "target_as_stored": args.device.target_as_stored, "temperature": args.temperature,
                 "max_new_tokens": args.max_new_tokens, "prompts": ids.len() - 1, "rounds": args.rounds,
                 "threads": std::env::var("RAYON_NUM_THREADS").ok(),
@@ -521,7 +534,7 @@ fn run(args: &Args) -> anyhow::Result<()> {
         return Ok(());
     }
     println!(
-        "target {}{} | draft {}{} | {} prompts x {} rounds, {} tokens, temperature {}{}",
+        "target {}{} | draft {}{}{} | {} prompts x {} rounds, {} tokens, temperature {}{}",
         name(&args.target),
         if args.device.target_as_stored {
             " (blocks as stored)"
@@ -535,6 +548,10 @@ fn run(args: &Args) -> anyhow::Result<()> {
             " (blocks as stored)"
         } else {
             ""
+        },
+        match args.device.draft_window {
+            Some(w) => format!(" (window {})", common::window_label(Some(w))),
+            None => String::new(),
         },
         ids.len() - 1,
         args.rounds,

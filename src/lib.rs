@@ -154,7 +154,7 @@ mod stats;
 mod tokenizer;
 pub mod verify;
 
-pub use backend::candle::{CandleModel, LoadOptions, Quantization};
+pub use backend::candle::{AttentionWindow, CandleModel, LoadOptions, Quantization};
 pub use chat::{ChatMessage, ChatTemplate, GenerationPrompt};
 pub use config::{Eos, GenerateConfig};
 pub use drafter::{Drafter, NGram};

@@ -8,7 +8,7 @@ mod common;
 use common::toy::Toy;
 use specdec::backend::conformance::{check_all, Tolerance};
 use specdec::backend::static_shape::{StaticShapeModel, StaticShapes};
-use specdec::{CandleModel, LanguageModel, LoadOptions, Logits, Quantization};
+use specdec::{AttentionWindow, CandleModel, LanguageModel, LoadOptions, Logits, Quantization};
 
 /// Ordinary text as token ids, from the embedded tokenizer.
 fn tokens() -> Vec<u32> {
@@ -52,6 +52,34 @@ fn shared_candle_models_conform() {
     for path in SHARED {
         let mut m = common::load(dir.join(path), 40);
         check_all(&mut m, &tokens(), &Tolerance::exact()).unwrap_or_else(|f| panic!("{path}: {f}"));
+    }
+}
+
+/// Attention sinks + a recent window shorter than the prompt, so the mask
+/// matters: still exact (the mask is by absolute position), on a trained
+/// model and on the random-weight ones.
+#[test]
+fn windowed_candle_models_conform() {
+    let ids = tokens();
+    let window = AttentionWindow {
+        sinks: 2,
+        recent: 5,
+    };
+    // The suite's rollback check runs at positions 8..12: past the window.
+    assert!(ids.len() > 16);
+    let options = LoadOptions {
+        n_positions: Some(48),
+        attention_window: Some(window),
+        ..LoadOptions::default()
+    };
+    let mut dirs = vec![common::embedded("py-s")];
+    if let Some(dir) = common::shared_models() {
+        dirs.extend(["arch/qwen2-tiny", "arch/llama3-tiny"].map(|p| dir.join(p)));
+    }
+    for dir in dirs {
+        let mut m = CandleModel::load_with(&dir, &options).unwrap();
+        check_all(&mut m, &ids, &Tolerance::exact())
+            .unwrap_or_else(|f| panic!("{}: {f}", dir.display()));
     }
 }
 

@@ -3,10 +3,10 @@
 //! values by range; one-line error reports and exit codes.
 #![allow(dead_code)]
 
-use specdec::{Error, LoadOptions, Quantization};
+use specdec::{AttentionWindow, Error, LoadOptions, Quantization};
 
-/// `--threads`, `--cuda`, `--quantize-draft`, `--draft-as-stored` and
-/// `--target-as-stored`, and the load options they give.
+/// `--threads`, `--cuda`, `--quantize-draft`, `--draft-as-stored`,
+/// `--target-as-stored` and `--draft-window`, and the load options they give.
 #[derive(clap::Args, Debug)]
 pub struct Device {
     /// Compute threads (default: all cores; at most 8 per core).
@@ -44,6 +44,39 @@ pub struct Device {
     /// the prompt.
     #[arg(long, value_name = "LIST", default_value = "1,8,16", value_parser = widths)]
     pub draft_graph_widths: Widths,
+    /// Bound the draft's attention to its first SINKS positions plus the
+    /// last RECENT (attention sinks + a sliding window), so a draft token
+    /// costs the same at any context length. Exact: the draft is simply a
+    /// different model. CPU only.
+    #[arg(long, value_name = "SINKS,RECENT", value_parser = attention_window)]
+    pub draft_window: Option<AttentionWindow>,
+}
+
+/// `SINKS,RECENT`: two whole numbers, RECENT at least 1.
+fn attention_window(s: &str) -> Result<AttentionWindow, String> {
+    let Some((sinks, recent)) = s.split_once(',') else {
+        return Err("expected SINKS,RECENT (e.g. 4,256)".to_string());
+    };
+    Ok(AttentionWindow {
+        sinks: int_in(sinks, 0, usize::MAX).map_err(|e| format!("SINKS: {e}"))?,
+        recent: int_in(recent, 1, usize::MAX).map_err(|e| format!("RECENT: {e}"))?,
+    })
+}
+
+/// `--draft-window` for summaries: "4 sinks + 256 recent", or "full".
+pub fn window_label(w: Option<AttentionWindow>) -> String {
+    match w {
+        Some(w) => format!("{} sinks + {} recent", w.sinks, w.recent),
+        None => "full".to_string(),
+    }
+}
+
+/// `--draft-window` for JSON: `{"sinks": S, "recent": R}`, or null.
+pub fn window_json(w: Option<AttentionWindow>) -> serde_json::Value {
+    match w {
+        Some(w) => serde_json::json!({ "sinks": w.sinks, "recent": w.recent }),
+        None => serde_json::Value::Null,
+    }
 }
 
 /// CUDA graph widths from the command line.
@@ -102,7 +135,8 @@ impl Device {
         })
     }
 
-    /// As [`Device::target_options`], with `--quantize-draft`.
+    /// As [`Device::target_options`], with `--quantize-draft`,
+    /// `--draft-as-stored` and `--draft-window`.
     pub fn draft_options(&self) -> anyhow::Result<LoadOptions> {
         let quantization = if self.quantize_draft {
             Quantization::Q8_0
@@ -114,6 +148,7 @@ impl Device {
         Ok(LoadOptions {
             quantization,
             cuda_graph_widths: self.draft_graph_widths.0.clone(),
+            attention_window: self.draft_window,
             ..self.device_options()?
         })
     }

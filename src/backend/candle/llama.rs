@@ -69,6 +69,12 @@ pub(crate) struct Llama {
     /// The CUDA graph decoder has re-laid out the weight matrices for its
     /// own kernel: [`Llama::forward`] (candle's ops) refuses to run.
     graph_only: bool,
+    /// Attention sinks: key positions `0..sinks` stay visible to every
+    /// query beyond the recent window (0: none).
+    sinks: usize,
+    /// Recent keys a query sees, itself included (`usize::MAX`: all).
+    /// Both apply within the checkpoint's own `sliding_window`.
+    recent: usize,
 }
 
 impl Llama {
@@ -192,7 +198,17 @@ impl Llama {
             dtype,
             device: device.clone(),
             graph_only: false,
+            sinks: 0,
+            recent: usize::MAX,
         })
+    }
+
+    /// Bounds attention to key positions `0..sinks` plus the last `recent`
+    /// (see `AttentionWindow`). Only our CPU f32 kernel honours it: the
+    /// loader refuses it on other paths before calling this.
+    pub(super) fn set_attention_window(&mut self, sinks: usize, recent: usize) {
+        self.sinks = sinks;
+        self.recent = recent;
     }
 
     /// Hands the weight matrices to the CUDA graph decoder, which re-lays
@@ -340,6 +356,8 @@ impl Llama {
             let op = CachedAttention {
                 pos,
                 window: c.sliding_window.unwrap_or(usize::MAX),
+                sinks: self.sinks,
+                recent: self.recent,
                 scale: (1.0 / (hd as f64).sqrt()) as f32,
             };
             let out = q.contiguous()?.apply_op3_no_bwd(&cache.k, &cache.v, &op)?;

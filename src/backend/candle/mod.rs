@@ -136,6 +136,58 @@ pub struct LoadOptions {
     /// head_dim not 16/32/64/128/256, MLP biases, hidden sizes that are not
     /// multiples of 8 or exceed 16384). Ignored on the CPU.
     pub cuda_graph_widths: Vec<usize>,
+    /// Bound each query's attention to the first few positions plus a
+    /// recent window ([`AttentionWindow`]): a draft whose cost per token
+    /// stays flat however long the context. `None` (default): full causal
+    /// attention (within the checkpoint's own `sliding_window`, if any).
+    /// CPU in f32 only; refused elsewhere.
+    pub attention_window: Option<AttentionWindow>,
+}
+
+/// Attention sinks plus a sliding window of recent keys (as StreamingLLM,
+/// MagicDec and TriForce bound a draft's context): the query at absolute
+/// position `p` attends only to the keys at positions
+/// `[0, sinks) ∪ [p + 1 - recent, p]`, each key keeping the RoPE of its true
+/// position and each query computed at its true position.
+///
+/// The mask is a function of absolute positions only, so the backend
+/// contract is untouched: feeding `a ++ b` in one call gives the same logits
+/// as `a` then `b` (bit for bit on the CPU in f32), and
+/// [`LanguageModel::truncate`] rolls back as before. A model loaded with a
+/// window is simply another model; used as the draft, the generator's
+/// exactness holds by construction (its `q` is the distribution the draft
+/// sampled from). While the context is at most `sinks + recent` tokens the
+/// logits are bit for bit those of the full model.
+///
+/// The CPU attention kernel never reads the keys outside the window: one
+/// token's attention costs `sinks + recent` keys however long the context.
+/// The rest of the pass is unchanged: every token still goes through the
+/// projections and MLP (a prompt costs what it did, less its attention), and
+/// the KV cache is still allocated for all `n_positions` and written at
+/// every position (keys the window has passed stay in memory, so that
+/// truncating to any earlier length needs nothing recomputed).
+///
+/// With a checkpoint's own `sliding_window` of `w` (Mistral), both masks
+/// apply: a key is visible only when it is within the last `w` positions
+/// *and* a sink or within the last `recent` (the option only ever removes
+/// keys; sinks older than `w` are not brought back).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AttentionWindow {
+    /// Positions at the start of the context (tokens `0..sinks`) that every
+    /// query attends to, the "attention sinks". May be 0.
+    pub sinks: usize,
+    /// Most recent positions a query attends to, itself included, in
+    /// tokens: `p + 1 - recent ..= p`. At least 1.
+    pub recent: usize,
+}
+
+impl AttentionWindow {
+    /// Whether the window hides anything from a query at `position`
+    /// (0-based): only once the context `position + 1` exceeds
+    /// `sinks + recent`.
+    pub fn masks_at(&self, position: usize) -> bool {
+        position + 1 > self.sinks.saturating_add(self.recent)
+    }
 }
 
 /// The widest CUDA graph [`LoadOptions::cuda_graph_widths`] may ask for.
@@ -154,6 +206,7 @@ impl Default for LoadOptions {
             n_positions: None,
             quantization: Quantization::None,
             cuda_graph_widths: Vec::new(),
+            attention_window: None,
         }
     }
 }
@@ -237,6 +290,7 @@ impl CandleModel {
                 "dtype F32 (the block kernels compute in f32)",
             ));
         }
+        check_attention_window(options)?;
         if is_gguf(dir) && probe(dir)?.is_some_and(|m| m.is_file()) {
             return Self::load_gguf(dir, options);
         }
@@ -334,6 +388,9 @@ impl CandleModel {
             options.quantization,
         )?;
         after_load(source, &config)?;
+        if let Some(w) = options.attention_window {
+            llama.set_attention_window(w.sinks, w.recent);
+        }
         let cache = llama.new_cache(n_positions)?;
         let graph = GraphDecoder::new(&mut llama, &cache, &options.cuda_graph_widths)?;
         let name = path
@@ -437,6 +494,36 @@ fn n_positions(options: &LoadOptions, config: &ModelConfig) -> Result<usize> {
         Some(n) => Ok(n),
         None => Ok(config.max_position_embeddings.min(DEFAULT_MAX_POSITIONS)),
     }
+}
+
+/// Refuses an [`AttentionWindow`] that is empty or that the chosen path
+/// cannot honour: only the CPU kernel in f32 skips the keys outside it
+/// (candle's ops and the CUDA graph kernels attend to every key).
+fn check_attention_window(options: &LoadOptions) -> Result<()> {
+    let Some(w) = options.attention_window else {
+        return Ok(());
+    };
+    if w.recent == 0 {
+        return Err(Error::setting(
+            "attention_window",
+            format!("sinks {}, recent 0", w.sinks),
+            "recent >= 1 (a query must see at least itself)",
+        ));
+    }
+    if !options.device.is_cpu() || options.dtype != DType::F32 {
+        let path = match options.device.is_cpu() {
+            true => format!("the CPU in {:?}", options.dtype),
+            false if options.cuda_graph_widths.is_empty() => "a GPU (candle's ops)".to_string(),
+            false => "a GPU (CUDA graphs)".to_string(),
+        };
+        return Err(Error::setting(
+            "attention_window",
+            format!("sinks {}, recent {} on {path}", w.sinks, w.recent),
+            "the CPU backend in f32 (its attention kernel skips the keys outside the window; \
+             the CUDA graph kernels and candle's ops attend to every key)",
+        ));
+    }
+    Ok(())
 }
 
 /// Whether `path` names a GGUF file (by its extension, in any case).

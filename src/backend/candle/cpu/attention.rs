@@ -1,5 +1,7 @@
-//! Causal attention over the KV cache on the CPU, in f32, computed row by
-//! row: each query's scores, softmax and weighted sum of values are done in
+//! Causal attention over the KV cache on the CPU, in f32, within the
+//! checkpoint's sliding window and, optionally, attention sinks plus a
+//! recent window (`AttentionWindow`: the keys outside it are never read),
+//! computed row by row: each query's scores, softmax and weighted sum of values are done in
 //! one fixed order that does not depend on how many queries came in the same
 //! call. With the projection kernel ([`super::matmul`]) holding the same
 //! property, a window or a prompt pass gives bit-identical logits to feeding
@@ -15,6 +17,8 @@
 //! output   (n, heads * head_dim)       ready for the output projection
 //! ```
 
+use std::ops::Range;
+
 use candle_core::{CpuStorage, CustomOp3, Layout, Shape};
 use rayon::prelude::*;
 
@@ -25,8 +29,15 @@ const PARALLEL_MIN_MACS: usize = 1 << 16;
 pub(crate) struct CachedAttention {
     /// Position of the first query.
     pub(crate) pos: usize,
-    /// Keys a query may see, itself included (`usize::MAX`: all before it).
+    /// Keys a query may see, itself included (`usize::MAX`: all before it):
+    /// the checkpoint's own sliding window.
     pub(crate) window: usize,
+    /// Attention sinks: keys at positions `0..sinks` that a query sees
+    /// beyond `recent` (still within `window`). 0: none.
+    pub(crate) sinks: usize,
+    /// Recent keys a query sees, itself included, besides the sinks
+    /// (`usize::MAX`: all). Never read outside this and the sinks.
+    pub(crate) recent: usize,
     /// Score scale, `1 / sqrt(head_dim)`.
     pub(crate) scale: f32,
 }
@@ -93,6 +104,28 @@ struct Dims {
     cap: usize,
 }
 
+impl CachedAttention {
+    /// The keys the query at position `t` sees, as up to two ranges of
+    /// positions in order: the sinks, then the recent window. Key `j` is
+    /// visible when `t - j < window` and (`j < sinks` or `t - j < recent`).
+    /// When the two touch they come back as one range (the second empty),
+    /// so that a query that sees every key is computed exactly as without
+    /// sinks or a recent window.
+    fn visible(&self, t: usize) -> [Range<usize>; 2] {
+        let end = t + 1;
+        let lo = end.saturating_sub(self.window);
+        let recent = end.saturating_sub(self.recent).max(lo);
+        let sinks_end = self.sinks.min(end);
+        if lo >= sinks_end || recent <= sinks_end {
+            // No sink left in the window, or sinks and recent keys touch.
+            let start = if lo < sinks_end { lo } else { recent };
+            [start..end, end..end]
+        } else {
+            [lo..sinks_end, recent..end]
+        }
+    }
+}
+
 fn attend(q: &[f32], k: &[f32], v: &[f32], d: &Dims, op: &CachedAttention) -> Vec<f32> {
     let mut out = vec![0f32; d.n * d.heads * d.hd];
     if d.hd == 0 {
@@ -101,15 +134,18 @@ fn attend(q: &[f32], k: &[f32], v: &[f32], d: &Dims, op: &CachedAttention) -> Ve
     // One item per (query row, head): its hd outputs are contiguous.
     let item = |(idx, o): (usize, &mut [f32])| {
         let (i, h) = (idx / d.heads, idx % d.heads);
-        let t = op.pos + i;
-        let lo = (t + 1).saturating_sub(op.window);
         let kv = (h / d.group) * d.cap;
         let qv = &q[(h * d.n + i) * d.hd..][..d.hd];
-        let keys = &k[(kv + lo) * d.hd..(kv + t + 1) * d.hd];
-        let values = &v[(kv + lo) * d.hd..(kv + t + 1) * d.hd];
-        row(qv, keys, values, op.scale, o);
+        // Only the visible keys are read: the others cost nothing.
+        let segment = |r: &Range<usize>| {
+            let span = (kv + r.start) * d.hd..(kv + r.end) * d.hd;
+            (&k[span.clone()], &v[span])
+        };
+        let [a, b] = op.visible(op.pos + i);
+        row(qv, &[segment(&a), segment(&b)], op.scale, o);
     };
-    let macs = d.n * d.heads * (op.pos + d.n) * d.hd * 2;
+    let seen = |t: usize| op.visible(t).iter().map(|r| r.len()).sum::<usize>();
+    let macs = d.n * d.heads * seen((op.pos + d.n).saturating_sub(1)) * d.hd * 2;
     if macs >= PARALLEL_MIN_MACS && rayon::current_num_threads() > 1 {
         out.par_chunks_mut(d.hd).enumerate().for_each(item);
     } else {
@@ -118,14 +154,23 @@ fn attend(q: &[f32], k: &[f32], v: &[f32], d: &Dims, op: &CachedAttention) -> Ve
     out
 }
 
-/// One query against its visible keys: `o = softmax(scale * K q) V`.
-/// `keys` and `values` hold the same number of rows of `q.len()`, and `o`
-/// is `q.len()` long (the SIMD path reads and writes them unchecked).
-fn row(q: &[f32], keys: &[f32], values: &[f32], scale: f32, o: &mut [f32]) {
+/// Keys and values of consecutive positions: the same number of rows each.
+type Segment<'a> = (&'a [f32], &'a [f32]);
+
+/// One query against its visible keys: `o = softmax(scale * K q) V`, `K`
+/// and `V` being the segments' keys and values one after the other. The
+/// result is the same bits as for one segment holding them all (each key's
+/// score, the softmax and the chain of multiply-adds into `o` run in the
+/// same order). Each segment holds the same number of rows of `q.len()` in
+/// its keys and values, and `o` is `q.len()` long (the SIMD path reads and
+/// writes them unchecked).
+fn row(q: &[f32], segments: &[Segment<'_>], scale: f32, o: &mut [f32]) {
     assert!(
-        keys.len() == values.len()
-            && o.len() == q.len()
-            && keys.len().is_multiple_of(q.len().max(1)),
+        o.len() == q.len()
+            && segments
+                .iter()
+                .all(|(keys, values)| keys.len() == values.len()
+                    && keys.len().is_multiple_of(q.len().max(1))),
         "attention row: shapes do not fit"
     );
     #[cfg(target_arch = "x86_64")]
@@ -136,21 +181,26 @@ fn row(q: &[f32], keys: &[f32], values: &[f32], scale: f32, o: &mut [f32]) {
         {
             // SAFETY: the features were just detected; lengths are multiples
             // of hd, itself a multiple of 8.
-            unsafe { avx2::row(q, keys, values, scale, o) };
+            unsafe { avx2::row(q, segments, scale, o) };
             return;
         }
     }
-    portable_row(q, keys, values, scale, o);
+    portable_row(q, segments, scale, o);
 }
 
 /// [`row`] without SIMD: the reference, and the path for other CPUs.
-fn portable_row(q: &[f32], keys: &[f32], values: &[f32], scale: f32, o: &mut [f32]) {
+fn portable_row(q: &[f32], segments: &[Segment<'_>], scale: f32, o: &mut [f32]) {
     let hd = q.len();
-    let scores: Vec<f32> = keys.chunks_exact(hd).map(|k| dot(q, k) * scale).collect();
+    let scores: Vec<f32> = segments
+        .iter()
+        .flat_map(|(keys, _)| keys.chunks_exact(hd))
+        .map(|k| dot(q, k) * scale)
+        .collect();
     let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     let probs: Vec<f32> = scores.iter().map(|s| (s - max).exp()).collect();
     let sum: f32 = probs.iter().sum();
-    for (p, v) in probs.iter().zip(values.chunks_exact(hd)) {
+    let values = segments.iter().flat_map(|(_, v)| v.chunks_exact(hd));
+    for (p, v) in probs.iter().zip(values) {
         for (a, x) in o.iter_mut().zip(v) {
             *a += p * x;
         }
@@ -249,6 +299,8 @@ mod avx512 {
 mod avx2 {
     use std::arch::x86_64::*;
 
+    use super::Segment;
+
     /// Sum of the 8 lanes, in a fixed order.
     #[inline]
     #[target_feature(enable = "avx2,fma")]
@@ -281,36 +333,49 @@ mod avx2 {
 
     /// See [`super::row`]; `hd` is a multiple of 8.
     #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn row(q: &[f32], keys: &[f32], values: &[f32], scale: f32, o: &mut [f32]) {
+    pub(super) unsafe fn row(q: &[f32], segments: &[Segment<'_>], scale: f32, o: &mut [f32]) {
         let hd = q.len();
-        let len = keys.len() / hd;
-        let mut scores = Vec::with_capacity(len);
-        let mut j = 0;
-        while j + 4 <= len {
-            let s = dots::<4>(q.as_ptr(), keys.as_ptr().add(j * hd), hd);
-            scores.extend(s.iter().map(|x| x * scale));
-            j += 4;
-        }
-        while j < len {
-            let s = dots::<1>(q.as_ptr(), keys.as_ptr().add(j * hd), hd);
-            scores.push(s[0] * scale);
-            j += 1;
+        let total: usize = segments.iter().map(|(keys, _)| keys.len() / hd).sum();
+        let mut scores = Vec::with_capacity(total);
+        for (keys, _) in segments {
+            let len = keys.len() / hd;
+            let mut j = 0;
+            while j + 4 <= len {
+                let s = dots::<4>(q.as_ptr(), keys.as_ptr().add(j * hd), hd);
+                scores.extend(s.iter().map(|x| x * scale));
+                j += 4;
+            }
+            while j < len {
+                let s = dots::<1>(q.as_ptr(), keys.as_ptr().add(j * hd), hd);
+                scores.push(s[0] * scale);
+                j += 1;
+            }
         }
         let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
         super::exp_shifted(&mut scores, max);
         let sum: f32 = scores.iter().sum();
-        match hd {
-            64 => weighted::<8>(&scores, values, o),
-            128 => weighted::<16>(&scores, values, o),
-            _ => {
-                for (jj, &p) in scores.iter().enumerate() {
-                    let (pv, v) = (_mm256_set1_ps(p), values.as_ptr().add(jj * hd));
-                    let mut d = 0;
-                    while d < hd {
-                        let a = o.as_mut_ptr().add(d);
-                        let acc = _mm256_loadu_ps(a);
-                        _mm256_storeu_ps(a, _mm256_fmadd_ps(pv, _mm256_loadu_ps(v.add(d)), acc));
-                        d += 8;
+        // Each segment continues the multiply-add chains of the one before
+        // (they go through `o` between segments, which rounds nothing).
+        let mut first = 0;
+        for (_, values) in segments {
+            let p = &scores[first..first + values.len() / hd];
+            first += p.len();
+            match hd {
+                64 => weighted::<8>(p, values, o),
+                128 => weighted::<16>(p, values, o),
+                _ => {
+                    for (jj, &pj) in p.iter().enumerate() {
+                        let (pv, v) = (_mm256_set1_ps(pj), values.as_ptr().add(jj * hd));
+                        let mut d = 0;
+                        while d < hd {
+                            let a = o.as_mut_ptr().add(d);
+                            let acc = _mm256_loadu_ps(a);
+                            _mm256_storeu_ps(
+                                a,
+                                _mm256_fmadd_ps(pv, _mm256_loadu_ps(v.add(d)), acc),
+                            );
+                            d += 8;
+                        }
                     }
                 }
             }
@@ -391,7 +456,9 @@ mod tests {
                 let t = op.pos + i;
                 let kv = (h / d.group) * d.cap;
                 let qv = &q[(h * d.n + i) * d.hd..][..d.hd];
-                let visible: Vec<usize> = (0..=t).filter(|&j| t - j < op.window).collect();
+                let visible: Vec<usize> = (0..=t)
+                    .filter(|&j| t - j < op.window && (j < op.sinks || t - j < op.recent))
+                    .collect();
                 let s: Vec<f64> = visible
                     .iter()
                     .map(|&j| {
@@ -426,14 +493,27 @@ mod tests {
 
     #[test]
     fn matches_naive_attention_with_gqa_and_windows() {
-        for (heads, kvh, hd, pos, n, window) in [
-            (4, 2, 8, 0, 5, usize::MAX),
-            (6, 2, 12, 7, 3, usize::MAX),
-            (2, 1, 9, 3, 4, 3),
-            (3, 3, 16, 10, 1, 4),
-            (2, 1, 64, 9, 3, usize::MAX),
-            (2, 2, 128, 4, 2, 5),
-            (4, 2, 64, 30, 5, usize::MAX),
+        const ALL: usize = usize::MAX;
+        // (heads, kv heads, head_dim, pos, n, window, sinks, recent)
+        for (heads, kvh, hd, pos, n, window, sinks, recent) in [
+            (4, 2, 8, 0, 5, ALL, 0, ALL),
+            (6, 2, 12, 7, 3, ALL, 0, ALL),
+            (2, 1, 9, 3, 4, 3, 0, ALL),
+            (3, 3, 16, 10, 1, 4, 0, ALL),
+            (2, 1, 64, 9, 3, ALL, 0, ALL),
+            (2, 2, 128, 4, 2, 5, 0, ALL),
+            (4, 2, 64, 30, 5, ALL, 0, ALL),
+            // Sinks and a recent window: apart, touching, covering all.
+            (4, 2, 64, 30, 5, ALL, 4, 8),
+            (2, 2, 128, 20, 6, ALL, 2, 5),
+            (2, 1, 9, 10, 8, ALL, 3, 4),
+            (4, 2, 8, 0, 12, ALL, 4, 4),
+            (4, 2, 64, 5, 4, ALL, 3, 7),
+            (2, 1, 64, 25, 3, ALL, 0, 6),
+            // Within the checkpoint's own window as well.
+            (2, 1, 64, 25, 3, 12, 4, 6),
+            (2, 1, 16, 25, 3, 6, 4, 3),
+            (2, 1, 16, 3, 9, 6, 2, 3),
         ] {
             let cap = 40;
             let d = Dims {
@@ -446,6 +526,8 @@ mod tests {
             let op = CachedAttention {
                 pos,
                 window,
+                sinks,
+                recent,
                 scale: 1.0 / (hd as f32).sqrt(),
             };
             let q = data(heads * n * hd, 1.0);
@@ -456,7 +538,7 @@ mod tests {
             for (g, w) in got.iter().zip(&want) {
                 assert!(
                     (g - w).abs() < 1e-5,
-                    "{g} vs {w} (heads {heads} pos {pos} n {n})"
+                    "{g} vs {w} (heads {heads} pos {pos} n {n} sinks {sinks} recent {recent})"
                 );
             }
         }
@@ -464,6 +546,13 @@ mod tests {
 
     #[test]
     fn a_query_row_does_not_depend_on_the_others_in_its_call() {
+        // Full attention, then sinks and a recent window.
+        for (sinks, recent) in [(0, usize::MAX), (3, 9), (0, 5)] {
+            rows_are_independent(sinks, recent);
+        }
+    }
+
+    fn rows_are_independent(sinks: usize, recent: usize) {
         let (heads, kvh, hd, cap) = (4, 2, 64, 40);
         let k = data(kvh * cap * hd, 2.0);
         let v = data(kvh * cap * hd, 3.0);
@@ -478,6 +567,8 @@ mod tests {
         let op = |pos| CachedAttention {
             pos,
             window: usize::MAX,
+            sinks,
+            recent,
             scale: 0.25,
         };
         let dims = |n| Dims {
@@ -493,8 +584,58 @@ mod tests {
             assert_eq!(
                 &all[i * heads * hd..(i + 1) * heads * hd],
                 &one[..],
-                "row {i}"
+                "row {i} (sinks {sinks}, recent {recent})"
             );
         }
+    }
+
+    #[test]
+    fn two_segments_give_the_bits_of_one() {
+        // The same keys split anywhere: the same output bits, on the SIMD
+        // path (hd 64 and 128 hold `o` in registers, 24 does not) and the
+        // portable one.
+        for hd in [24, 64, 128, 9] {
+            let len = 13;
+            let q = data(hd, 1.0);
+            let k = data(len * hd, 2.0);
+            let v = data(len * hd, 3.0);
+            let mut whole = vec![0f32; hd];
+            row(&q, &[(&k, &v)], 0.3, &mut whole);
+            let mut portable = vec![0f32; hd];
+            portable_row(&q, &[(&k, &v)], 0.3, &mut portable);
+            for cut in [0, 1, 4, 5, 12, 13] {
+                let (k1, k2) = k.split_at(cut * hd);
+                let (v1, v2) = v.split_at(cut * hd);
+                let mut split = vec![0f32; hd];
+                row(&q, &[(k1, v1), (k2, v2)], 0.3, &mut split);
+                assert_eq!(split, whole, "hd {hd}, cut {cut}");
+                let mut split = vec![0f32; hd];
+                portable_row(&q, &[(k1, v1), (k2, v2)], 0.3, &mut split);
+                assert_eq!(split, portable, "portable, hd {hd}, cut {cut}");
+            }
+        }
+    }
+
+    #[test]
+    fn visible_ranges() {
+        let op = |window, sinks, recent| CachedAttention {
+            pos: 0,
+            window,
+            sinks,
+            recent,
+            scale: 1.0,
+        };
+        let all = usize::MAX;
+        assert_eq!(op(all, 0, all).visible(9), [0..10, 10..10]);
+        assert_eq!(op(4, 0, all).visible(9), [6..10, 10..10]);
+        assert_eq!(op(all, 4, 6).visible(9), [0..10, 10..10]);
+        assert_eq!(op(all, 4, 5).visible(9), [0..4, 5..10]);
+        assert_eq!(op(all, 4, 5).visible(2), [0..3, 3..3]);
+        assert_eq!(op(all, 0, 5).visible(9), [5..10, 10..10]);
+        assert_eq!(op(8, 4, 3).visible(9), [2..4, 7..10]);
+        assert_eq!(op(6, 4, 3).visible(9), [7..10, 10..10]);
+        assert_eq!(op(5, 4, 3).visible(9), [7..10, 10..10]);
+        assert_eq!(op(6, 4, all).visible(9), [4..10, 10..10]);
+        assert_eq!(op(all, 4, 1).visible(100), [0..4, 100..101]);
     }
 }
