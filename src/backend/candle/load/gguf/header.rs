@@ -386,11 +386,15 @@ pub(super) fn check_header(file: &mut File, file_size: u64) -> Result<Header, St
         let bytes = elems / block * size;
         let offset = w.u64(&what)?;
         if offset != expected {
-            return Err(format!(
-                "{}: data at offset {offset}, but the tensors before it end at {expected} \
-                 (overlapping, misaligned, or a type whose size contradicts the layout)",
-                what()
-            ));
+            let before = match last.as_str() {
+                "" => "it is the first tensor: its data must start at 0".to_string(),
+                prev => format!(
+                    "the tensor before it, `{prev}`, ends at {expected} (padded) as its type and \
+                     dimensions say (overlapping, misaligned, or a type whose size \
+                     contradicts the layout?)"
+                ),
+            };
+            return Err(format!("{}: data at offset {offset}, but {before}", what()));
         }
         end = offset
             .checked_add(bytes)
