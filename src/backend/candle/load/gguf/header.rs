@@ -312,7 +312,7 @@ pub(super) fn check_header(file: &mut File, file_size: u64) -> Result<Header, St
                 4 | 5 => 4,
                 _ => {
                     return Err(format!(
-                        "{}: a {}; it must be a u32 (a wider or other type would be \
+                        "{}: of type {}; it must be a u32 (a wider or other type would be \
                          ignored and the tensors read from the wrong place)",
                         what(),
                         type_name(ty)
