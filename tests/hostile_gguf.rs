@@ -154,7 +154,9 @@ fn base() -> Gguf {
         tensor_count: None,
         kv_count: None,
     };
-    let tokens: Vec<String> = (0..VOCAB).map(|i| ((b'a' + i as u8) as char).into()).collect();
+    let tokens: Vec<String> = (0..VOCAB)
+        .map(|i| ((b'a' + i as u8) as char).into())
+        .collect();
     let tokens: Vec<&str> = tokens.iter().map(String::as_str).collect();
     g.set("general.architecture", strv("llama"))
         .set("general.alignment", u32v(32))
@@ -187,9 +189,13 @@ fn base() -> Gguf {
             offset: None,
         });
     }
-    for (i, name) in ["blk.0.attn_norm.weight", "blk.0.ffn_norm.weight", "output_norm.weight"]
-        .into_iter()
-        .enumerate()
+    for (i, name) in [
+        "blk.0.attn_norm.weight",
+        "blk.0.ffn_norm.weight",
+        "output_norm.weight",
+    ]
+    .into_iter()
+    .enumerate()
     {
         g.tensors.push(T {
             name: name.as_bytes().to_vec(),
@@ -301,7 +307,10 @@ fn metadata_sizes_are_capped_before_candle_reads() {
     refused("huge-array", &g.bytes(), &["x.huge", "MAX_ARRAY_ELEMENTS"]);
     // Just over the per-array limit, with the bytes present (1 MiB).
     let mut g = base();
-    g.push(b"x.big", array(T_U8, (1 << 20) + 1, &vec![0; (1 << 20) + 1]));
+    g.push(
+        b"x.big",
+        array(T_U8, (1 << 20) + 1, &vec![0; (1 << 20) + 1]),
+    );
     refused("big-array", &g.bytes(), &["x.big", "MAX_ARRAY_ELEMENTS"]);
     // Many arrays under the limit, over the total (4 MiB of u8).
     let mut g = base();
@@ -311,7 +320,11 @@ fn metadata_sizes_are_capped_before_candle_reads() {
             array(T_U8, 1 << 20, &vec![0; 1 << 20]),
         );
     }
-    refused("many-arrays", &g.bytes(), &["x.part3", "MAX_METADATA_VALUES"]);
+    refused(
+        "many-arrays",
+        &g.bytes(),
+        &["x.part3", "MAX_METADATA_VALUES"],
+    );
     // Counts in the header.
     let mut g = base();
     g.tensor_count = Some(1 << 40);
@@ -361,7 +374,11 @@ fn corrupt_layouts_are_refused_naming_the_tensor() {
     let mut dup = g.tensor("blk.0.ffn_norm.weight").clone();
     dup.data = f32_bytes(H, 99, -5.0);
     g.tensors.push(dup);
-    refused("dup-tensor", &g.bytes(), &["blk.0.ffn_norm.weight", "twice"]);
+    refused(
+        "dup-tensor",
+        &g.bytes(),
+        &["blk.0.ffn_norm.weight", "twice"],
+    );
 }
 
 #[test]
@@ -369,7 +386,11 @@ fn corrupt_metadata_is_refused_naming_the_key() {
     // A duplicate key that changed the model.
     let mut g = base();
     g.push(b"llama.attention.head_count_kv", u32v(2));
-    refused("dup-key", &g.bytes(), &["llama.attention.head_count_kv", "twice"]);
+    refused(
+        "dup-key",
+        &g.bytes(),
+        &["llama.attention.head_count_kv", "twice"],
+    );
     // A u64 / i64 alignment, which candle ignores (reading at 32).
     let mut g = base();
     g.set("general.alignment", (T_U64, 64u64.to_le_bytes().to_vec()));
@@ -379,16 +400,26 @@ fn corrupt_metadata_is_refused_naming_the_key() {
     refused("i64-alignment", &g.bytes(), &["general.alignment", "i64"]);
     // A token string given to two ids: one id would decode to nothing.
     let mut g = base();
-    let mut tokens: Vec<String> = (0..VOCAB).map(|i| ((b'a' + i as u8) as char).into()).collect();
+    let mut tokens: Vec<String> = (0..VOCAB)
+        .map(|i| ((b'a' + i as u8) as char).into())
+        .collect();
     tokens[9] = "c".into();
     let tokens: Vec<&str> = tokens.iter().map(String::as_str).collect();
     g.set("tokenizer.ggml.tokens", str_array(&tokens));
-    refused("dup-token", &g.bytes(), &["tokenizer.ggml.tokens", "2 and 9"]);
+    refused(
+        "dup-token",
+        &g.bytes(),
+        &["tokenizer.ggml.tokens", "2 and 9"],
+    );
     // Fewer tokens than embedding rows (with the vocabulary size given).
     let mut g = base();
     g.set("tokenizer.ggml.tokens", str_array(&["a", "b", "c"]));
     g.set("llama.vocab_size", u32v(VOCAB as u32));
-    refused("few-tokens", &g.bytes(), &["tokenizer.ggml.tokens", "3 tokens"]);
+    refused(
+        "few-tokens",
+        &g.bytes(),
+        &["tokenizer.ggml.tokens", "3 tokens"],
+    );
 }
 
 // ---- siblings: the rest of the header ----------------------------------------------
@@ -405,7 +436,11 @@ fn every_other_header_field_is_checked() {
     refused("key-utf8", &g.bytes(), &["metadata key", "UTF-8"]);
     let mut g = base();
     g.set("tokenizer.chat_template", (T_STRING, string(b"{{ \xff }}")));
-    refused("value-utf8", &g.bytes(), &["tokenizer.chat_template", "UTF-8"]);
+    refused(
+        "value-utf8",
+        &g.bytes(),
+        &["tokenizer.chat_template", "UTF-8"],
+    );
     let mut g = base();
     g.push(b"x.flag", (T_BOOL, vec![2]));
     refused("bool", &g.bytes(), &["x.flag", "boolean"]);
@@ -435,21 +470,41 @@ fn every_other_header_field_is_checked() {
     // Dimensions: too many, overflowing, rows not whole blocks.
     let mut g = base();
     g.tensors[10].dims = vec![H as u64, 1, 1, 1, 1];
-    refused("n-dims", &g.bytes(), &["output_norm.weight", "5 dimensions"]);
+    refused(
+        "n-dims",
+        &g.bytes(),
+        &["output_norm.weight", "5 dimensions"],
+    );
     let mut g = base();
     g.tensors[10].dims = vec![1 << 32, 1 << 32];
-    refused("dims-overflow", &g.bytes(), &["output_norm.weight", "overflow"]);
+    refused(
+        "dims-overflow",
+        &g.bytes(),
+        &["output_norm.weight", "overflow"],
+    );
     let mut g = base();
     g.tensors[10].ty = Q8_0;
     g.tensors[10].dims = vec![16];
-    refused("blocks", &g.bytes(), &["output_norm.weight", "blocks of 32"]);
+    refused(
+        "blocks",
+        &g.bytes(),
+        &["output_norm.weight", "blocks of 32"],
+    );
     let mut g = base();
     g.tensors[10].ty = 99;
-    refused("tensor-type", &g.bytes(), &["output_norm.weight", "type 99"]);
+    refused(
+        "tensor-type",
+        &g.bytes(),
+        &["output_norm.weight", "type 99"],
+    );
     // An offset near u64::MAX: offset + size overflows.
     let mut g = base();
     g.tensors[0].offset = Some(u64::MAX - 8);
-    refused("offset-overflow", &g.bytes(), &["token_embd.weight", "offset"]);
+    refused(
+        "offset-overflow",
+        &g.bytes(),
+        &["token_embd.weight", "offset"],
+    );
     // Truncated inside the tensor data, and inside the header.
     let bytes = base().bytes();
     refused(
