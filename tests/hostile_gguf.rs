@@ -309,21 +309,21 @@ fn metadata_sizes_are_capped_before_candle_reads() {
     let mut g = base();
     g.push(
         b"x.big",
-        array(T_U8, (1 << 20) + 1, &vec![0; (1 << 20) + 1]),
+        array(T_U8, (1 << 19) + 1, &vec![0; (1 << 19) + 1]),
     );
     refused("big-array", &g.bytes(), &["x.big", "MAX_ARRAY_ELEMENTS"]);
     // Many arrays under the limit, over the total (4 MiB of u8).
     let mut g = base();
-    for i in 0..4 {
+    for i in 0..8 {
         g.push(
             format!("x.part{i}").as_bytes(),
-            array(T_U8, 1 << 20, &vec![0; 1 << 20]),
+            array(T_U8, 1 << 19, &vec![0; 1 << 19]),
         );
     }
     refused(
         "many-arrays",
         &g.bytes(),
-        &["x.part3", "MAX_METADATA_VALUES"],
+        &["x.part7", "MAX_METADATA_VALUES"],
     );
     // Counts in the header.
     let mut g = base();
