@@ -331,7 +331,24 @@ impl CandleModel {
         let tokenizer = if beside.is_file() {
             Some(Tokenizer::from_file(&beside)?)
         } else {
-            gguf::tokenizer::from_gguf(&file)?
+            let tokenizer = gguf::tokenizer::from_gguf(&file)?;
+            // An id the model can write but the vocabulary lacks would decode
+            // to nothing (llama.cpp sizes the embedding by this list).
+            if let (Some(_), Some(tokens)) =
+                (&tokenizer, file.strings_opt("tokenizer.ggml.tokens")?)
+            {
+                if tokens.len() != config.vocab_size {
+                    return Err(Error::Gguf {
+                        path: path.to_path_buf(),
+                        message: format!(
+                            "metadata `tokenizer.ggml.tokens`: {} tokens for a vocabulary of {}",
+                            tokens.len(),
+                            config.vocab_size
+                        ),
+                    });
+                }
+            }
+            tokenizer
         };
         let chat_template = match file.str_opt("tokenizer.chat_template")? {
             None => None,

@@ -23,7 +23,7 @@
 use std::cell::RefCell;
 use std::collections::BTreeSet;
 use std::fs::File;
-use std::io::{Read, Seek, SeekFrom};
+use std::io::{BufReader, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
 use candle_core::quantized::gguf_file::{Content, TensorInfo, Value};
@@ -37,7 +37,7 @@ use super::super::quant::QType;
 use super::config::{ModelConfig, RopeScaling};
 use super::{Blocks, Matrix, WeightSource};
 use crate::error::{Error, Result};
-use header::header_alignment;
+use header::check_header;
 
 /// `general.architecture` values we load: Llama (and Mistral, which
 /// llama.cpp converts to it) and Qwen2.
@@ -86,21 +86,32 @@ impl GgufFile {
                 source,
             })?
             .len();
-        // candle's reader checks counts and lengths against the file size,
-        // but divides by `general.alignment` unchecked: look at it first.
-        if let Some(a) = header_alignment(&mut file, file_size) {
-            if a <= 0 || !(a as u128).is_power_of_two() {
-                return Err(err(format!(
-                    "metadata `general.alignment`: {a} is not a power of two"
-                )));
-            }
-        }
+        // Our walk checks the whole header first (candle's reader divides by
+        // `general.alignment` unchecked, keeps one of two equal keys or
+        // tensor names, and holds 32 bytes per metadata value): candle then
+        // reads only a header we have accepted, through a buffer.
+        let header = check_header(&mut file, file_size).map_err(err)?;
         file.seek(SeekFrom::Start(0)).map_err(|source| Error::Io {
             path: path.to_path_buf(),
             source,
         })?;
-        let content =
-            Content::read(&mut file).map_err(|e| err(format!("not a readable GGUF file: {e}")))?;
+        let content = Content::read(&mut BufReader::new(&mut file))
+            .map_err(|e| err(format!("not a readable GGUF file: {e}")))?;
+        // Defence in depth: candle must have seen what we walked.
+        if content.metadata.len() as u64 != header.metadata_entries
+            || content.tensor_infos.len() as u64 != header.tensor_count
+            || content.tensor_data_offset != header.data_offset
+        {
+            return Err(err(format!(
+                "candle read {} keys, {} tensors, data at {}; our walk found {}, {}, {}",
+                content.metadata.len(),
+                content.tensor_infos.len(),
+                content.tensor_data_offset,
+                header.metadata_entries,
+                header.tensor_count,
+                header.data_offset
+            )));
+        }
         let this = Self {
             path: path.to_path_buf(),
             content,

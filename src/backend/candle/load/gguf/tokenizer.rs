@@ -88,11 +88,22 @@ pub(crate) fn tokenizer_json(g: &GgufFile) -> Result<Option<Json>> {
             )),
         })
         .collect::<Result<Vec<_>>>()?;
-    let vocab: serde_json::Map<String, Json> = tokens
-        .iter()
-        .enumerate()
-        .map(|(id, t)| (t.to_string(), json!(id)))
-        .collect();
+    // Byte-level BPE maps each string to one id, so a string given to two
+    // ids would leave one of them without text: it would decode to nothing.
+    // llama.cpp's vocabulary loader refuses such a file (its
+    // `id_to_token.size() == token_to_id.size()` assertion); so do we.
+    let mut vocab = serde_json::Map::new();
+    let mut first = std::collections::HashMap::with_capacity(tokens.len());
+    for (id, t) in tokens.iter().enumerate() {
+        if let Some(earlier) = first.insert(*t, id) {
+            return Err(g_err(
+                g,
+                "tokenizer.ggml.tokens",
+                format!("ids {earlier} and {id} are both {t:?}; a token string must be unique"),
+            ));
+        }
+        vocab.insert(t.to_string(), json!(id));
+    }
     let added: Vec<Json> = tokens
         .iter()
         .zip(&types)
