@@ -369,9 +369,7 @@ fn run(args: &Args) -> anyhow::Result<()> {
                 }
                 anyhow::Error::from(e).context(name(i))
             };
-            let base = generator
-                .generate(prompt, &config(1, 0.0))
-                .map_err(fail)?;
+            let base = generator.generate(prompt, &config(1, 0.0)).map_err(fail)?;
             for (series, &(k, confidence)) in spec.iter_mut().zip(&settings) {
                 let out = generator
                     .generate(prompt, &config(k, confidence))

@@ -108,6 +108,10 @@ impl ChatTemplate {
     /// [`crate::MAX_TEXT_BYTES_PER_POSITION`] times 131,072 positions (8 MiB).
     pub const DEFAULT_MAX_OUTPUT_BYTES: usize = crate::MAX_TEXT_BYTES_PER_POSITION * 131_072;
 
+    /// The longest template source accepted: 1 MiB, some 25 times the
+    /// longest real ones (tool-calling templates of about 40 KB).
+    pub const MAX_SOURCE_BYTES: usize = 1 << 20;
+
     /// A template from its Jinja `source`; `origin` names it in errors;
     /// `bos_token` / `eos_token` are the strings templates see under those
     /// names. Errors with [`Error::ChatTemplate`] if it does not parse.
@@ -117,9 +121,21 @@ impl ChatTemplate {
         bos_token: impl Into<String>,
         eos_token: impl Into<String>,
     ) -> Result<Self> {
+        let source = source.into();
+        let origin = origin.into();
+        if source.len() > Self::MAX_SOURCE_BYTES {
+            return Err(Error::ChatTemplate {
+                origin,
+                message: format!(
+                    "{} bytes long, more than the {} a template may have",
+                    source.len(),
+                    Self::MAX_SOURCE_BYTES
+                ),
+            });
+        }
         let t = Self {
-            source: source.into(),
-            origin: origin.into(),
+            source,
+            origin,
             bos_token: bos_token.into(),
             eos_token: eos_token.into(),
             max_output_bytes: Self::DEFAULT_MAX_OUTPUT_BYTES,
@@ -153,10 +169,16 @@ impl ChatTemplate {
             }
         };
         let jinja = dir.join("chat_template.jinja");
-        if jinja.is_file() {
-            let source = std::fs::read_to_string(&jinja).map_err(|source| Error::Io {
-                path: jinja.clone(),
-                source,
+        // `exists`, not `is_file`: a link to a device is read (and capped), not skipped.
+        if jinja.exists() {
+            let bytes =
+                crate::json::read_capped(&jinja, Self::MAX_SOURCE_BYTES, "a chat template")?;
+            let source = String::from_utf8(bytes).map_err(|e| Error::ChatTemplate {
+                origin: jinja.display().to_string(),
+                message: format!(
+                    "not UTF-8 (invalid byte at offset {})",
+                    e.utf8_error().valid_up_to()
+                ),
             })?;
             let origin = jinja.display().to_string();
             return Self::new(source, origin, token("bos_token"), token("eos_token")).map(Some);
@@ -241,8 +263,8 @@ impl ChatTemplate {
                 return Err(Error::ChatTemplate {
                     origin: self.origin.clone(),
                     message: format!(
-                        "rendering ran out of its fuel ({} steps, or about 64 bytes built \
-                         per fuel): a loop that runs too long or a string that grows too large",
+                        "rendering used up its budget of {} fuel (a fuel a step, or about 64 \
+                         bytes built): a loop that runs too long or a string that grows too large",
                         self.fuel()
                     ),
                 })

@@ -5,6 +5,12 @@
 
 use specdec::{Error, LoadOptions, Quantization};
 
+/// The checkout these examples were built from. Naming it records it in
+/// each example's depfile (`env-dep:CARGO_MANIFEST_DIR=...`), by which tests
+/// find the binary of their own checkout in a target directory that
+/// several worktrees share (`tests/hostile_text.rs`, `example`).
+pub const CHECKOUT: &str = env!("CARGO_MANIFEST_DIR");
+
 /// `--threads`, `--cuda`, `--quantize-draft`, `--draft-as-stored` and
 /// `--target-as-stored`, and the load options they give.
 #[derive(clap::Args, Debug)]

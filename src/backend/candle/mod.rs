@@ -198,7 +198,10 @@ type LazyTemplate = std::result::Result<Option<ChatTemplate>, (String, String)>;
 
 /// `found` as a [`LazyTemplate`]; `origin` names where it came from when
 /// the error does not.
-fn lazy_template(found: Result<Option<ChatTemplate>>, origin: impl FnOnce() -> String) -> LazyTemplate {
+fn lazy_template(
+    found: Result<Option<ChatTemplate>>,
+    origin: impl FnOnce() -> String,
+) -> LazyTemplate {
     found.map_err(|e| match e {
         Error::ChatTemplate { origin, message } => (origin, message),
         other => (origin(), other.to_string()),
