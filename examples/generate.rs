@@ -52,7 +52,8 @@ struct Args {
     draft: Option<PathBuf>,
     /// Draft with the n-gram drafter (prompt lookup, no draft model):
     /// match suffixes of up to N tokens earlier in the text.
-    #[arg(long, value_name = "N", conflicts_with = "draft")]
+    #[arg(long, value_name = "N", conflicts_with = "draft", value_parser = common::ngram,
+          allow_negative_numbers = true)]
     ngram: Option<usize>,
     /// Reproducible sampling: Gumbel-max keyed by seed and position, so the
     /// same seed gives the same text with any draft and any window.
@@ -129,12 +130,13 @@ fn embedded(name: &str) -> PathBuf {
 }
 
 fn run(args: &Args) -> anyhow::Result<()> {
-    let prompt = match (&args.prompt, &args.prompt_file) {
-        (Some(p), _) => p.clone(),
-        (None, Some(path)) => std::fs::read_to_string(path)
-            .map_err(|e| anyhow::anyhow!("--prompt-file {}: {e}", path.display()))?,
+    // A prompt file is opened now (a missing one is reported before
+    // loading) and read once the target's n_positions caps it.
+    let prompt_file = match (&args.prompt, &args.prompt_file) {
+        (Some(_), _) => None,
+        (None, Some(path)) => Some(common::PromptFile::open("--prompt-file", path)?),
         // Rendered once the target (and its template) is loaded.
-        (None, None) if args.chat.is_some() => String::new(),
+        (None, None) if args.chat.is_some() => None,
         (None, None) => anyhow::bail!("give --prompt TEXT, --prompt-file PATH or --chat MESSAGE"),
     };
     let config = GenerateConfig {
@@ -179,9 +181,14 @@ fn run(args: &Args) -> anyhow::Result<()> {
         };
         anyhow::bail!("{missing}: the target needs it to encode the prompt");
     }
-    let prompt = match &args.chat {
-        Some(message) => chat_prompt(&target, message)?,
-        None => prompt,
+    let max_text = target
+        .n_positions()
+        .saturating_mul(specdec::MAX_TEXT_BYTES_PER_POSITION);
+    let prompt = match (&args.chat, &args.prompt, prompt_file) {
+        (Some(message), _, _) => chat_prompt(&target, message)?,
+        (None, Some(p), _) => p.clone(),
+        (None, None, Some(file)) => file.read(max_text, target.n_positions())?,
+        (None, None, None) => unreachable!("checked above"),
     };
     // A target of the user's own with no draft: the n-gram drafter, which
     // fits any vocabulary (the embedded py-xs fits only its own).
@@ -276,7 +283,7 @@ fn run(args: &Args) -> anyhow::Result<()> {
 /// `message` as a user turn in the target's chat template, with the
 /// assistant's turn opened.
 fn chat_prompt(target: &CandleModel, message: &str) -> anyhow::Result<String> {
-    let Some(template) = target.chat_template() else {
+    let Some(template) = target.chat_template()? else {
         anyhow::bail!(
             "--chat: {} has no chat template (GGUF tokenizer.chat_template, chat_template.jinja \
              or tokenizer_config.json's chat_template)",

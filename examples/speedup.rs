@@ -90,7 +90,8 @@ struct Args {
     draft: Option<PathBuf>,
     /// Draft with the n-gram drafter instead of a model: match suffixes of
     /// up to N tokens earlier in the sequence (prompt lookup).
-    #[arg(long, value_name = "N", conflicts_with = "draft")]
+    #[arg(long, value_name = "N", conflicts_with = "draft", value_parser = common::ngram,
+          allow_negative_numbers = true)]
     ngram: Option<usize>,
     /// Sample reproducibly (Gumbel-max keyed by seed and position): the
     /// tokens must then equal plain decoding's, as for greedy.
@@ -263,6 +264,10 @@ fn verify_cost(points: &[(f64, f64)], w: f64) -> f64 {
     }
 }
 
+/// The most bytes a `--prompts` file may have: far more than any benchmark
+/// needs, little enough to read and parse in memory (`/dev/zero` stops here).
+const MAX_PROMPTS_FILE_BYTES: usize = 64 << 20;
+
 fn main() -> std::process::ExitCode {
     let args: Args = common::parse_args();
     common::finish(run(&args))
@@ -288,18 +293,26 @@ fn run(args: &Args) -> anyhow::Result<()> {
             "--adaptive-k {k} needs a fixed window >= {k} in --k: adaptive rows are predicted from the fixed rows' verify costs"
         );
     }
-    let text = std::fs::read_to_string(&args.prompts)
+    let file = std::fs::File::open(&args.prompts)
         .with_context(|| format!("--prompts {}", args.prompts.display()))?;
-    let prompts: Vec<String> = serde_json::from_str(&text).with_context(|| {
+    let text = common::read_capped(file, MAX_PROMPTS_FILE_BYTES).map_err(|e| match e {
+        common::Capped::Io(e) => anyhow::anyhow!("--prompts {}: {e}", args.prompts.display()),
+        common::Capped::TooLong => anyhow::anyhow!(
+            "--prompts {}: more than {MAX_PROMPTS_FILE_BYTES} bytes (the most a prompts file may have)",
+            args.prompts.display()
+        ),
+    })?;
+    let prompts: Vec<String> = serde_json::from_slice(&text).with_context(|| {
         format!(
-            "{}: expected a JSON list of strings",
+            "--prompts {}: expected a JSON list of strings",
             args.prompts.display()
         )
     })?;
     anyhow::ensure!(
         prompts.len() >= 2,
-        "{}: need at least 2 prompts (the first is a warm-up)",
-        args.prompts.display()
+        "--prompts {}: need at least 2 prompts (the first is a warm-up), found {}",
+        args.prompts.display(),
+        prompts.len()
     );
 
     let target = CandleModel::load_with(&args.target, &args.device.target_options()?)?;
@@ -326,12 +339,6 @@ fn run(args: &Args) -> anyhow::Result<()> {
         eos: Eos::Ignore,
         ..GenerateConfig::default()
     };
-    let ids: Vec<Vec<u32>> = prompts
-        .iter()
-        .map(|p| generator.encode(p))
-        .collect::<Result<_, _>>()?;
-
-    let mut plain = Series::default();
     // Fixed windows first, then the adaptive ones.
     let settings: Vec<(usize, f32)> = args
         .k
@@ -343,6 +350,28 @@ fn run(args: &Args) -> anyhow::Result<()> {
                 .map(|&k| (k, args.min_draft_confidence)),
         )
         .collect();
+    // Every prompt is checked with every setting before the first run, so
+    // that a bad one is found now, by its number, and not after minutes.
+    let name = |i: usize| {
+        format!(
+            "--prompts {}: prompt {} of {}",
+            args.prompts.display(),
+            i + 1,
+            prompts.len()
+        )
+    };
+    let mut ids: Vec<Vec<u32>> = Vec::with_capacity(prompts.len());
+    for (i, p) in prompts.iter().enumerate() {
+        let encoded = generator.encode(p).with_context(|| name(i))?;
+        for &(k, confidence) in std::iter::once(&(1, 0.0)).chain(&settings) {
+            generator
+                .check(&encoded, &config(k, confidence))
+                .with_context(|| name(i))?;
+        }
+        ids.push(encoded);
+    }
+
+    let mut plain = Series::default();
     let mut spec: Vec<Series> = settings
         .iter()
         .map(|_| Series {
@@ -356,9 +385,18 @@ fn run(args: &Args) -> anyhow::Result<()> {
             if warmup && round > 0 {
                 continue;
             }
-            let base = generator.generate(prompt, &config(1, 0.0))?;
+            // An error ends the progress line first, and names the prompt.
+            let fail = |e: specdec::Error| {
+                if !args.json {
+                    eprintln!();
+                }
+                anyhow::Error::from(e).context(name(i))
+            };
+            let base = generator.generate(prompt, &config(1, 0.0)).map_err(fail)?;
             for (series, &(k, confidence)) in spec.iter_mut().zip(&settings) {
-                let out = generator.generate(prompt, &config(k, confidence))?;
+                let out = generator
+                    .generate(prompt, &config(k, confidence))
+                    .map_err(fail)?;
                 if !warmup {
                     series.identical &= out.tokens == base.tokens;
                     series.add(&out);

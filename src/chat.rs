@@ -79,15 +79,39 @@ pub enum GenerationPrompt {
 }
 
 /// A model's chat template (Jinja source), checked to parse.
+///
+/// A template is a program from the model file, so its rendering is
+/// bounded: it runs on a budget of minijinja fuel ([`ChatTemplate::BASE_FUEL`]
+/// plus a share of the output cap), which bounds both its steps and the
+/// data it builds (strings from `~`, `*`, `join`, `{% set %}` blocks: about
+/// 64 bytes a fuel), and its output may not exceed
+/// [`ChatTemplate::max_output_bytes`]. A [`crate::CandleModel`]'s template
+/// is capped at what its `n_positions` could ever read
+/// ([`crate::MAX_TEXT_BYTES_PER_POSITION`] bytes a position).
 #[derive(Debug, Clone)]
 pub struct ChatTemplate {
     source: String,
     origin: String,
     bos_token: String,
     eos_token: String,
+    max_output_bytes: usize,
 }
 
 impl ChatTemplate {
+    /// Fuel every render may spend whatever its output cap: about a million
+    /// template steps, or 64 MB of strings built. SmolLM2's template spends
+    /// about 150 on a three-message chat and about 40,000 on a
+    /// thousand-message one (see `tests/hostile_text.rs`).
+    pub const BASE_FUEL: u64 = 1_000_000;
+
+    /// The output cap of a template that no model sized:
+    /// [`crate::MAX_TEXT_BYTES_PER_POSITION`] times 131,072 positions (8 MiB).
+    pub const DEFAULT_MAX_OUTPUT_BYTES: usize = crate::MAX_TEXT_BYTES_PER_POSITION * 131_072;
+
+    /// The longest template source accepted: 1 MiB, some 25 times the
+    /// longest real ones (tool-calling templates of about 40 KB).
+    pub const MAX_SOURCE_BYTES: usize = 1 << 20;
+
     /// A template from its Jinja `source`; `origin` names it in errors;
     /// `bos_token` / `eos_token` are the strings templates see under those
     /// names. Errors with [`Error::ChatTemplate`] if it does not parse.
@@ -97,11 +121,24 @@ impl ChatTemplate {
         bos_token: impl Into<String>,
         eos_token: impl Into<String>,
     ) -> Result<Self> {
+        let source = source.into();
+        let origin = origin.into();
+        if source.len() > Self::MAX_SOURCE_BYTES {
+            return Err(Error::ChatTemplate {
+                origin,
+                message: format!(
+                    "{} bytes long, more than the {} a template may have",
+                    source.len(),
+                    Self::MAX_SOURCE_BYTES
+                ),
+            });
+        }
         let t = Self {
-            source: source.into(),
-            origin: origin.into(),
+            source,
+            origin,
             bos_token: bos_token.into(),
             eos_token: eos_token.into(),
+            max_output_bytes: Self::DEFAULT_MAX_OUTPUT_BYTES,
         };
         let mut env = t.env()?;
         env.add_template("chat", &t.source).map_err(|e| t.err(e))?;
@@ -132,10 +169,16 @@ impl ChatTemplate {
             }
         };
         let jinja = dir.join("chat_template.jinja");
-        if jinja.is_file() {
-            let source = std::fs::read_to_string(&jinja).map_err(|source| Error::Io {
-                path: jinja.clone(),
-                source,
+        // `exists`, not `is_file`: a link to a device is read (and capped), not skipped.
+        if jinja.exists() {
+            let bytes =
+                crate::json::read_capped(&jinja, Self::MAX_SOURCE_BYTES, "a chat template")?;
+            let source = String::from_utf8(bytes).map_err(|e| Error::ChatTemplate {
+                origin: jinja.display().to_string(),
+                message: format!(
+                    "not UTF-8 (invalid byte at offset {})",
+                    e.utf8_error().valid_up_to()
+                ),
             })?;
             let origin = jinja.display().to_string();
             return Self::new(source, origin, token("bos_token"), token("eos_token")).map(Some);
@@ -169,21 +212,91 @@ impl ChatTemplate {
         &self.source
     }
 
-    /// Renders `messages` into prompt text (special tokens as text, which
-    /// the tokenizer turns back into their ids).
-    pub fn render(&self, messages: &[ChatMessage], prompt: GenerationPrompt) -> Result<String> {
+    /// Caps the rendered text at `bytes`: a longer rendering is an error
+    /// (found as it is written, so nothing longer is ever held). The fuel
+    /// budget grows with the cap: [`ChatTemplate::BASE_FUEL`] plus one fuel
+    /// per 4 bytes of cap, 16 times what writing that much output costs.
+    pub fn with_max_output_bytes(mut self, bytes: usize) -> Self {
+        self.max_output_bytes = bytes;
+        self
+    }
+
+    /// The longest rendering allowed, in bytes.
+    pub fn max_output_bytes(&self) -> usize {
+        self.max_output_bytes
+    }
+
+    /// The fuel a render may spend.
+    pub fn fuel(&self) -> u64 {
+        Self::BASE_FUEL.saturating_add(self.max_output_bytes as u64 / 4)
+    }
+
+    /// Renders as [`ChatTemplate::render`] and also returns the fuel spent.
+    pub fn render_measured(
+        &self,
+        messages: &[ChatMessage],
+        prompt: GenerationPrompt,
+    ) -> Result<(String, u64)> {
         let mut env = self.env()?;
+        env.set_fuel(Some(self.fuel()));
         env.add_template("chat", &self.source)
             .map_err(|e| self.err(e))?;
         let template = env.get_template("chat").map_err(|e| self.err(e))?;
-        template
-            .render(minijinja::context! {
-                messages => minijinja::value::Serde(messages),
-                add_generation_prompt => prompt == GenerationPrompt::Add,
-                bos_token => &self.bos_token,
-                eos_token => &self.eos_token,
-            })
-            .map_err(|e| self.err(e))
+        let mut out = CappedWriter {
+            buf: Vec::new(),
+            cap: self.max_output_bytes,
+            exceeded: false,
+        };
+        let ctx = minijinja::context! {
+            messages => minijinja::value::Serde(messages),
+            add_generation_prompt => prompt == GenerationPrompt::Add,
+            bos_token => &self.bos_token,
+            eos_token => &self.eos_token,
+        };
+        let fuel = match template.render_captured_to(ctx, &mut out) {
+            Ok(captured) => captured
+                .state()
+                .fuel_levels()
+                .map_or(0, |(consumed, _)| consumed),
+            Err(_) if out.exceeded => return Err(self.too_long()),
+            Err(e) if e.kind() == minijinja::ErrorKind::OutOfFuel => {
+                return Err(Error::ChatTemplate {
+                    origin: self.origin.clone(),
+                    message: format!(
+                        "rendering used up its budget of {} fuel (a fuel a step, or about 64 \
+                         bytes built): a loop that runs too long or a string that grows too large",
+                        self.fuel()
+                    ),
+                })
+            }
+            Err(e) => return Err(self.err(e)),
+        };
+        let text = String::from_utf8(out.buf).map_err(|_| Error::ChatTemplate {
+            origin: self.origin.clone(),
+            message: "rendered text is not UTF-8".into(),
+        })?;
+        Ok((text, fuel))
+    }
+
+    fn too_long(&self) -> Error {
+        Error::ChatTemplate {
+            origin: self.origin.clone(),
+            message: format!(
+                "renders more than {} bytes, more than the model could read \
+                 ({} bytes a position at most)",
+                self.max_output_bytes,
+                crate::MAX_TEXT_BYTES_PER_POSITION
+            ),
+        }
+    }
+
+    /// Renders `messages` into prompt text (special tokens as text, which
+    /// the tokenizer turns back into their ids).
+    ///
+    /// Errors with [`Error::ChatTemplate`] if the template fails, runs out
+    /// of fuel, or renders more than [`ChatTemplate::max_output_bytes`].
+    pub fn render(&self, messages: &[ChatMessage], prompt: GenerationPrompt) -> Result<String> {
+        self.render_measured(messages, prompt).map(|(text, _)| text)
     }
 
     /// The environment transformers renders in.
@@ -219,6 +332,28 @@ impl ChatTemplate {
             origin: self.origin.clone(),
             message,
         }
+    }
+}
+
+/// The rendered text, refused past `cap` bytes.
+struct CappedWriter {
+    buf: Vec<u8>,
+    cap: usize,
+    exceeded: bool,
+}
+
+impl std::io::Write for CappedWriter {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        if self.buf.len().saturating_add(data.len()) > self.cap {
+            self.exceeded = true;
+            return Err(std::io::Error::other("the rendered text is too long"));
+        }
+        self.buf.extend_from_slice(data);
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
     }
 }
 

@@ -188,6 +188,23 @@ pub enum Error {
     #[error("the prompt is empty: give at least one token (a BOS token, if nothing else)")]
     EmptyPrompt,
 
+    /// A text is longer in bytes than the model's positions could ever hold
+    /// ([`crate::MAX_TEXT_BYTES_PER_POSITION`] bytes a position): refused
+    /// before tokenizing it.
+    #[error(
+        "the text is {bytes} bytes, more than n_positions = {n_positions} could hold \
+         (at most {limit} bytes, {per} a position)",
+        per = crate::MAX_TEXT_BYTES_PER_POSITION
+    )]
+    TextTooLong {
+        /// The text's length in bytes.
+        bytes: usize,
+        /// The most bytes allowed.
+        limit: usize,
+        /// The model's `n_positions`.
+        n_positions: usize,
+    },
+
     /// The prompt plus the token budget does not fit the model's positions.
     #[error(
         "{role} model: {prompt} prompt tokens + {max_new_tokens} new tokens = {needed} positions, \
@@ -311,7 +328,9 @@ pub enum Error {
     },
 
     /// An error from candle (tensor math or device).
-    #[error("candle: {0}")]
+    /// Displayed without the backtrace candle captures when
+    /// `RUST_BACKTRACE` is set, so that the message stays one line.
+    #[error("candle: {}", candle_message(.0))]
     Candle(#[from] candle_core::Error),
 }
 
@@ -372,5 +391,17 @@ impl Error {
             field: field.into(),
             message: message.into(),
         }
+    }
+}
+
+/// A candle error's message without the backtraces it may carry
+/// (`WithBacktrace`, at any depth), on one line.
+pub(crate) fn candle_message(e: &candle_core::Error) -> String {
+    use candle_core::Error as C;
+    match e {
+        C::WithBacktrace { inner, .. } => candle_message(inner),
+        C::Context { inner, context } => format!("{context}: {}", candle_message(inner)),
+        C::WithPath { inner, path } => format!("{}: {}", path.display(), candle_message(inner)),
+        other => other.to_string(),
     }
 }

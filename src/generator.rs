@@ -21,6 +21,18 @@ use crate::stats::Stats;
 use crate::tokenizer::Tokenizer;
 use crate::verify::{verify_window, NextKind, Verdict};
 
+/// The most text bytes a prompt or a rendered chat may have per position of
+/// the model (`n_positions`), checked before tokenizing: text longer than
+/// `n_positions * MAX_TEXT_BYTES_PER_POSITION` bytes is refused without
+/// being tokenized (tokenizing costs about 40 bytes of memory a byte).
+///
+/// No tokenizer bounds how many bytes one token covers, so this is a
+/// generous factor, not a proof: real tokenizers' longest tokens (runs of
+/// spaces, `====...`) are up to about 16 to 64 bytes, and text averages 3 to
+/// 5 bytes a token. A text every token of which is 64 bytes long is not a
+/// prompt anyone writes.
+pub const MAX_TEXT_BYTES_PER_POSITION: usize = 64;
+
 /// Exact speculative decoding: a drafter proposes, a target model verifies a
 /// window of `k` positions in one forward pass, and the verifier keeps the
 /// output distributed exactly as the target's.
@@ -90,7 +102,20 @@ impl<T: LanguageModel, D: Drafter> Generator<T, D> {
     }
 
     /// Encodes text with the target's tokenizer.
+    ///
+    /// Text longer than the target's `n_positions` times
+    /// [`MAX_TEXT_BYTES_PER_POSITION`] bytes is refused before tokenizing,
+    /// with [`Error::TextTooLong`].
     pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
+        let n_positions = self.target.n_positions();
+        let limit = n_positions.saturating_mul(MAX_TEXT_BYTES_PER_POSITION);
+        if text.len() > limit {
+            return Err(Error::TextTooLong {
+                bytes: text.len(),
+                limit,
+                n_positions,
+            });
+        }
         self.tokenizer
             .as_ref()
             .ok_or_else(|| Error::NoTokenizer {
@@ -186,7 +211,16 @@ impl<T: LanguageModel, D: Drafter> Generator<T, D> {
         })
     }
 
-    /// Checks everything that can be checked before any forward pass.
+    /// Checks everything that can be checked before any forward pass, as
+    /// every generation does first: a non-empty prompt of ids in the
+    /// vocabulary that, with `config.max_new_tokens`, fits the target's
+    /// and the drafter's positions, and a valid `config`. For checking a
+    /// batch of prompts before running any.
+    pub fn check(&self, prompt: &[u32], config: &GenerateConfig) -> Result<()> {
+        self.validate(prompt, config)
+    }
+
+    /// See [`Generator::check`].
     fn validate(&self, prompt: &[u32], config: &GenerateConfig) -> Result<()> {
         if prompt.is_empty() {
             return Err(Error::EmptyPrompt);

@@ -11,13 +11,37 @@ use serde_json::{Map, Value};
 
 use crate::error::{Error, Result};
 
-/// Reads `path` as a JSON object.
-pub(crate) fn read_json_object(path: &Path) -> Result<Map<String, Value>> {
-    let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
+/// The largest JSON file read: far above any model's configuration (a
+/// `tokenizer_config.json` with a large vocabulary's added tokens is a few
+/// MB), and a bound on what a link to `/dev/zero` or a huge file costs.
+pub(crate) const MAX_JSON_BYTES: usize = 64 << 20;
+
+/// Up to `max` bytes of `path`: reads at most `max + 1`, so that an endless
+/// file (`/dev/zero`) stops; more than `max` is an error naming `what`.
+pub(crate) fn read_capped(path: &Path, max: usize, what: &str) -> Result<Vec<u8>> {
+    use std::io::Read;
+    let io = |source| Error::Io {
         path: path.to_path_buf(),
         source,
-    })?;
-    match serde_json::from_str::<Value>(&text) {
+    };
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)
+        .map_err(io)?
+        .take(max as u64 + 1)
+        .read_to_end(&mut bytes)
+        .map_err(io)?;
+    if bytes.len() > max {
+        return Err(io(std::io::Error::other(format!(
+            "larger than {max} bytes, the most {what} may have"
+        ))));
+    }
+    Ok(bytes)
+}
+
+/// Reads `path` as a JSON object.
+pub(crate) fn read_json_object(path: &Path) -> Result<Map<String, Value>> {
+    let text = read_capped(path, MAX_JSON_BYTES, "a JSON file")?;
+    match serde_json::from_slice::<Value>(&text) {
         Ok(Value::Object(map)) => Ok(map),
         Ok(other) => Err(Error::Json {
             path: path.to_path_buf(),

@@ -159,7 +159,7 @@ pub use chat::{ChatMessage, ChatTemplate, GenerationPrompt};
 pub use config::{Eos, GenerateConfig};
 pub use drafter::{Drafter, NGram};
 pub use error::{Error, Result, Role};
-pub use generator::Generator;
+pub use generator::{Generator, MAX_TEXT_BYTES_PER_POSITION};
 pub use model::{LanguageModel, Logits, Shapes};
 pub use output::{Chunk, Output, StopReason};
 pub use sampling::{SamplingMode, SamplingParams};

@@ -233,7 +233,7 @@ fn chat_template_renders_like_transformers() {
     let messages = [ChatMessage::user(
         "Write a Python function that reverses a string.",
     )];
-    let template = m.chat_template().expect("the file's template");
+    let template = m.chat_template().unwrap().expect("the file's template");
     assert_eq!(
         template.render(&messages, GenerationPrompt::Add).unwrap(),
         want

@@ -175,6 +175,80 @@ pub fn window(s: &str) -> Result<usize, String> {
     int_in(s, 1, specdec::GenerateConfig::MAX_WINDOW)
 }
 
+/// An n-gram length: `1..=1024` (no model's text repeats longer runs
+/// usefully; the drafter's search is linear in it).
+pub fn ngram(s: &str) -> Result<usize, String> {
+    int_in(s, 1, 1024)
+}
+
+/// A prompt file, opened before the models load (so that a missing one is
+/// reported first) and read once the target's `n_positions` says how much
+/// text it could ever read.
+pub struct PromptFile {
+    flag: &'static str,
+    path: std::path::PathBuf,
+    file: std::fs::File,
+}
+
+impl PromptFile {
+    /// Opens `path`, given with `flag` (which errors name).
+    pub fn open(flag: &'static str, path: &std::path::Path) -> anyhow::Result<Self> {
+        let file = std::fs::File::open(path)
+            .map_err(|e| anyhow::anyhow!("{flag} {}: {e}", path.display()))?;
+        Ok(Self {
+            flag,
+            path: path.to_path_buf(),
+            file,
+        })
+    }
+
+    /// The file's text, reading at most `max_bytes + 1` bytes (so that
+    /// `/dev/zero` or a huge file stops there): more than `max_bytes` is an
+    /// error naming the flag, the file and `n_positions`, before any
+    /// tokenizing.
+    pub fn read(self, max_bytes: usize, n_positions: usize) -> anyhow::Result<String> {
+        let Self { flag, path, file } = self;
+        let bytes = read_capped(file, max_bytes).map_err(|e| match e {
+            Capped::Io(e) => anyhow::anyhow!("{flag} {}: {e}", path.display()),
+            Capped::TooLong => anyhow::anyhow!(
+                "{flag} {}: more than {max_bytes} bytes, more than the target's n_positions = \
+                 {n_positions} could hold ({} bytes a position at most)",
+                path.display(),
+                specdec::MAX_TEXT_BYTES_PER_POSITION
+            ),
+        })?;
+        String::from_utf8(bytes).map_err(|e| {
+            anyhow::anyhow!(
+                "{flag} {}: not UTF-8 text (invalid byte at offset {})",
+                path.display(),
+                e.utf8_error().valid_up_to()
+            )
+        })
+    }
+}
+
+/// Why [`read_capped`] failed.
+pub enum Capped {
+    /// Reading failed.
+    Io(std::io::Error),
+    /// There were more bytes than the cap.
+    TooLong,
+}
+
+/// Up to `max_bytes` bytes of `r`; more is [`Capped::TooLong`]. Reads at
+/// most `max_bytes + 1`, so endless sources such as `/dev/zero` stop.
+pub fn read_capped(r: impl std::io::Read, max_bytes: usize) -> Result<Vec<u8>, Capped> {
+    use std::io::Read;
+    let mut bytes = Vec::new();
+    r.take((max_bytes as u64).saturating_add(1))
+        .read_to_end(&mut bytes)
+        .map_err(Capped::Io)?;
+    if bytes.len() > max_bytes {
+        return Err(Capped::TooLong);
+    }
+    Ok(bytes)
+}
+
 /// A thread count: `1..=specdec::backend::candle::max_threads()`.
 pub fn threads(s: &str) -> Result<usize, String> {
     int_in(s, 1, specdec::backend::candle::max_threads()).map_err(|e| {
@@ -192,13 +266,20 @@ pub fn parse_args<A: clap::Parser>() -> A {
         Ok(args) => args,
         Err(e) if !e.use_stderr() => e.exit(),
         Err(e) => {
-            // clap's message is several lines (the error, usage, a tip).
+            // clap's message is several lines (the error, usage, a tip);
+            // the first says what is wrong, and indented lines right after
+            // it name the arguments (a missing required one's, for one).
             let rendered = e.to_string();
-            let first = rendered
-                .lines()
-                .find(|l| !l.trim().is_empty())
-                .unwrap_or("error: bad arguments");
-            let line = first.strip_prefix("error: ").unwrap_or(first);
+            let mut lines = rendered.lines().skip_while(|l| l.trim().is_empty());
+            let first = lines.next().unwrap_or("error: bad arguments");
+            let mut line = first.strip_prefix("error: ").unwrap_or(first).to_string();
+            let named: Vec<&str> = lines
+                .take_while(|l| l.starts_with(' ') && !l.trim().is_empty())
+                .map(str::trim)
+                .collect();
+            if !named.is_empty() {
+                line = format!("{} {}", line.trim_end(), named.join(", "));
+            }
             eprintln!("error: {line} (see --help)");
             std::process::exit(2);
         }
@@ -206,17 +287,34 @@ pub fn parse_args<A: clap::Parser>() -> A {
 }
 
 /// The error and its causes on one line, each cause once (a message that
-/// already quotes its cause is not followed by it again).
+/// already quotes its cause is not followed by it again), without any
+/// backtrace a cause carries (candle captures one when `RUST_BACKTRACE`
+/// is set).
 pub fn one_line(e: &anyhow::Error) -> String {
-    let mut line = e.to_string();
+    let mut line = without_backtrace(&e.to_string());
     for cause in e.chain().skip(1) {
-        let cause = cause.to_string();
+        let cause = without_backtrace(&cause.to_string());
         if !line.contains(&cause) {
             line.push_str(": ");
             line.push_str(&cause);
         }
     }
     line.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// `message` up to the first line that looks like a backtrace's frame
+/// (`   0: candle_core::...`, right-aligned numbers and a colon).
+fn without_backtrace(message: &str) -> String {
+    let frame = |l: &str| {
+        let t = l.trim_start();
+        let digits = t.len() - t.trim_start_matches(|c: char| c.is_ascii_digit()).len();
+        l.starts_with(' ') && digits > 0 && t[digits..].starts_with(": ")
+    };
+    message
+        .lines()
+        .take_while(|l| !frame(l) && l.trim() != "stack backtrace:")
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 /// Whether `e` is stdout (or any pipe) closed by the reader, as with

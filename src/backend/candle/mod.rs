@@ -239,8 +239,26 @@ pub struct CandleModel {
     len: usize,
     n_positions: usize,
     tokenizer: Option<Tokenizer>,
-    chat_template: Option<ChatTemplate>,
+    chat_template: LazyTemplate,
     eos: Vec<u32>,
+}
+
+/// A chat template as loading found it: one that does not parse (or whose
+/// file cannot be read) is an error only for whoever asks for it, so that
+/// plain prompts still run. Kept as origin and message, to be given out as
+/// an [`Error::ChatTemplate`] on every ask.
+type LazyTemplate = std::result::Result<Option<ChatTemplate>, (String, String)>;
+
+/// `found` as a [`LazyTemplate`]; `origin` names where it came from when
+/// the error does not.
+fn lazy_template(
+    found: Result<Option<ChatTemplate>>,
+    origin: impl FnOnce() -> String,
+) -> LazyTemplate {
+    found.map_err(|e| match e {
+        Error::ChatTemplate { origin, message } => (origin, message),
+        other => (origin(), other.to_string()),
+    })
 }
 
 impl std::fmt::Debug for CandleModel {
@@ -315,7 +333,9 @@ impl CandleModel {
         let parts = Parts {
             config,
             tokenizer,
-            chat_template: ChatTemplate::from_model_dir(dir)?,
+            chat_template: lazy_template(ChatTemplate::from_model_dir(dir), || {
+                dir.display().to_string()
+            }),
             eos,
         };
         Self::assemble(dir, parts, &checkpoint, options, |c, config| {
@@ -350,23 +370,28 @@ impl CandleModel {
             }
             tokenizer
         };
-        let chat_template = match file.str_opt("tokenizer.chat_template")? {
-            None => None,
-            Some(source) => {
-                let token = |key: &str| -> Result<String> {
-                    let id = file.token_id_opt(key, config.vocab_size)?;
-                    Ok(id
-                        .and_then(|id| tokenizer.as_ref()?.id_to_token(id))
-                        .unwrap_or_default())
-                };
-                Some(ChatTemplate::new(
-                    source,
-                    format!("{} (tokenizer.chat_template)", path.display()),
-                    token("tokenizer.ggml.bos_token_id")?,
-                    token("tokenizer.ggml.eos_token_id")?,
-                )?)
-            }
-        };
+        let origin = format!("{} (tokenizer.chat_template)", path.display());
+        let chat_template = lazy_template(
+            (|| match file.str_opt("tokenizer.chat_template")? {
+                None => Ok(None),
+                Some(source) => {
+                    let token = |key: &str| -> Result<String> {
+                        let id = file.token_id_opt(key, config.vocab_size)?;
+                        Ok(id
+                            .and_then(|id| tokenizer.as_ref()?.id_to_token(id))
+                            .unwrap_or_default())
+                    };
+                    ChatTemplate::new(
+                        source,
+                        origin.clone(),
+                        token("tokenizer.ggml.bos_token_id")?,
+                        token("tokenizer.ggml.eos_token_id")?,
+                    )
+                    .map(Some)
+                }
+            })(),
+            || origin.clone(),
+        );
         let eos = config.eos_token_ids.clone();
         let parts = Parts {
             config,
@@ -424,15 +449,31 @@ impl CandleModel {
             len: 0,
             n_positions,
             tokenizer: parts.tokenizer,
-            chat_template: parts.chat_template,
+            // Capped at what the model could ever read.
+            chat_template: parts.chat_template.map(|t| {
+                t.map(|t| {
+                    t.with_max_output_bytes(
+                        n_positions.saturating_mul(crate::MAX_TEXT_BYTES_PER_POSITION),
+                    )
+                })
+            }),
             eos: parts.eos,
         })
     }
 
     /// The model's chat template (GGUF metadata, or `chat_template.jinja` /
-    /// `tokenizer_config.json` beside a model directory), if it has one.
-    pub fn chat_template(&self) -> Option<&ChatTemplate> {
-        self.chat_template.as_ref()
+    /// `tokenizer_config.json` beside a model directory), if it has one,
+    /// with its output capped at what `n_positions` could hold. A template
+    /// that does not parse, or whose file cannot be read, does not stop the
+    /// model from loading: the error ([`Error::ChatTemplate`]) comes here.
+    pub fn chat_template(&self) -> Result<Option<&ChatTemplate>> {
+        match &self.chat_template {
+            Ok(t) => Ok(t.as_ref()),
+            Err((origin, message)) => Err(Error::ChatTemplate {
+                origin: origin.clone(),
+                message: message.clone(),
+            }),
+        }
     }
 
     /// The resolved configuration.
@@ -499,7 +540,7 @@ impl CandleModel {
 struct Parts {
     config: ModelConfig,
     tokenizer: Option<Tokenizer>,
-    chat_template: Option<ChatTemplate>,
+    chat_template: LazyTemplate,
     eos: Vec<u32>,
 }
 
