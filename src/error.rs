@@ -193,8 +193,7 @@ pub enum Error {
     /// before tokenizing it.
     #[error(
         "the text is {bytes} bytes, more than n_positions = {n_positions} could hold \
-         (at most {limit} bytes, {per} a position)",
-        per = crate::MAX_TEXT_BYTES_PER_POSITION
+         (at most {limit} bytes)"
     )]
     TextTooLong {
         /// The text's length in bytes.

@@ -18,20 +18,8 @@ use crate::model::{check_fits, check_static_shapes, LanguageModel};
 use crate::output::{Chunk, Emitter, Output, Release, StopReason};
 use crate::sampling::{RandomSource, Sampler, SamplingMode, SeededRandom};
 use crate::stats::Stats;
-use crate::tokenizer::Tokenizer;
+use crate::tokenizer::{Tokenizer, MAX_TEXT_BYTES_PER_POSITION};
 use crate::verify::{verify_window, NextKind, Verdict};
-
-/// The most text bytes a prompt or a rendered chat may have per position of
-/// the model (`n_positions`), checked before tokenizing: text longer than
-/// `n_positions * MAX_TEXT_BYTES_PER_POSITION` bytes is refused without
-/// being tokenized (tokenizing costs about 40 bytes of memory a byte).
-///
-/// No tokenizer bounds how many bytes one token covers, so this is a
-/// generous factor, not a proof: real tokenizers' longest tokens (runs of
-/// spaces, `====...`) are up to about 16 to 64 bytes, and text averages 3 to
-/// 5 bytes a token. A text every token of which is 64 bytes long is not a
-/// prompt anyone writes.
-pub const MAX_TEXT_BYTES_PER_POSITION: usize = 64;
 
 /// Exact speculative decoding: a drafter proposes, a target model verifies a
 /// window of `k` positions in one forward pass, and the verifier keeps the

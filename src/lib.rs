@@ -159,12 +159,12 @@ pub use chat::{ChatMessage, ChatTemplate, GenerationPrompt};
 pub use config::{Eos, GenerateConfig};
 pub use drafter::{Drafter, NGram};
 pub use error::{Error, Result, Role};
-pub use generator::{Generator, MAX_TEXT_BYTES_PER_POSITION};
+pub use generator::Generator;
 pub use model::{LanguageModel, Logits, Shapes};
 pub use output::{Chunk, Output, StopReason};
 pub use sampling::{SamplingMode, SamplingParams};
 pub use stats::Stats;
-pub use tokenizer::Tokenizer;
+pub use tokenizer::{Tokenizer, MAX_TEXT_BYTES_PER_POSITION};
 
 /// Re-exported so callers can pick a device and dtype without naming
 /// candle-core themselves.

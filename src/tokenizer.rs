@@ -7,6 +7,18 @@ use std::sync::Arc;
 
 use crate::error::{Error, Result};
 
+/// The most text bytes a prompt or a rendered chat may have per position of
+/// the model (`n_positions`), checked before tokenizing: text longer than
+/// `n_positions * MAX_TEXT_BYTES_PER_POSITION` bytes is refused without
+/// being tokenized (tokenizing costs about 40 bytes of memory a byte).
+///
+/// No tokenizer bounds how many bytes one token covers, so this is a
+/// generous factor, not a proof: real tokenizers' longest tokens (runs of
+/// spaces, `====...`) are up to about 16 to 64 bytes, and text averages 3 to
+/// 5 bytes a token. A text every token of which is 64 bytes long is not a
+/// prompt anyone writes.
+pub const MAX_TEXT_BYTES_PER_POSITION: usize = 64;
+
 /// A Hugging Face tokenizer (`tokenizer.json`). Clones share the same data.
 #[derive(Clone)]
 pub struct Tokenizer {
