@@ -18,8 +18,8 @@
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 
 // The kernels' modules as the crate lays them out (`cpu` is every CPU
-// kernel with their shared scaffolding and the thread pool; `quant` the
-// block formats), of which only the quantized product is benched here.
+// kernel with their shared scaffolding; `quant` the block formats), of
+// which only the quantized product is benched here.
 #[allow(dead_code)]
 #[path = "../src/backend/candle/cpu/mod.rs"]
 mod cpu;
@@ -27,34 +27,9 @@ mod cpu;
 #[path = "../src/backend/candle/quant.rs"]
 mod quant;
 
-/// What `cpu` imports as `crate::error`: the one variant it builds, and the
-/// crate's constructor of it (crate-private there, so written out here).
-#[allow(dead_code)]
+/// What `cpu` imports as `crate::error`.
 mod error {
-    #[derive(Debug)]
-    pub enum Error {
-        InvalidSetting {
-            name: &'static str,
-            value: String,
-            expected: String,
-        },
-    }
-
-    impl Error {
-        pub fn setting(
-            name: &'static str,
-            value: impl std::fmt::Display,
-            expected: impl Into<String>,
-        ) -> Self {
-            Error::InvalidSetting {
-                name,
-                value: value.to_string(),
-                expected: expected.into(),
-            }
-        }
-    }
-
-    pub type Result<T> = std::result::Result<T, Error>;
+    pub use specdec::{Error, Result};
 }
 
 use cpu::quant::QMatrix;

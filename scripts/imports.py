@@ -35,7 +35,7 @@ LAYERS = [
     # forward pass, then the CUDA decoder, then the model type.
     ["backend::static_shape", "backend::conformance"],
     ["backend::candle::load", "backend::candle::quant"],
-    ["backend::candle::cpu"],
+    ["backend::candle::cpu", "backend::candle::pool"],
     ["backend::candle::layers"],
     ["backend::candle::llama"],
     ["backend::candle::cuda"],

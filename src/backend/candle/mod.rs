@@ -25,8 +25,9 @@
 //! llama.rs      the forward pass: Llama, its layers and KV cache
 //! layers.rs     projections (Linear, Quantization), embedding, SwiGLU,
 //!               RMSNorm, rotary tables: our candle-nn
-//! cpu/          our CPU kernels (matmul, quant, attention), what they
-//!               share, and rayon's thread pool (init_thread_pool)
+//! cpu/          our CPU kernels (matmul, quant, attention) and what they
+//!               share
+//! pool.rs       rayon's thread pool the kernels run on (init_thread_pool)
 //! load/         WeightSource, the seam the model reads its tensors through;
 //!   config.rs       config.json -> ModelConfig
 //!   safetensors.rs  a Hugging Face directory's safetensors shards
@@ -42,15 +43,16 @@ mod cuda;
 mod layers;
 mod llama;
 mod load;
+mod pool;
 mod quant;
 
 use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device};
 
-pub use cpu::{init_thread_pool, max_threads, THREADS_PER_CORE};
 pub use layers::Quantization;
 pub use load::config::{ModelConfig, RopeScaling, SUPPORTED_MODEL_TYPES};
+pub use pool::{init_thread_pool, max_threads, THREADS_PER_CORE};
 
 use crate::chat::ChatTemplate;
 use crate::error::{Error, Result};
