@@ -307,17 +307,7 @@ fn metadata() -> Vec<(String, Value)> {
 
 /// A 1-layer llama with every matrix in `matrices` format.
 fn tensors(matrices: GgmlDType) -> Vec<(String, QTensor)> {
-    let hd = H / HEADS;
-    let shapes: Vec<(&str, usize, usize)> = vec![
-        ("token_embd.weight", VOCAB, H),
-        ("blk.0.attn_q.weight", HEADS * hd, H),
-        ("blk.0.attn_k.weight", KV_HEADS * hd, H),
-        ("blk.0.attn_v.weight", KV_HEADS * hd, H),
-        ("blk.0.attn_output.weight", H, HEADS * hd),
-        ("blk.0.ffn_gate.weight", FFN, H),
-        ("blk.0.ffn_up.weight", FFN, H),
-        ("blk.0.ffn_down.weight", H, FFN),
-    ];
+    let shapes = common::llama_matrices(H, FFN, VOCAB, HEADS, KV_HEADS);
     let mut out: Vec<(String, QTensor)> = shapes
         .into_iter()
         .enumerate()

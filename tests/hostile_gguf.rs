@@ -2,6 +2,8 @@
 //! tiny base: every one must give one `Error::Gguf` naming the key or
 //! tensor, never a panic, an abort, a long stall or a silently wrong model.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -146,7 +148,6 @@ fn f32_bytes(n: usize, seed: usize, base: f32) -> Vec<u8> {
 
 /// A valid 1-layer llama with a 16-token byte-level BPE vocabulary.
 fn base() -> Gguf {
-    let hd = H / HEADS;
     let mut g = Gguf {
         version: 3,
         kvs: vec![],
@@ -170,16 +171,7 @@ fn base() -> Gguf {
         .set("tokenizer.ggml.tokens", str_array(&tokens))
         .set("tokenizer.ggml.merges", str_array(&[]))
         .set("tokenizer.chat_template", strv("{{ messages }}"));
-    let mats: [(&str, usize, usize); 8] = [
-        ("token_embd.weight", VOCAB, H),
-        ("blk.0.attn_q.weight", HEADS * hd, H),
-        ("blk.0.attn_k.weight", KV_HEADS * hd, H),
-        ("blk.0.attn_v.weight", KV_HEADS * hd, H),
-        ("blk.0.attn_output.weight", H, HEADS * hd),
-        ("blk.0.ffn_gate.weight", FFN, H),
-        ("blk.0.ffn_up.weight", FFN, H),
-        ("blk.0.ffn_down.weight", H, FFN),
-    ];
+    let mats = common::llama_matrices(H, FFN, VOCAB, HEADS, KV_HEADS);
     for (i, (name, r, c)) in mats.into_iter().enumerate() {
         g.tensors.push(T {
             name: name.as_bytes().to_vec(),

@@ -68,3 +68,26 @@ pub fn setting_name(e: Error) -> &'static str {
         other => panic!("expected InvalidSetting, got {other}"),
     }
 }
+
+/// The matrices of a 1-layer llama in GGUF naming, `(name, rows, cols)`:
+/// `hidden` wide, `heads` query and `kv_heads` key/value heads of
+/// `hidden / heads`, an MLP of `ffn`, a vocabulary of `vocab`.
+pub fn llama_matrices(
+    hidden: usize,
+    ffn: usize,
+    vocab: usize,
+    heads: usize,
+    kv_heads: usize,
+) -> [(&'static str, usize, usize); 8] {
+    let hd = hidden / heads;
+    [
+        ("token_embd.weight", vocab, hidden),
+        ("blk.0.attn_q.weight", heads * hd, hidden),
+        ("blk.0.attn_k.weight", kv_heads * hd, hidden),
+        ("blk.0.attn_v.weight", kv_heads * hd, hidden),
+        ("blk.0.attn_output.weight", hidden, heads * hd),
+        ("blk.0.ffn_gate.weight", ffn, hidden),
+        ("blk.0.ffn_up.weight", ffn, hidden),
+        ("blk.0.ffn_down.weight", hidden, ffn),
+    ]
+}
